@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` and `make test`. Everything installs from the lock.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.installed
+# stage scripts (`python flows/<stage>.py`) must find the venv's python first
+RUN := PATH="$(BIN):$$PATH" DVC_NO_ANALYTICS=1 TF_CPP_MIN_LOG_LEVEL=2
+
+.PHONY: install demo test bench lock clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip sync --python $(VENV)/bin/python requirements.lock
+	$(VENV)/bin/uv pip install --python $(VENV)/bin/python --no-deps -e .
+	touch $@
+
+demo: install
+	$(RUN) $(BIN)/dvc repro
+	$(RUN) $(BIN)/skincancer metrics
+
+test: install
+	$(RUN) $(BIN)/python -m pytest
+
+lock:
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+clean:
+	rm -rf data/raw data/split data/shards models reports metrics.json dvc.lock

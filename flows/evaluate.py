@@ -1,0 +1,28 @@
+"""DVC stage `evaluate`: model + shards -> metrics.json and reports/ (threshold frozen on val)."""
+
+import json
+
+from _stage import run_stage
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from skincancer import paths
+from skincancer.params import Params
+
+
+@flow(name="evaluate")
+def evaluate_flow(params: Params) -> dict:
+    from skincancer.evaluate import evaluate  # imported here so a params error is reported before the ~7 s TensorFlow import
+
+    metrics = task(evaluate, name="evaluate-model", cache_policy=NO_CACHE)(
+        params.evaluate, paths.MODEL, paths.SHARDS, paths.METRICS, paths.REPORTS
+    )
+    create_markdown_artifact(
+        key="skincancer-metrics", markdown=f"```json\n{json.dumps(metrics, indent=2)}\n```", description="metrics.json"
+    )
+    return metrics
+
+
+if __name__ == "__main__":
+    run_stage("evaluate", evaluate_flow)

@@ -1,0 +1,107 @@
+"""Diagnosis vocabulary: every source's spellings map to one canonical name, so labels agree across sources."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+
+CANONICAL: tuple[str, ...] = (
+    "melanoma",
+    "nevus",
+    "seborrheic_keratosis",
+    "benign_keratosis",
+    "basal_cell_carcinoma",
+    "squamous_cell_carcinoma",
+    "actinic_keratosis",
+    "dermatofibroma",
+    "vascular_lesion",
+    "lentigo",
+    "unknown",
+)
+
+# Source spelling -> canonical (or normalised snake_case for diagnoses a source publishes beyond CANONICAL).
+SPELLINGS: dict[str, str] = {
+    "MEL": "melanoma",
+    "NV": "nevus",
+    "BCC": "basal_cell_carcinoma",
+    "AK": "actinic_keratosis",
+    "AKIEC": "actinic_keratosis",
+    "BKL": "benign_keratosis",
+    "DF": "dermatofibroma",
+    "VASC": "vascular_lesion",
+    "SCC": "squamous_cell_carcinoma",
+    "UNK": "unknown",
+    "pigmented benign keratosis": "benign_keratosis",
+    "seborrheic keratosis": "seborrheic_keratosis",
+    "lentigo NOS": "lentigo",
+    "lentigo simplex": "lentigo",
+    "solar lentigo": "lentigo",
+    "lichenoid keratosis": "benign_keratosis",
+    "cafe-au-lait macule": "cafe_au_lait_macule",
+    "atypical melanocytic proliferation": "atypical_melanocytic_proliferation",
+    "vascular lesion": "vascular_lesion",
+    "actinic keratosis": "actinic_keratosis",
+    "basal cell carcinoma": "basal_cell_carcinoma",
+    "squamous cell carcinoma": "squamous_cell_carcinoma",
+    "dermatofibroma": "dermatofibroma",
+    "melanoma": "melanoma",
+    "nevus": "nevus",
+    "unknown": "unknown",
+}
+
+_BENIGN_MALIGNANT = {"benign": 0, "malignant": 1}
+
+
+def _key(raw: str) -> str:
+    """Fold case and the separators sources disagree on (space, underscore, hyphen)."""
+    return re.sub(r"[\s_\-]+", " ", raw).strip().lower()
+
+
+_LOOKUP: dict[str, str] = {_key(name): name for name in CANONICAL} | {
+    _key(spelling): canonical for spelling, canonical in SPELLINGS.items()
+}
+
+
+class UnknownDiagnosis(ValueError):
+    """A diagnosis spelling no mapping covers; silently guessing would corrupt labels."""
+
+
+def canonical_diagnosis(raw: str, *, where: str = "") -> str:
+    """Map a source's diagnosis spelling to its canonical name, or fail saying how to fix it."""
+    found = _LOOKUP.get(_key(str(raw)))
+    if found is not None:
+        return found
+    place = f" in {where}" if where else ""
+    raise UnknownDiagnosis(
+        f"unknown diagnosis {raw!r}{place}; add its spelling to skincancer.labels.SPELLINGS "
+        "or set `labels.unknown: drop` in params.yaml to drop such images"
+    )
+
+
+def _is_null(value: object) -> bool:
+    """None, NaN, pandas NA or an empty CSV cell all mean "not published"."""
+    if value is None or type(value).__name__ == "NAType":
+        return True
+    if isinstance(value, numbers.Real):
+        return math.isnan(value)
+    return isinstance(value, str) and not value.strip()
+
+
+def _published_label(published: object) -> int:
+    if isinstance(published, str):
+        text = published.strip().lower()
+        if text in _BENIGN_MALIGNANT:
+            return _BENIGN_MALIGNANT[text]
+        if text in {"0", "1"}:
+            return int(text)
+    elif isinstance(published, numbers.Real) and float(published) in (0.0, 1.0):
+        return int(published)
+    raise ValueError(f"published label {published!r} is neither benign/malignant nor a 0/1 target")
+
+
+def label_of(diagnosis: str, malignant: frozenset[str] | set[str], published: object = None) -> int:
+    """1 malignant, 0 benign; a source's own published verdict outranks the diagnosis mapping."""
+    if not _is_null(published):
+        return _published_label(published)
+    return int(diagnosis in malignant)

@@ -1,0 +1,168 @@
+"""Typed, validated params.yaml: a wrong key, type or value fails before any work, naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from skincancer.backbones import BACKBONES
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SampleParams(_Section):
+    n_images: int = Field(1200, ge=40, description="synthetic images across both archive layouts")
+    seed: int = 0
+
+
+class FetchParams(_Section):
+    datasets: list[str] = Field(default_factory=lambda: ["sample"], min_length=1)
+    sample: SampleParams = SampleParams()
+
+    @field_validator("datasets")
+    @classmethod
+    def _known_datasets(cls, value: list[str]) -> list[str]:
+        from skincancer.catalog import CATALOG
+
+        unknown = [name for name in value if name not in CATALOG]
+        if unknown:
+            raise ValueError(f"unknown dataset(s) {unknown}; known: {sorted(CATALOG)}")
+        return value
+
+
+class LabelParams(_Section):
+    malignant: list[str] = Field(
+        default_factory=lambda: ["melanoma", "basal_cell_carcinoma", "squamous_cell_carcinoma"],
+        min_length=1,
+    )
+    unknown: Literal["error", "drop"] = "error"
+
+
+class SplitParams(_Section):
+    seed: int = 42
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    group_by: Literal["patient_id", "lesion_id"] | None = "patient_id"
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f <= 0 for f in value) or abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"must be three positive numbers summing to 1 (train, val, test), got {list(value)}")
+        return value
+
+
+class ShardParams(_Section):
+    image_size: int = Field(96, ge=16, le=1024)
+    resize: Literal["crop", "pad"] = "crop"
+    target_shard_mb: float = Field(16.0, gt=0)
+    jpeg_quality: int = Field(92, ge=50, le=100)
+    workers: int = Field(2, ge=1)
+    seed: int = 0
+
+
+class AugmentParams(_Section):
+    flip: bool = True
+    rotation: float = Field(0.5, ge=0, le=0.5, description="fraction of a full turn")
+    zoom: float = Field(0.1, ge=0, lt=1)
+    color: float = Field(0.1, ge=0, lt=1, description="brightness/contrast/saturation jitter")
+
+
+class TrainParams(_Section):
+    backbone: str = "small_cnn"
+    weights: str | None = None
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(30, ge=1, description="phase 1: head (and small_cnn) training")
+    learning_rate: float = Field(2e-3, gt=0)
+    fine_tune_epochs: int = Field(0, ge=0, description="phase 2: unfreeze the top of a pretrained backbone")
+    fine_tune_layers: int = Field(20, ge=0)
+    fine_tune_learning_rate: float = Field(1e-4, gt=0)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    class_weight: Literal["balanced", "none"] = "balanced"
+    early_stopping_patience: int = Field(8, ge=1)
+    augment: AugmentParams = AugmentParams()
+    seed: int = 0
+
+    @field_validator("backbone")
+    @classmethod
+    def _registered_backbone(cls, value: str) -> str:
+        if value not in BACKBONES:
+            raise ValueError(f"unknown backbone {value!r}; known: {sorted(BACKBONES)}")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_source(cls, value: str | None) -> str | None:
+        if value is None or value == "imagenet" or value.endswith((".h5", ".weights.h5", ".keras")):
+            return value
+        raise ValueError(f"must be 'imagenet', null, or a path to a .weights.h5/.h5 file, got {value!r}")
+
+
+class ThresholdParams(_Section):
+    policy: Literal["sensitivity", "youden", "fixed"] = "sensitivity"
+    target: float = Field(0.9, gt=0, le=1, description="sensitivity to reach on val (policy: sensitivity)")
+    value: float = Field(0.5, ge=0, le=1, description="the threshold (policy: fixed)")
+
+
+class EvaluateParams(_Section):
+    threshold: ThresholdParams = ThresholdParams()
+    bootstrap: int = Field(1000, ge=0, description="resamples for the ROC AUC confidence interval")
+    seed: int = 0
+
+
+class Params(_Section):
+    fetch: FetchParams = FetchParams()
+    labels: LabelParams = LabelParams()
+    split: SplitParams = SplitParams()
+    shard: ShardParams = ShardParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _backbone_fits_image_size(self) -> Params:
+        spec = BACKBONES[self.train.backbone]
+        if self.shard.image_size < spec.min_size:
+            raise ValueError(
+                f"shard.image_size {self.shard.image_size} is below {self.train.backbone}'s minimum {spec.min_size}"
+            )
+        return self
+
+
+def _describe(error: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid params"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling and section)"
+        lines.append(f"  {key}: {message} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, path: Path = Path("params.yaml")) -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as error:
+        raise ParamsError(_describe(error, path)) from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Load and validate the whole file, so a typo in any stage's section fails every stage early."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: not found; run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of stage sections, got {type(raw).__name__}")
+    return parse_params(raw, path)

@@ -1,0 +1,41 @@
+"""The pipeline's file contract (mirrors dvc.yaml): one place that names every stage output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+INDEX = RAW / "index.parquet"
+SPLIT = Path("data/split")
+SPLIT_MANIFEST = SPLIT / "manifest.parquet"
+SHARDS = Path("data/shards")
+SHARDS_MANIFEST = SHARDS / "manifest.json"
+MODELS = Path("models")
+MODEL = MODELS / "model.keras"
+HISTORY = MODELS / "history.csv"
+METRICS = Path("metrics.json")
+REPORTS = Path("reports")
+
+
+class MissingInput(FileNotFoundError):
+    """A stage ran before the stage that produces its input."""
+
+
+# stage -> {input it reads: stage that writes it}
+STAGE_INPUTS: dict[str, dict[Path, str]] = {
+    "fetch": {},
+    "split": {INDEX: "fetch"},
+    "shard": {SPLIT_MANIFEST: "split"},
+    "train": {SHARDS_MANIFEST: "shard"},
+    "evaluate": {MODEL: "train", SHARDS_MANIFEST: "shard"},
+}
+
+
+def require_inputs(stage: str, root: Path = Path(".")) -> None:
+    """Fail with the stage to run first instead of a traceback deep inside a reader."""
+    for path, producer in STAGE_INPUTS[stage].items():
+        if not (root / path).exists():
+            raise MissingInput(
+                f"{stage}: input {path} not found; run the {producer} stage first "
+                f"(`dvc repro {producer}`, or `dvc repro` for the whole pipeline)"
+            )

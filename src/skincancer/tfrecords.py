@@ -1,0 +1,115 @@
+"""TFRecord feature spec, writer and reader: the one contract between the shard, train and evaluate stages.
+
+Bump SPEC_VERSION on any change to the features below (it is recorded in data/shards/manifest.json).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import tensorflow as tf
+
+SPEC_VERSION = 1
+
+# Per-record framing on disk: uint64 length, masked crc32c of the length, masked crc32c of the data.
+RECORD_OVERHEAD = 16
+
+FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/height": tf.io.FixedLenFeature([], tf.int64),
+    "image/width": tf.io.FixedLenFeature([], tf.int64),
+    "image/id": tf.io.FixedLenFeature([], tf.string),
+    "image/label": tf.io.FixedLenFeature([], tf.int64),
+    "image/diagnosis": tf.io.FixedLenFeature([], tf.string),
+    "image/source": tf.io.FixedLenFeature([], tf.string),
+    "image/patient_id": tf.io.FixedLenFeature([], tf.string),
+    "image/sex": tf.io.FixedLenFeature([], tf.string),
+    "image/age_approx": tf.io.FixedLenFeature([], tf.float32),
+    "image/anatom_site": tf.io.FixedLenFeature([], tf.string),
+}
+
+_TEXT_FEATURES = ("image/id", "image/diagnosis", "image/source", "image/patient_id", "image/sex", "image/anatom_site")
+
+
+def serialize_example(
+    *,
+    encoded: bytes,
+    height: int,
+    width: int,
+    image_id: str,
+    label: int,
+    diagnosis: str,
+    source: str,
+    patient_id: str | None = None,
+    sex: str | None = None,
+    age_approx: float | None = None,
+    anatom_site: str | None = None,
+) -> bytes:
+    """One tf.train.Example; unknown text is "" and unknown age NaN, so every record has every feature."""
+    features = {
+        "image/encoded": _bytes(encoded),
+        "image/height": _int(height),
+        "image/width": _int(width),
+        "image/id": _text(image_id),
+        "image/label": _int(label),
+        "image/diagnosis": _text(diagnosis),
+        "image/source": _text(source),
+        "image/patient_id": _text(patient_id),
+        "image/sex": _text(sex),
+        "image/age_approx": _float(math.nan if age_approx is None else age_approx),
+        "image/anatom_site": _text(anatom_site),
+    }
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    # Protobuf map order is otherwise unspecified; shards must be byte-identical across runs.
+    return example.SerializeToString(deterministic=True)
+
+
+def parse_example(serialized: tf.Tensor | bytes) -> dict[str, tf.Tensor]:
+    """Parse one serialized record (graph-safe, for tf.data pipelines)."""
+    return tf.io.parse_single_example(serialized, FEATURE_SPEC)
+
+
+def writer(path: Path | str) -> tf.io.TFRecordWriter:
+    """Uncompressed: the payload is already JPEG, and plain records can be sized exactly."""
+    return tf.io.TFRecordWriter(str(path))
+
+
+def read_examples(paths: Iterable[Path | str]) -> Iterator[dict[str, object]]:
+    """Yield every record of ``paths`` in order as plain Python values (bytes, int, float, str)."""
+    files = [str(path) for path in paths]
+    if not files:
+        return
+    for raw in tf.data.TFRecordDataset(files):
+        yield _to_python(tf.train.Example.FromString(raw.numpy()))
+
+
+def _to_python(example: tf.train.Example) -> dict[str, object]:
+    feature = example.features.feature
+    values: dict[str, object] = {}
+    for name, spec in FEATURE_SPEC.items():
+        if spec.dtype == tf.string:
+            raw = feature[name].bytes_list.value[0]
+            values[name] = raw.decode("utf-8") if name in _TEXT_FEATURES else raw
+        elif spec.dtype == tf.int64:
+            values[name] = int(feature[name].int64_list.value[0])
+        else:
+            values[name] = float(feature[name].float_list.value[0])
+    return values
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _text(value: str | None) -> tf.train.Feature:
+    return _bytes(b"" if value is None else value.encode("utf-8"))
+
+
+def _int(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def _float(value: float) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))

@@ -1,0 +1,115 @@
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from skincancer import archives
+from skincancer.archives import UnsafeArchive, member_uri, read_uris, safe_members, sha256_hex
+
+
+def make_zip(path: Path, entries: list[tuple[str, bytes]], symlinks: tuple[str, ...] = ()) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries:
+            info = zipfile.ZipInfo(name)
+            if name in symlinks:
+                info.create_system = 3
+                info.external_attr = 0o120777 << 16
+            archive.writestr(info, data)
+    return path
+
+
+def test_safe_members_lists_files_and_skips_directories(tmp_path):
+    path = make_zip(tmp_path / "ok.zip", [("train/", b""), ("train/a.jpg", b"a"), ("train/b.jpg", b"bb")])
+    assert [info.filename for info in safe_members(path)] == ["train/a.jpg", "train/b.jpg"]
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        "../evil.jpg",
+        "train/../../evil.jpg",
+        "/abs.jpg",
+        "C:/evil.jpg",
+        "c:evil.jpg",
+        "train\\..\\evil.jpg",
+        "\\abs.jpg",
+    ],
+)
+def test_escaping_member_paths_are_refused(tmp_path, member):
+    path = make_zip(tmp_path / "bad.zip", [("train/ok.jpg", b"x"), (member, b"evil")])
+    with pytest.raises(UnsafeArchive) as caught:
+        safe_members(path)
+    assert repr(member) in str(caught.value)
+    assert "bad.zip" in str(caught.value)
+
+
+def test_symlink_member_is_refused(tmp_path):
+    path = make_zip(tmp_path / "link.zip", [("train/link.jpg", b"/etc/passwd")], symlinks=("train/link.jpg",))
+    with pytest.raises(UnsafeArchive, match=r"'train/link.jpg' is a symlink") as caught:
+        safe_members(path)
+    assert "link.zip" in str(caught.value)
+
+
+def test_member_over_the_size_bound_is_refused(tmp_path):
+    path = make_zip(tmp_path / "big.zip", [("small.jpg", b"x" * 10), ("huge.jpg", b"x" * 100)])
+    assert len(safe_members(path, max_member_bytes=100)) == 2
+    with pytest.raises(UnsafeArchive, match=r"'huge.jpg' declares 100 bytes, above the 50-byte bound") as caught:
+        safe_members(path, max_member_bytes=50)
+    assert "big.zip" in str(caught.value)
+
+
+def test_read_uris_keeps_input_order_across_zips_and_loose_files(tmp_path):
+    (tmp_path / "src").mkdir()
+    make_zip(tmp_path / "src/a.zip", [("x/1.jpg", b"one"), ("x/2.jpg", b"two")])
+    make_zip(tmp_path / "src/b.zip", [("3.jpg", b"three")])
+    (tmp_path / "src/loose.jpg").write_bytes(b"loose")
+    uris = ["src/a.zip!x/2.jpg", "src/loose.jpg", "src/a.zip!x/1.jpg", "src/b.zip!3.jpg"]
+    assert list(read_uris(tmp_path, uris)) == [
+        ("src/a.zip!x/2.jpg", b"two"),
+        ("src/loose.jpg", b"loose"),
+        ("src/a.zip!x/1.jpg", b"one"),
+        ("src/b.zip!3.jpg", b"three"),
+    ]
+
+
+def test_read_uris_opens_each_zip_once_per_consecutive_run(tmp_path, monkeypatch):
+    make_zip(tmp_path / "a.zip", [(f"{i}.jpg", bytes([i])) for i in range(5)])
+    make_zip(tmp_path / "b.zip", [("0.jpg", b"b")])
+    opened = []
+    real = zipfile.ZipFile
+
+    def counting(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(archives.zipfile, "ZipFile", counting)
+    uris = sorted([f"a.zip!{i}.jpg" for i in range(5)] + ["b.zip!0.jpg"])
+    assert [data for _, data in read_uris(tmp_path, uris)] == [bytes([i]) for i in range(5)] + [b"b"]
+    assert opened == ["a.zip", "b.zip"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "named"),
+    [("a.zip!nope.jpg", "'nope.jpg'"), ("missing.zip!1.jpg", "missing.zip"), ("gone.jpg", "gone.jpg")],
+)
+def test_missing_file_or_member_names_the_uri(tmp_path, uri, named):
+    make_zip(tmp_path / "a.zip", [("1.jpg", b"1")])
+    with pytest.raises(FileNotFoundError) as caught:
+        list(read_uris(tmp_path, ["a.zip!1.jpg", uri]))
+    assert uri in str(caught.value) and named in str(caught.value)
+
+
+def test_read_uris_refuses_uris_escaping_raw_root(tmp_path):
+    with pytest.raises(UnsafeArchive, match=r"'\.\./secret.zip!a.jpg'"):
+        list(read_uris(tmp_path, ["../secret.zip!a.jpg"]))
+
+
+def test_read_uris_refuses_an_unsafe_archive(tmp_path):
+    make_zip(tmp_path / "bad.zip", [("ok.jpg", b"1"), ("../evil.jpg", b"2")])
+    with pytest.raises(UnsafeArchive, match="evil.jpg"):
+        list(read_uris(tmp_path, ["bad.zip!ok.jpg"]))
+
+
+def test_member_uri_and_sha256():
+    assert member_uri(Path("isic2020") / "x.zip", "train/ISIC_1.jpg") == "isic2020/x.zip!train/ISIC_1.jpg"
+    assert sha256_hex(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -1,0 +1,99 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from skincancer.labels import CANONICAL, SPELLINGS, UnknownDiagnosis, canonical_diagnosis, label_of
+
+MALIGNANT = frozenset({"melanoma", "basal_cell_carcinoma", "squamous_cell_carcinoma"})
+
+
+def test_canonical_names_map_to_themselves():
+    assert len(CANONICAL) == 11 and "unknown" in CANONICAL
+    for name in CANONICAL:
+        assert canonical_diagnosis(name) == name
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("MEL", "melanoma"),
+        ("nv", "nevus"),
+        ("AKIEC", "actinic_keratosis"),
+        ("AK", "actinic_keratosis"),
+        ("BKL", "benign_keratosis"),
+        ("pigmented benign keratosis", "benign_keratosis"),
+        ("lichenoid keratosis", "benign_keratosis"),
+        ("Seborrheic Keratosis", "seborrheic_keratosis"),
+        ("seborrheic-keratosis", "seborrheic_keratosis"),
+        ("  seborrheic__keratosis ", "seborrheic_keratosis"),
+        ("lentigo NOS", "lentigo"),
+        ("Lentigo simplex", "lentigo"),
+        ("solar_lentigo", "lentigo"),
+        ("cafe-au-lait macule", "cafe_au_lait_macule"),
+        ("Cafe au lait macule", "cafe_au_lait_macule"),
+        ("atypical melanocytic proliferation", "atypical_melanocytic_proliferation"),
+        ("VASC", "vascular_lesion"),
+        ("vascular lesion", "vascular_lesion"),
+        ("Basal Cell Carcinoma", "basal_cell_carcinoma"),
+        ("scc", "squamous_cell_carcinoma"),
+        ("DF", "dermatofibroma"),
+        ("UNK", "unknown"),
+    ],
+)
+def test_source_spellings_are_case_and_separator_insensitive(raw, expected):
+    assert canonical_diagnosis(raw) == expected
+
+
+def test_every_spelling_target_is_canonical_or_snake_case():
+    for target in SPELLINGS.values():
+        assert target in CANONICAL or (target.replace("_", "").isalpha() and target == target.lower())
+
+
+def test_unmapped_diagnosis_names_value_place_and_fix():
+    with pytest.raises(UnknownDiagnosis) as caught:
+        canonical_diagnosis("blue nevus", where="ISIC_2020_Training_GroundTruth.csv")
+    message = str(caught.value)
+    assert "'blue nevus'" in message
+    assert "ISIC_2020_Training_GroundTruth.csv" in message
+    assert "SPELLINGS" in message and "labels.unknown: drop" in message
+    assert isinstance(caught.value, ValueError)
+
+
+def test_near_misses_are_not_guessed():
+    for raw in ("melanomas", "naevus", "", "keratosis"):
+        with pytest.raises(UnknownDiagnosis):
+            canonical_diagnosis(raw)
+
+
+def test_label_from_diagnosis_when_nothing_published():
+    assert label_of("melanoma", MALIGNANT) == 1
+    assert label_of("basal_cell_carcinoma", set(MALIGNANT)) == 1
+    assert label_of("nevus", MALIGNANT) == 0
+    assert label_of("seborrheic_keratosis", MALIGNANT) == 0
+
+
+@pytest.mark.parametrize("null", [None, float("nan"), np.float32("nan"), pd.NA, "", "  "])
+def test_null_published_value_falls_back_to_diagnosis(null):
+    assert label_of("melanoma", MALIGNANT, null) == 1
+    assert label_of("nevus", MALIGNANT, null) == 0
+
+
+@pytest.mark.parametrize(
+    ("published", "expected"),
+    [("malignant", 1), ("Malignant", 1), ("BENIGN", 0), (" benign ", 0), (1, 1), (0, 0), (np.int64(1), 1),
+     (1.0, 1), (np.float64(0.0), 0), ("1", 1), ("0", 0)],
+)
+def test_published_verdict_wins_over_diagnosis(published, expected):
+    diagnosis = "nevus" if expected == 1 else "melanoma"  # the opposite of what the diagnosis implies
+    assert label_of(diagnosis, MALIGNANT, published) == expected
+
+
+@pytest.mark.parametrize("bad", ["indeterminate", 2, 0.5])
+def test_unrecognised_published_value_is_an_error(bad):
+    with pytest.raises(ValueError, match="published label"):
+        label_of("nevus", MALIGNANT, bad)
+
+
+def test_infinite_published_value_is_an_error_not_null():
+    with pytest.raises(ValueError, match="published label"):
+        label_of("nevus", MALIGNANT, float("inf"))

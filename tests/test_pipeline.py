@@ -1,0 +1,89 @@
+"""The real thing: `dvc repro` in a temporary git repository, stages reporting to a real Prefect server."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from conftest import BIN, base_env, copy_project, run
+from skincancer.metrics import METRIC_KEYS
+
+pytestmark = pytest.mark.slow
+
+STAGES = ("fetch", "split", "shard", "train", "evaluate")
+TINY = {  # small enough for CI, big enough that every split holds both classes
+    "fetch": {"sample": {"n_images": 240}},
+    "shard": {"image_size": 32},
+    "train": {"epochs": 2, "batch_size": 32},
+    "evaluate": {"bootstrap": 50},
+}
+
+
+def merge(base: dict, change: dict) -> dict:
+    return {key: merge(base[key], change[key]) if isinstance(change.get(key), dict) else change.get(key, base.get(key))
+            for key in base.keys() | change.keys()}
+
+
+def set_params(repo: Path, change: dict) -> None:
+    path = repo / "params.yaml"
+    path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), change), sort_keys=False))
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, prefect_api):
+    root = copy_project(tmp_path_factory.mktemp("project"))
+    env = base_env(root) | {"PREFECT_API_URL": prefect_api}
+    run(["git", "init", "-q", "-b", "main"], root, env)
+    set_params(root, TINY)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "project"], root, env)
+    return root, env
+
+
+def dvc_repro(repo_env) -> list[str]:
+    root, env = repo_env
+    result = run([str(BIN / "dvc"), "repro"], root, env)
+    return stages_run(result.stdout)
+
+
+def test_full_run_writes_every_output(repo, prefect_api):
+    root, _ = repo
+    assert dvc_repro(repo) == list(STAGES)
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert set(metrics) == {"threshold", "val", "test"}
+    assert list(metrics["test"]) == list(METRIC_KEYS) and list(metrics["val"]) == list(METRIC_KEYS)
+    assert 0.0 <= metrics["threshold"] <= 1.0
+    for path in ("data/raw/index.parquet", "data/split/manifest.parquet", "data/shards/manifest.json",
+                 "models/model.keras", "models/history.csv", "reports/report.md", "reports/predictions.csv",
+                 "reports/plots/roc.csv", "reports/plots/confusion.csv", "reports/figures/roc.png"):
+        assert (root / path).is_file(), path
+    assert sorted(p.name for p in (root / "data/split").iterdir()) == ["manifest.parquet", "test", "train", "val"]
+    assert list((root / "data/shards").glob("train-00000-of-*.tfrecord"))
+    # every stage ran as a Prefect flow run on the server the test started
+    runs = httpx.post(f"{prefect_api}/flow_runs/filter", json={"limit": 50}).json()
+    flows = {flow["id"]: flow["name"] for flow in httpx.post(f"{prefect_api}/flows/filter", json={}).json()}
+    completed = {flows[r["flow_id"]] for r in runs if r["state_type"] == "COMPLETED"}
+    assert set(STAGES) <= completed
+
+
+def test_nothing_changed_runs_no_stage(repo):
+    assert dvc_repro(repo) == []
+
+
+def test_train_param_change_reruns_train_and_evaluate_only(repo):
+    set_params(repo[0], {"train": {"epochs": 3}})
+    assert dvc_repro(repo) == ["train", "evaluate"]
+
+
+def test_split_seed_change_reruns_split_onward(repo):
+    set_params(repo[0], {"split": {"seed": 7}})
+    assert dvc_repro(repo) == ["split", "shard", "train", "evaluate"]
