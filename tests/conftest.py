@@ -87,3 +87,21 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> s
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    """fetch -> split -> shard through the library (no Prefect): 32 px shards of 120 images."""
+    import pandas as pd  # noqa: F401  (pyarrow engine for parquet)
+
+    from skincancer.fetch import fetch
+    from skincancer.params import FetchParams, LabelParams, SampleParams, ShardParams, SplitParams
+    from skincancer.shard import write_shards
+    from skincancer.split import build_manifest, materialise
+
+    root = tmp_path_factory.mktemp("tiny")
+    index = fetch(FetchParams(sample=SampleParams(n_images=120, seed=1)), root / "raw")
+    manifest = build_manifest(index, SplitParams(), LabelParams())
+    materialise(manifest, root / "raw", root / "split")
+    write_shards(manifest, root / "split", root / "shards", ShardParams(image_size=32, workers=1))
+    return root / "shards"

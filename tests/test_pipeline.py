@@ -68,6 +68,9 @@ def test_full_run_writes_every_output(repo, prefect_api):
         assert (root / path).is_file(), path
     assert sorted(p.name for p in (root / "data/split").iterdir()) == ["manifest.parquet", "test", "train", "val"]
     assert list((root / "data/shards").glob("train-00000-of-*.tfrecord"))
+    # cache.type hardlink: the image folders are not stored twice on disk
+    image = next((root / "data/split/train/benign").iterdir())
+    assert image.stat().st_nlink == 2
     # every stage ran as a Prefect flow run on the server the test started
     runs = httpx.post(f"{prefect_api}/flow_runs/filter", json={"limit": 50}).json()
     flows = {flow["id"]: flow["name"] for flow in httpx.post(f"{prefect_api}/flows/filter", json={}).json()}

@@ -40,12 +40,13 @@ def training_dataset(shards_dir: Path, batch_size: int, seed: int) -> tf.data.Da
     """Shards interleaved and records shuffled with a fixed seed: same seed, same batches."""
     manifest = read_shard_manifest(shards_dir)
     files = shard_paths(shards_dir, "train")
-    buffer = max(1, min(manifest["splits"]["train"]["count"], 4096))
+    count = manifest["splits"]["train"]["count"]
     return (
         tf.data.Dataset.from_tensor_slices(files)
         .shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         .interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE, deterministic=True)
-        .shuffle(buffer, seed=seed + 1, reshuffle_each_iteration=True)
+        .apply(tf.data.experimental.assert_cardinality(count))  # lets Keras count steps per epoch
+        .shuffle(min(count, 4096), seed=seed + 1, reshuffle_each_iteration=True)
         .map(_image_and_label(manifest["image_size"]), num_parallel_calls=AUTOTUNE, deterministic=True)
         .batch(batch_size)
         .prefetch(AUTOTUNE)
@@ -57,6 +58,7 @@ def eval_dataset(shards_dir: Path, split: str, batch_size: int) -> tf.data.Datas
     manifest = read_shard_manifest(shards_dir)
     return (
         tf.data.TFRecordDataset(shard_paths(shards_dir, split))
+        .apply(tf.data.experimental.assert_cardinality(manifest["splits"][split]["count"]))
         .map(_image_and_label(manifest["image_size"]), num_parallel_calls=AUTOTUNE, deterministic=True)
         .batch(batch_size)
         .prefetch(AUTOTUNE)

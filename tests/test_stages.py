@@ -1,0 +1,40 @@
+"""Stage scripts fail before any work, with a message that says what to fix."""
+
+import sys
+
+import pytest
+import yaml
+
+from conftest import base_env, copy_project, run
+
+
+@pytest.fixture
+def project(tmp_path):
+    return copy_project(tmp_path / "project")
+
+
+def stage(project, name):
+    return run([sys.executable, f"flows/{name}.py"], project, base_env(project), check=False)
+
+
+@pytest.mark.parametrize(("name", "missing", "first"), [
+    ("split", "data/raw/index.parquet", "fetch"),
+    ("shard", "data/split/manifest.parquet", "split"),
+    ("train", "data/shards/manifest.json", "shard"),
+    ("evaluate", "models/model.keras", "train"),
+])
+def test_missing_input_names_the_stage_to_run_first(project, name, missing, first):
+    result = stage(project, name)
+    assert result.returncode == 2
+    assert f"{name}: input {missing} not found; run the {first} stage first (`dvc repro {first}`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_params_fail_before_any_work(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["learning_rat"] = 0.1
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = stage(project, "fetch")  # a typo in any section stops every stage
+    assert result.returncode == 2
+    assert "train.learning_rat: unknown key" in result.stderr
+    assert not (project / "data/raw").exists()
