@@ -31,7 +31,7 @@ STRING = pd.StringDtype()
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 UDACITY_ZIPS = ("train.zip", "valid.zip", "test.zip")
 ISIC2020_ZIP = "ISIC_2020_Training_JPEG.zip"
-_ISIC2020_V1 = (
+ISIC2020_COLUMNS = (
     "image_name",
     "patient_id",
     "sex",
@@ -42,9 +42,10 @@ _ISIC2020_V1 = (
     "target",
 )
 # Ground-truth tables in order of preference; v2 adds lesion_id.
+ISIC2020_CSV = "ISIC_2020_Training_GroundTruth.csv"
 ISIC2020_TABLES: dict[str, tuple[str, ...]] = {
-    "ISIC_2020_Training_GroundTruth_v2.csv": (*_ISIC2020_V1[:2], "lesion_id", *_ISIC2020_V1[2:]),
-    "ISIC_2020_Training_GroundTruth.csv": _ISIC2020_V1,
+    "ISIC_2020_Training_GroundTruth_v2.csv": (*ISIC2020_COLUMNS[:2], "lesion_id", *ISIC2020_COLUMNS[2:]),
+    ISIC2020_CSV: ISIC2020_COLUMNS,
 }
 ISIC2020_RENAMES = {"image_name": "image_id", "anatom_site_general_challenge": "anatom_site"}
 _SHOWN_IDS = 5

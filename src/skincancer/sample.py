@@ -19,24 +19,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from skincancer.atomic import atomic_dir
+from skincancer.layouts import ISIC2020_COLUMNS, ISIC2020_CSV, ISIC2020_ZIP
 
 UDACITY = "isic2017-udacity"
 ISIC2020 = "isic2020"
 UDACITY_SHARE = 0.4
 DIAGNOSIS_FRACTIONS = {"nevus": 0.65, "seborrheic_keratosis": 0.15, "melanoma": 0.20}
 UDACITY_SPLITS = {"train": 0.70, "valid": 0.15, "test": 0.15}
-ISIC2020_ZIP = "ISIC_2020_Training_JPEG.zip"
-ISIC2020_CSV = "ISIC_2020_Training_GroundTruth.csv"
-ISIC2020_COLUMNS = (
-    "image_name",
-    "patient_id",
-    "sex",
-    "age_approx",
-    "anatom_site_general_challenge",
-    "diagnosis",
-    "benign_malignant",
-    "target",
-)
 ISIC2020_SPELLING = {"nevus": "nevus", "melanoma": "melanoma", "seborrheic_keratosis": "seborrheic keratosis"}
 ANATOM_SITES = {
     "torso": 0.50,
