@@ -63,6 +63,9 @@ _LOOKUP: dict[str, str] = {_key(name): name for name in CANONICAL} | {
 }
 
 
+# label index -> class name: the folder names under data/split/<split>/ and the report's wording
+CLASS_NAMES: tuple[str, str] = ("benign", "malignant")
+
 class UnknownDiagnosis(ValueError):
     """A diagnosis spelling no mapping covers; silently guessing would corrupt labels."""
 

@@ -15,6 +15,7 @@ MODEL = MODELS / "model.keras"
 HISTORY = MODELS / "history.csv"
 METRICS = Path("metrics.json")
 REPORTS = Path("reports")
+SPLITS = ("train", "val", "test")
 
 
 class MissingInput(FileNotFoundError):

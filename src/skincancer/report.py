@@ -15,8 +15,9 @@ from sklearn import metrics as skm  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 
 from skincancer.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from skincancer.labels import CLASS_NAMES as LABEL_NAMES  # noqa: E402
 
-CLASS_NAMES = np.array(["benign", "malignant"])
+CLASS_NAMES = np.array(LABEL_NAMES)
 
 
 def plot_tables(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, pd.DataFrame]:

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from skincancer.atomic import atomic_dir
 from skincancer.images import CorruptImage, Resized, ResizeMode, resize_jpeg
+from skincancer.labels import CLASS_NAMES
+from skincancer.paths import SPLITS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,8 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-CLASSES = ("benign", "malignant")
 _REQUIRED = (
     "image_id", "source", "diagnosis", "patient_id", "sex", "age_approx", "anatom_site", "split", "label", "path",
 )
@@ -207,7 +207,7 @@ class _ShardRoller:
             "file": final.name,
             "split": self._split,
             "count": sum(counts),
-            "count_per_class": dict(zip(CLASSES, counts, strict=True)),
+            "count_per_class": dict(zip(CLASS_NAMES, counts, strict=True)),
             "sha256": digest,
             "bytes": final.stat().st_size,
         }
@@ -217,7 +217,7 @@ def _document(params: ShardParams, spec_version: int, shards: list[dict], skippe
     splits = {}
     for split in SPLITS:
         mine = [shard for shard in shards if shard["split"] == split]
-        totals = {name: sum(shard["count_per_class"][name] for shard in mine) for name in CLASSES}
+        totals = {name: sum(shard["count_per_class"][name] for shard in mine) for name in CLASS_NAMES}
         splits[split] = {"count": sum(totals.values()), **totals, "shards": len(mine)}
     return {
         "spec_version": spec_version,

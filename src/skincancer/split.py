@@ -11,13 +11,11 @@ import pandas as pd
 
 from skincancer.archives import read_uris, sha256_hex
 from skincancer.atomic import atomic_dir
-from skincancer.labels import label_of
+from skincancer.labels import CLASS_NAMES, label_of
 from skincancer.params import LabelParams, SplitParams
+from skincancer.paths import SPLITS
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
-CLASS_NAMES = ("benign", "malignant")
 
 
 class SplitError(ValueError):

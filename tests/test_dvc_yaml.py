@@ -1,0 +1,70 @@
+"""dvc.yaml declares what each stage really depends on, so DVC reruns exactly the stages a change touches."""
+
+import ast
+from pathlib import Path
+
+import yaml
+
+from skincancer import paths
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src"
+# params.py: its values reach stages as `params:` deps; atomic.py: how outputs are written, not what
+NOT_DEPS = {"src/skincancer/__init__.py", "src/skincancer/params.py", "src/skincancer/atomic.py"}
+
+
+def stages() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def imported_modules(path: Path) -> set[Path]:
+    """skincancer modules a file imports (module level and inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "skincancer":
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            candidate = PACKAGE / (name.replace(".", "/") + ".py")
+            if name.startswith("skincancer") and candidate.is_file():
+                found.add(candidate)
+    return found
+
+
+def code_closure(flow: Path) -> set[str]:
+    seen: set[Path] = set()
+    todo = [flow]
+    while todo:
+        for module in imported_modules(todo.pop()):
+            relative = module.relative_to(ROOT).as_posix()
+            if module not in seen and relative not in NOT_DEPS:
+                seen.add(module)
+                todo.append(module)
+    return {module.relative_to(ROOT).as_posix() for module in seen}
+
+
+def test_every_stage_depends_on_the_code_it_runs():
+    for name, stage in stages().items():
+        flow = f"flows/{name}.py"
+        assert stage["cmd"] == f"python {flow}"
+        declared = {dep for dep in stage["deps"] if dep.endswith(".py")}
+        needed = code_closure(ROOT / flow) | {flow}
+        assert needed - declared == set(), f"{name}: dvc.yaml misses code deps"
+        assert declared - needed == set(), f"{name}: dvc.yaml lists code the stage does not run"
+
+
+def test_stage_inputs_and_outputs_match_the_paths_module():
+    declared = stages()
+    for stage, inputs in paths.STAGE_INPUTS.items():
+        deps = declared[stage]["deps"]
+        for path, producer in inputs.items():
+            produced = [next(iter(o)) if isinstance(o, dict) else o for o in declared[producer]["outs"]]
+            assert any(path.as_posix() == out or path.as_posix().startswith(out + "/") for out in produced), (stage, path)
+            assert any(path.as_posix() == dep or path.as_posix().startswith(dep + "/") for dep in deps), (stage, path)
+
+
+def test_each_stage_reads_only_its_own_param_sections():
+    expected = {"fetch": ["fetch"], "split": ["labels", "split"], "shard": ["shard"], "train": ["train"], "evaluate": ["evaluate"]}
+    assert {name: stage["params"] for name, stage in stages().items()} == expected
