@@ -54,17 +54,18 @@ def augmentation(params: AugmentParams, seed: int) -> list[layers.Layer]:
     return pipeline
 
 
+def _conv_bn_relu(x, filters: int):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)  # short runs: moving statistics must settle fast
+    return layers.ReLU()(x)
+
+
 def small_cnn(input_shape: tuple[int, int, int]) -> keras.Model:
     """A few conv blocks: trains from scratch on a CPU in minutes (demo, tests)."""
     inputs = keras.Input(input_shape)
     x = inputs
     for filters in (16, 32, 64, 128):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.ReLU()(x)
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.ReLU()(x)
+        x = _conv_bn_relu(_conv_bn_relu(x, filters), filters)
         x = layers.MaxPooling2D()(x)
     return keras.Model(inputs, x, name="small_cnn")
 

@@ -76,7 +76,7 @@ def train(params: TrainParams, shards_dir: Path, model_path: Path, history_path:
     try:
         _compile(model, params.learning_rate)
         phase1 = model.fit(
-            train_ds, validation_data=val_ds, epochs=params.epochs, class_weight=weights,
+            train_ds, validation_data=val_ds, epochs=params.epochs, class_weight=weights, shuffle=False,
             callbacks=_callbacks(checkpoint, params.early_stopping_patience, None), verbose=2,
         )
         history = [_history_frame(phase1, 1, 0)]
@@ -85,7 +85,7 @@ def train(params: TrainParams, shards_dir: Path, model_path: Path, history_path:
             _compile(model, params.fine_tune_learning_rate)
             best = max((v for v in phase1.history["val_auc"] if v == v), default=None)
             phase2 = model.fit(
-                train_ds, validation_data=val_ds, epochs=params.fine_tune_epochs, class_weight=weights,
+                train_ds, validation_data=val_ds, epochs=params.fine_tune_epochs, class_weight=weights, shuffle=False,
                 callbacks=_callbacks(checkpoint, params.early_stopping_patience, best), verbose=2,
             )
             history.append(_history_frame(phase2, 2, len(history[0])))
