@@ -1,18 +1,29 @@
-"""DVC stage `fetch`: every dataset in fetch.datasets -> data/raw/ + data/raw/index.parquet."""
+"""DVC stage `fetch`: every dataset in fetch.datasets/sources -> data/raw/ + data/raw/index.parquet."""
 
 from _stage import run_stage
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from skincancer import fetch, paths
 from skincancer.params import Params
 
 
+def concurrent_downloads(function, jobs):
+    """Each file is a Prefect task run (retried once more on top of the downloader's own retries)."""
+    download = task(function, name="download", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
+    return [future.result() for future in download.map(jobs)]
+
+
 @flow(name="fetch")
 def fetch_flow(params: Params) -> int:
-    index = task(fetch.fetch, name="fetch-datasets", cache_policy=NO_CACHE)(params.fetch, paths.RAW)
+    index = fetch.fetch(params.fetch, paths.RAW, concurrent_downloads)
     return len(index)
 
 
+def main(params: Params) -> int:
+    return fetch_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=params.fetch.workers))(params)
+
+
 if __name__ == "__main__":
-    run_stage("fetch", fetch_flow)
+    run_stage("fetch", main)

@@ -1,3 +1,5 @@
+import random
+import re
 import zipfile
 from pathlib import Path
 
@@ -113,3 +115,38 @@ def test_read_uris_refuses_an_unsafe_archive(tmp_path):
 def test_member_uri_and_sha256():
     assert member_uri(Path("isic2020") / "x.zip", "train/ISIC_1.jpg") == "isic2020/x.zip!train/ISIC_1.jpg"
     assert sha256_hex(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_member_expanding_like_a_zip_bomb_is_refused(tmp_path):
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("train/ok.jpg", b"x")
+        archive.writestr("train/bomb.jpg", bytes(2 * 1024 * 1024))  # deflates ~1000x
+    with pytest.raises(UnsafeArchive, match=r"'train/bomb.jpg' expands \d+ -> 2097152 bytes, above the 100x") as caught:
+        safe_members(path)
+    assert "bomb.zip" in str(caught.value) and "zip bomb" in str(caught.value)
+    with pytest.raises(UnsafeArchive, match="bomb.jpg"):
+        list(read_uris(tmp_path, ["bomb.zip!train/ok.jpg"]))
+    assert len(safe_members(path, max_ratio=10_000)) == 2
+
+
+def test_compression_ratio_is_only_checked_on_members_over_a_mebibyte(tmp_path):
+    path = tmp_path / "csv.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("table.csv", bytes(512 * 1024))  # a small, very repetitive table
+        archive.writestr("image.jpg", random.Random(0).randbytes(2 * 1024 * 1024))  # large, incompressible
+    assert [info.filename for info in safe_members(path)] == ["table.csv", "image.jpg"]
+
+
+def test_archive_declaring_too_much_in_all_is_refused(tmp_path):
+    path = make_zip(tmp_path / "many.zip", [(f"{i}.jpg", b"x" * 100) for i in range(3)])
+    assert len(safe_members(path, max_archive_bytes=300)) == 3
+    with pytest.raises(UnsafeArchive, match=r"many.zip: members declare 300 bytes in all, above the 299-byte archive"):
+        safe_members(path, max_archive_bytes=299)
+
+
+@pytest.mark.parametrize("member", ["train/", "train/../a.jpg", "a.jpg/"])
+def test_read_uris_only_reads_validated_file_members(tmp_path, member):
+    make_zip(tmp_path / "a.zip", [("train/", b""), ("a.jpg", b"1")])
+    with pytest.raises(FileNotFoundError, match=re.escape(repr(member))):
+        list(read_uris(tmp_path, [f"a.zip!{member}"]))

@@ -2,7 +2,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skincancer.labels import CANONICAL, SPELLINGS, UnknownDiagnosis, canonical_diagnosis, label_of
+from skincancer.labels import (
+    CANONICAL,
+    SPELLINGS,
+    UnknownDiagnosis,
+    canonical_diagnosis,
+    label_of,
+    lookup_diagnosis,
+)
 
 MALIGNANT = frozenset({"melanoma", "basal_cell_carcinoma", "squamous_cell_carcinoma"})
 
@@ -97,3 +104,29 @@ def test_unrecognised_published_value_is_an_error(bad):
 def test_infinite_published_value_is_an_error_not_null():
     with pytest.raises(ValueError, match="published label"):
         label_of("nevus", MALIGNANT, float("inf"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Melanoma, NOS", "melanoma"),
+        ("Melanoma in situ", "melanoma"),
+        ("Melanoma Invasive", "melanoma"),
+        ("Nevus", "nevus"),
+        ("Seborrheic keratosis", "seborrheic_keratosis"),
+        ("Solar or actinic keratosis", "actinic_keratosis"),
+        ("Squamous cell carcinoma in situ", "squamous_cell_carcinoma"),
+        ("Squamous cell carcinoma, NOS", "squamous_cell_carcinoma"),
+        ("Lichen planus like keratosis", "benign_keratosis"),
+        ("Hemangioma", "vascular_lesion"),
+        ("angiokeratoma", "vascular_lesion"),
+        ("AIMP", "atypical_melanocytic_proliferation"),
+    ],
+)
+def test_isic_archive_taxonomy_spellings(raw, expected):
+    assert canonical_diagnosis(raw) == expected
+
+
+def test_lookup_returns_none_instead_of_failing():
+    assert lookup_diagnosis("Melanoma, NOS") == "melanoma"
+    assert lookup_diagnosis("Nevus, Junctional") is None

@@ -7,9 +7,16 @@ import re
 import stat
 import zipfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 MAX_MEMBER_BYTES = 256 * 1024 * 1024
+# The largest published ISIC archives hold tens of GB of JPEGs; beyond this, hashing alone would take hours.
+MAX_ARCHIVE_BYTES = 64 * 1024**3
+# JPEGs barely compress and CSVs shrink ~10x; deflate tops out near 1000x on constant bytes. 100x follows
+# Apache POI's zip-bomb default, checked only above RATIO_CHECKED_BYTES so tiny members never trip it.
+MAX_COMPRESSION_RATIO = 100
+RATIO_CHECKED_BYTES = 1024 * 1024
 URI_SEPARATOR = "!"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -29,29 +36,75 @@ def _path_problem(name: str) -> str | None:
     return None
 
 
-def _is_symlink(info: zipfile.ZipInfo) -> bool:
-    return stat.S_ISLNK(info.external_attr >> 16)
+@dataclass(frozen=True)
+class Bounds:
+    """What one archive may declare: per member, in all, and how far a member may expand."""
+
+    member_bytes: int = MAX_MEMBER_BYTES
+    archive_bytes: int = MAX_ARCHIVE_BYTES
+    ratio: float = MAX_COMPRESSION_RATIO
 
 
-def _checked_members(archive: zipfile.ZipFile, zip_path: Path, max_member_bytes: int) -> list[zipfile.ZipInfo]:
-    members = []
-    for info in archive.infolist():
-        problem = _path_problem(info.filename)
-        if problem is None and _is_symlink(info):
-            problem = "is a symlink"
-        if problem is None and info.file_size > max_member_bytes:
-            problem = f"declares {info.file_size} bytes, above the {max_member_bytes}-byte bound"
-        if problem is not None:
+def _link_problem(info: zipfile.ZipInfo, bounds: Bounds) -> str | None:
+    return "is a symlink" if stat.S_ISLNK(info.external_attr >> 16) else None
+
+
+def _size_problem(info: zipfile.ZipInfo, bounds: Bounds) -> str | None:
+    if info.file_size > bounds.member_bytes:
+        return f"declares {info.file_size} bytes, above the {bounds.member_bytes}-byte bound"
+    return None
+
+
+def _ratio_problem(info: zipfile.ZipInfo, bounds: Bounds) -> str | None:
+    """A member that expands far beyond what images or tables do is a zip bomb, whatever its size bound."""
+    if info.file_size > RATIO_CHECKED_BYTES and info.file_size > bounds.ratio * info.compress_size:
+        return (
+            f"expands {info.compress_size} -> {info.file_size} bytes, above the {bounds.ratio:g}x "
+            "compression-ratio bound (a zip bomb?)"
+        )
+    return None
+
+
+_MEMBER_CHECKS = (_link_problem, _size_problem, _ratio_problem)
+
+
+def _member_problem(info: zipfile.ZipInfo, bounds: Bounds) -> str | None:
+    """Why a member is refused, or None; the path is checked first as it matters whatever the sizes."""
+    problem = _path_problem(info.filename)
+    for check in _MEMBER_CHECKS:
+        problem = problem or check(info, bounds)
+    return problem
+
+
+def _checked_members(archive: zipfile.ZipFile, zip_path: Path, bounds: Bounds) -> list[zipfile.ZipInfo]:
+    infos = archive.infolist()
+    for info in infos:
+        if (problem := _member_problem(info, bounds)) is not None:
             raise UnsafeArchive(f"{zip_path}: member {info.filename!r} {problem}; refusing to read this archive")
-        if not info.is_dir():
-            members.append(info)
-    return members
+    total = sum(info.file_size for info in infos)
+    if total > bounds.archive_bytes:
+        raise UnsafeArchive(
+            f"{zip_path}: members declare {total} bytes in all, above the {bounds.archive_bytes}-byte archive "
+            "bound (a zip bomb?); refusing to read this archive"
+        )
+    return [info for info in infos if not info.is_dir()]
 
 
-def safe_members(zip_path: Path, *, max_member_bytes: int = MAX_MEMBER_BYTES) -> list[zipfile.ZipInfo]:
-    """The archive's file members, after refusing any unsafe one (directories are skipped)."""
+def safe_members(
+    zip_path: Path,
+    *,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+    max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+    max_ratio: float = MAX_COMPRESSION_RATIO,
+) -> list[zipfile.ZipInfo]:
+    """The archive's file members, after refusing any unsafe one or an archive too large in all.
+
+    Sizes are the ones the zip declares; zipfile never yields more than a member declares, so they bound
+    what reading can cost. Directories are skipped.
+    """
+    bounds = Bounds(max_member_bytes, max_archive_bytes, max_ratio)
     with zipfile.ZipFile(zip_path) as archive:
-        return _checked_members(archive, Path(zip_path), max_member_bytes)
+        return _checked_members(archive, Path(zip_path), bounds)
 
 
 def member_uri(archive_rel: str | Path, member: str) -> str:
@@ -73,9 +126,14 @@ class _OpenArchive:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.zip = zipfile.ZipFile(path)
-        self.members = {info.filename: info for info in _checked_members(self.zip, path, MAX_MEMBER_BYTES)}
+        try:
+            self.members = {info.filename: info for info in _checked_members(self.zip, path, Bounds())}
+        except UnsafeArchive:
+            self.zip.close()
+            raise
 
     def read(self, member: str, uri: str) -> bytes:
+        """Only validated file members are readable: a name outside that list is missing, never guessed."""
         info = self.members.get(member)
         if info is None:
             raise FileNotFoundError(f"{uri}: no member {member!r} in {self.path}")

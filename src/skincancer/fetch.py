@@ -1,52 +1,191 @@
-"""fetch stage: obtain each dataset's files under data/raw/ and index them in one table."""
+"""fetch stage: obtain every dataset's files under data/raw/<name>/ and index them in one table.
+
+data/raw persists between runs (dvc.yaml `persist: true`): files already there and verified are
+not downloaded again, and the checksums recorded at the first download are enforced afterwards.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import pandas as pd
 
-from skincancer.atomic import atomic_dir
+from skincancer.atomic import atomic_path, atomic_write_text
 from skincancer.catalog import CATALOG
+from skincancer.download import Downloaded, download
 from skincancer.layouts import read_layout
-from skincancer.params import FetchParams
+from skincancer.params import FetchParams, SourceParams
 from skincancer.sample import write_sample
 
 log = logging.getLogger(__name__)
 
-# dataset name -> writes the dataset's files under the given folder, returns {layout: folder}
-Obtainer = Callable[[Path, FetchParams], dict[str, Path]]
+CHECKSUMS = "checksums.json"  # under data/raw: {"<folder>/<file>": {"url", "size", "sha256"}}
+INDEX = "index.parquet"
 
 
-def _obtain_sample(folder: Path, params: FetchParams) -> dict[str, Path]:
-    return write_sample(folder, n_images=params.sample.n_images, seed=params.sample.seed)
+# how to run one function over the file jobs, results in job order
+FileMapper = Callable[[Callable[["FileJob"], Downloaded], list["FileJob"]], list[Downloaded]]
 
 
-OBTAINERS: dict[str, Obtainer] = {"sample": _obtain_sample}
+class FetchError(RuntimeError):
+    """A source cannot be obtained as configured; the message says which and what to change."""
 
 
-def index_dataset(name: str, layout_roots: dict[str, Path], raw_root: Path) -> pd.DataFrame:
-    """One index frame for a dataset; source = '<dataset>/<layout>' keeps layouts apart."""
-    expected = set(CATALOG[name].layouts)
-    if set(layout_roots) != expected:
-        raise ValueError(f"dataset {name!r} produced layouts {sorted(layout_roots)}, expected {sorted(expected)}")
-    frames = [
-        read_layout(layout, root, source=f"{name}/{layout}", raw_root=raw_root)
-        for layout, root in sorted(layout_roots.items())
+@dataclass(frozen=True)
+class FileJob:
+    """One file to land at data/raw/<folder>/<name>."""
+
+    folder: str
+    name: str
+    url: str
+    sha256: str | None = None
+    auth_env: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.folder}/{self.name}"
+
+
+def _mirrored(url: str, mirror: str | None) -> str:
+    """The same path on a mirror: lets teams (and tests) serve the catalog files themselves."""
+    return url if mirror is None else mirror.rstrip("/") + urlsplit(url).path
+
+
+def catalog_jobs(name: str, mirror: str | None) -> list[FileJob]:
+    entry = CATALOG[name]
+    if not entry.files and name != "sample":
+        raise FetchError(f"dataset {name!r} has no direct download. {entry.note}".strip())
+    return [FileJob(name, remote.name, _mirrored(remote.url, mirror)) for remote in entry.files]
+
+
+def _local_folder(url: str) -> Path | None:
+    parts = urlsplit(url)
+    path = Path(url2pathname(parts.path)) if parts.scheme == "file" else None
+    return path if path is not None and path.is_dir() else None
+
+
+def source_jobs(source: SourceParams) -> list[FileJob]:
+    """A source is one archive, a local folder (every file in it), or a base URL plus `files`."""
+    if source.files:
+        base = source.url.rstrip("/")
+        names_urls = [(name, f"{base}/{name}") for name in source.files]
+    elif (folder := _local_folder(source.url)) is not None:
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        names_urls = [(name, (folder / name).as_uri()) for name in files]
+    else:
+        names_urls = [(Path(urlsplit(source.url).path).name or source.name, source.url)]
+    pins = source.sha256 if isinstance(source.sha256, dict) else {}
+    single = source.sha256 if isinstance(source.sha256, str) else None
+    return [
+        FileJob(source.name, name, url, pins.get(name, single), source.auth_env) for name, url in names_urls
     ]
-    return pd.concat(frames, ignore_index=True)
 
 
-def fetch(params: FetchParams, raw_root: Path) -> pd.DataFrame:
-    """Write every dataset and index.parquet into raw_root as one atomic folder swap."""
-    with atomic_dir(raw_root) as staging:
-        frames = []
-        for name in params.datasets:
-            layout_roots = OBTAINERS[name](staging / name, params)
-            frames.append(index_dataset(name, layout_roots, staging))
-            log.info("%s: %d images indexed", name, len(frames[-1]))
-        index = pd.concat(frames, ignore_index=True)
-        index.to_parquet(staging / "index.parquet", index=False)
+def plan(params: FetchParams) -> list[FileJob]:
+    jobs = [job for name in params.datasets for job in catalog_jobs(name, params.mirror)]
+    return jobs + [job for source in params.sources for job in source_jobs(source)]
+
+
+def read_checksums(raw_root: Path) -> dict[str, dict]:
+    path = raw_root / CHECKSUMS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_checksums(raw_root: Path, recorded: dict[str, dict], results: Iterable[tuple[FileJob, Downloaded]]) -> None:
+    """Record size and sha256 of every file, so a later run notices changed upstream bytes."""
+    for job, done in results:
+        recorded[job.key] = {"url": job.url, "size": done.size, "sha256": done.sha256}
+    atomic_write_text(raw_root / CHECKSUMS, json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+
+
+def auth_headers(job: FileJob) -> dict[str, str]:
+    if job.auth_env is None:
+        return {}
+    token = os.environ.get(job.auth_env)
+    if not token:
+        raise FetchError(f"source {job.folder!r}: environment variable {job.auth_env} (its auth token) is not set")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def fetch_file(job: FileJob, raw_root: Path, recorded: dict[str, dict], retries: int = 5) -> Downloaded:
+    """Download (or reuse) one file, held to its pin, or else to the checksum recorded earlier."""
+    expected = recorded.get(job.key, {})
+    return download(
+        job.url,
+        raw_root / job.folder / job.name,
+        sha256=job.sha256 or expected.get("sha256"),
+        size=None if job.sha256 else expected.get("size"),
+        headers=auth_headers(job),
+        retries=retries,
+    )
+
+
+def write_local_dataset(name: str, raw_root: Path, params: FetchParams) -> None:
+    """Datasets generated here rather than downloaded (the synthetic sample)."""
+    write_sample(raw_root / name, n_images=params.sample.n_images, seed=params.sample.seed)
+
+
+LOCAL_DATASETS: dict[str, Callable[[str, Path, FetchParams], None]] = {"sample": write_local_dataset}
+
+
+def prune(raw_root: Path, params: FetchParams) -> None:
+    """Folders of datasets no longer configured would bloat the DVC output: remove them."""
+    keep = set(params.datasets) | {source.name for source in params.sources} | {CHECKSUMS, INDEX}
+    for child in raw_root.iterdir() if raw_root.is_dir() else ():
+        if child.name not in keep and not child.name.startswith("."):
+            log.info("removing %s: no longer in fetch.datasets / fetch.sources", child)
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def layouts_of(params: FetchParams, raw_root: Path) -> list[tuple[str, str, Path]]:
+    """(source name, layout, folder) for every configured dataset and source."""
+    found = []
+    for name in params.datasets:
+        layouts = CATALOG[name].layouts
+        for layout in layouts:
+            folder = raw_root / name / layout if len(layouts) > 1 else raw_root / name
+            found.append((f"{name}/{layout}" if len(layouts) > 1 else name, layout, folder))
+    found += [(source.name, source.layout, raw_root / source.name) for source in params.sources]
+    return found
+
+
+def build_index(params: FetchParams, raw_root: Path) -> pd.DataFrame:
+    """One index.parquet over every layout, straight from the archives."""
+    frames = []
+    for source, layout, folder in layouts_of(params, raw_root):
+        frame = read_layout(layout, folder, source=source, raw_root=raw_root, strict=params.strict)
+        log.info("%s: %d images indexed (%s layout)", source, len(frame), layout)
+        frames.append(frame)
+    index = pd.concat(frames, ignore_index=True)
+    with atomic_path(raw_root / INDEX) as tmp:
+        index.to_parquet(tmp, index=False)
     return index
+
+
+def map_in_order(function: Callable[[FileJob], Downloaded], jobs: list[FileJob]) -> list[Downloaded]:
+    return [function(job) for job in jobs]
+
+
+def fetch(params: FetchParams, raw_root: Path, map_files: FileMapper = map_in_order) -> pd.DataFrame:
+    """The whole stage; `map_files` decides how downloads run (the Prefect flow: concurrent tasks)."""
+    raw_root.mkdir(parents=True, exist_ok=True)
+    prune(raw_root, params)
+    for name in params.datasets:
+        if name in LOCAL_DATASETS:
+            LOCAL_DATASETS[name](name, raw_root, params)
+    recorded = read_checksums(raw_root)
+    jobs = plan(params)
+
+    def download_file(job: FileJob) -> Downloaded:
+        return fetch_file(job, raw_root, recorded, params.retries)
+
+    write_checksums(raw_root, recorded, zip(jobs, map_files(download_file, jobs), strict=True))
+    return build_index(params, raw_root)

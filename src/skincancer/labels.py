@@ -48,6 +48,24 @@ SPELLINGS: dict[str, str] = {
     "melanoma": "melanoma",
     "nevus": "nevus",
     "unknown": "unknown",
+    # older ISIC archive `diagnosis` values (isic-cli metadata before the hierarchical taxonomy)
+    "AIMP": "atypical_melanocytic_proliferation",
+    "angioma": "vascular_lesion",
+    "angiokeratoma": "vascular_lesion",
+    "pyogenic granuloma": "vascular_lesion",
+    # ISIC hierarchical taxonomy, diagnosis_3..5 (isic-cli metadata since 2024)
+    "Melanoma, NOS": "melanoma",
+    "Melanoma in situ": "melanoma",
+    "Melanoma Invasive": "melanoma",
+    "Melanoma metastasis": "melanoma",
+    "Solar or actinic keratosis": "actinic_keratosis",
+    "Squamous cell carcinoma, NOS": "squamous_cell_carcinoma",
+    "Squamous cell carcinoma in situ": "squamous_cell_carcinoma",
+    "Squamous cell carcinoma, Invasive": "squamous_cell_carcinoma",
+    "Lichen planus like keratosis": "benign_keratosis",
+    "Hemangioma": "vascular_lesion",
+    "Atypical melanocytic neoplasm": "atypical_melanocytic_proliferation",
+    "Atypical intraepidermal melanocytic proliferation": "atypical_melanocytic_proliferation",
 }
 
 _BENIGN_MALIGNANT = {"benign": 0, "malignant": 1}
@@ -66,13 +84,19 @@ _LOOKUP: dict[str, str] = {_key(name): name for name in CANONICAL} | {
 # label index -> class name: the folder names under data/split/<split>/ and the report's wording
 CLASS_NAMES: tuple[str, str] = ("benign", "malignant")
 
+
 class UnknownDiagnosis(ValueError):
     """A diagnosis spelling no mapping covers; silently guessing would corrupt labels."""
 
 
+def lookup_diagnosis(raw: str) -> str | None:
+    """The canonical name of a spelling, or None: for sources that fall back to a coarser level they publish."""
+    return _LOOKUP.get(_key(str(raw)))
+
+
 def canonical_diagnosis(raw: str, *, where: str = "") -> str:
     """Map a source's diagnosis spelling to its canonical name, or fail saying how to fix it."""
-    found = _LOOKUP.get(_key(str(raw)))
+    found = lookup_diagnosis(raw)
     if found is not None:
         return found
     place = f" in {where}" if where else ""

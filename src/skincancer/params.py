@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,13 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or invalid; the message names the key."""
 
 
+def _registered(kind: str, value: str, registry: Iterable[str]) -> str:
+    """Registry names (layouts, backbones) are checked up front, listing the valid ones."""
+    if value not in registry:
+        raise ValueError(f"unknown {kind} {value!r}; known: {sorted(registry)}")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -24,9 +32,47 @@ class SampleParams(_Section):
     seed: int = 0
 
 
+class SourceParams(_Section):
+    """A user source: an archive or folder at `url`, read by the layout reader `layout`."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="folder under data/raw")
+    url: str = Field(description="http(s):// or file:// to an archive, a folder, or (with `files`) a base")
+    layout: str
+    files: list[str] = Field(default_factory=list, description="file names under `url`, fetched one by one")
+    sha256: str | dict[str, str] | None = Field(None, description="pin: one digest, or file name -> digest")
+    auth_env: str | None = Field(None, description="environment variable holding a bearer token")
+
+    @field_validator("url")
+    @classmethod
+    def _supported_scheme(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://", "file://")):
+            raise ValueError(f"must start with http://, https:// or file://, got {value!r}")
+        return value
+
+    @field_validator("layout")
+    @classmethod
+    def _known_layout(cls, value: str) -> str:
+        from skincancer.layouts import LAYOUT_READERS
+
+        return _registered("layout", value, LAYOUT_READERS)
+
+    @model_validator(mode="after")
+    def _pins_name_files(self) -> SourceParams:
+        if isinstance(self.sha256, dict) and (unknown := set(self.sha256) - set(self.files)):
+            raise ValueError(f"sha256 pins files not listed in `files`: {sorted(unknown)}")
+        if isinstance(self.sha256, str) and len(self.files) > 1:
+            raise ValueError("one sha256 for several files: pin each as {file name: digest}")
+        return self
+
+
 class FetchParams(_Section):
-    datasets: list[str] = Field(default_factory=lambda: ["sample"], min_length=1)
+    datasets: list[str] = Field(default_factory=lambda: ["sample"])
+    sources: list[SourceParams] = Field(default_factory=list)
     sample: SampleParams = SampleParams()
+    mirror: str | None = Field(None, description="base URL serving the catalog files under their original paths")
+    strict: bool = Field(False, description="images missing from an archive or its table are an error")
+    workers: int = Field(4, ge=1, description="concurrent downloads")
+    retries: int = Field(5, ge=0)
 
     @field_validator("datasets")
     @classmethod
@@ -37,6 +83,15 @@ class FetchParams(_Section):
         if unknown:
             raise ValueError(f"unknown dataset(s) {unknown}; known: {sorted(CATALOG)}")
         return value
+
+    @model_validator(mode="after")
+    def _distinct_folders(self) -> FetchParams:
+        names = self.datasets + [source.name for source in self.sources]
+        if not names:
+            raise ValueError("nothing to fetch: list catalog `datasets` or user `sources`")
+        if duplicated := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"names used twice across datasets and sources: {duplicated}")
+        return self
 
 
 class LabelParams(_Section):
@@ -94,9 +149,7 @@ class TrainParams(_Section):
     @field_validator("backbone")
     @classmethod
     def _registered_backbone(cls, value: str) -> str:
-        if value not in BACKBONES:
-            raise ValueError(f"unknown backbone {value!r}; known: {sorted(BACKBONES)}")
-        return value
+        return _registered("backbone", value, BACKBONES)
 
     @field_validator("weights")
     @classmethod

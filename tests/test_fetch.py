@@ -1,0 +1,201 @@
+"""fetch: catalog datasets and user sources over a real loopback HTTP server, verified and indexed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from layout_fixtures import write_class_folders, write_isic2019, write_isic_cli
+from skincancer.download import ChecksumMismatch, DownloadError
+from skincancer.fetch import CHECKSUMS, FetchError, fetch, read_checksums
+from skincancer.layouts import LayoutError
+from skincancer.params import FetchParams, SampleParams
+
+
+@dataclass
+class Mirror:
+    url: str
+    root: Path
+    requests: list[str] = field(default_factory=list)
+    authorization: list[str | None] = field(default_factory=list)
+    delay: float = 0.0
+    in_flight: int = 0
+    most_in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@pytest.fixture
+def mirror(tmp_path) -> Iterator[Mirror]:
+    """A static file server on 127.0.0.1 that records requests and how many overlapped."""
+    root = tmp_path / "served"
+    root.mkdir()
+    state = Mirror("", root)
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            with state.lock:
+                state.requests.append(self.path)
+                state.authorization.append(self.headers.get("Authorization"))
+                state.in_flight += 1
+                state.most_in_flight = max(state.most_in_flight, state.in_flight)
+            try:
+                time.sleep(state.delay)
+                super().do_GET()
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def serve_isic2019(mirror: Mirror) -> Path:
+    folder = mirror.root / "challenges/2019"
+    folder.mkdir(parents=True)
+    return write_isic2019(folder)
+
+
+def test_catalog_dataset_is_downloaded_verified_and_indexed(mirror, tmp_path):
+    serve_isic2019(mirror)
+    raw = tmp_path / "raw"
+    params = FetchParams(datasets=["isic2019"], mirror=mirror.url, retries=0)
+    index = fetch(params, raw)
+    assert sorted(mirror.requests) == sorted(f"/challenges/2019/{name}" for name in (
+        "ISIC_2019_Training_Input.zip", "ISIC_2019_Training_GroundTruth.csv", "ISIC_2019_Training_Metadata.csv"))
+    assert set(index["source"]) == {"isic2019"} and len(index) > 0
+    assert index["uri"].str.startswith("isic2019/ISIC_2019_Training_Input.zip!").all()
+    recorded = read_checksums(raw)
+    assert set(recorded) == {f"isic2019/{name}" for name in ("ISIC_2019_Training_Input.zip",
+                             "ISIC_2019_Training_GroundTruth.csv", "ISIC_2019_Training_Metadata.csv")}
+    assert all(len(entry["sha256"]) == 64 and entry["size"] > 0 for entry in recorded.values())
+    assert pd.read_parquet(raw / "index.parquet").equals(index)
+
+    # everything present and verified: a rerun downloads nothing
+    mirror.requests.clear()
+    assert fetch(params, raw).equals(index)
+    assert mirror.requests == []
+
+
+def test_recorded_checksum_is_enforced_on_later_runs(mirror, tmp_path):
+    serve_isic2019(mirror)
+    raw = tmp_path / "raw"
+    params = FetchParams(datasets=["isic2019"], mirror=mirror.url, retries=0)
+    fetch(params, raw)
+    truth = raw / "isic2019/ISIC_2019_Training_GroundTruth.csv"
+    truth.write_bytes(truth.read_bytes() + b"ISIC_9999999,1,0,0,0,0,0,0,0,0\n")  # tampered after download
+    with pytest.raises(ChecksumMismatch, match="ISIC_2019_Training_GroundTruth.csv"):
+        fetch(params, raw)
+
+
+def test_datasets_and_sources_combine_in_one_index(mirror, tmp_path):
+    serve_isic2019(mirror)
+    write_isic_cli(mirror.root / "cli", as_zip=True)
+    cli_zip = next((mirror.root / "cli").glob("*.zip"))
+    local = write_class_folders(tmp_path / "kaggle", as_zip=False)
+    params = FetchParams.model_validate({
+        "datasets": ["sample", "isic2019"],
+        "sample": {"n_images": 40},
+        "mirror": mirror.url,
+        "sources": [
+            {"name": "my-cli", "url": f"{mirror.url}/cli/{cli_zip.name}", "layout": "isic-cli"},
+            {"name": "kaggle", "url": local.as_uri(), "layout": "class-folders"},
+        ],
+    })
+    index = fetch(params, tmp_path / "raw")
+    assert set(index["source"]) == {"sample/isic2017-udacity", "sample/isic2020", "isic2019", "my-cli", "kaggle"}
+    assert (tmp_path / "raw/kaggle").is_dir() and (tmp_path / "raw/my-cli" / cli_zip.name).is_file()
+    assert set(read_checksums(tmp_path / "raw")) >= {f"my-cli/{cli_zip.name}"}
+
+
+def test_pinned_sha256_must_match(mirror, tmp_path):
+    write_isic_cli(mirror.root / "cli", as_zip=True)
+    name = next((mirror.root / "cli").glob("*.zip")).name
+    source = {"name": "mine", "url": f"{mirror.url}/cli/{name}", "layout": "isic-cli", "sha256": "0" * 64}
+    params = FetchParams.model_validate({"datasets": [], "sources": [source], "retries": 0})
+    with pytest.raises(ChecksumMismatch, match="0" * 64):
+        fetch(params, tmp_path / "raw")
+    assert not (tmp_path / "raw/mine" / name).exists()
+
+
+def test_auth_token_comes_from_the_environment(mirror, tmp_path, monkeypatch):
+    write_isic_cli(mirror.root / "cli", as_zip=True)
+    name = next((mirror.root / "cli").glob("*.zip")).name
+    source = {"name": "private", "url": f"{mirror.url}/cli/{name}", "layout": "isic-cli", "auth_env": "ISIC_TOKEN"}
+    params = FetchParams.model_validate({"datasets": [], "sources": [source], "retries": 0})
+    monkeypatch.delenv("ISIC_TOKEN", raising=False)
+    with pytest.raises(FetchError, match="ISIC_TOKEN"):
+        fetch(params, tmp_path / "raw")
+    monkeypatch.setenv("ISIC_TOKEN", "s3cret")
+    fetch(params, tmp_path / "raw")
+    assert mirror.authorization == ["Bearer s3cret"]
+
+
+def test_dataset_without_direct_download_says_how_to_get_it(tmp_path):
+    with pytest.raises(FetchError, match="isic-9class.*fetch.sources"):
+        fetch(FetchParams(datasets=["isic-9class"]), tmp_path / "raw")
+
+
+def test_unreachable_source_fails_naming_the_url(tmp_path):
+    params = FetchParams.model_validate({"datasets": [], "retries": 0, "sources": [
+        {"name": "gone", "url": "http://127.0.0.1:9/none.zip", "layout": "isic-cli"}]})
+    with pytest.raises(DownloadError, match="127.0.0.1:9/none.zip"):
+        fetch(params, tmp_path / "raw")
+
+
+def test_missing_images_are_reported_or_fatal_with_strict(mirror, tmp_path, caplog):
+    folder = serve_isic2019(mirror)
+    truth = folder / "ISIC_2019_Training_GroundTruth.csv"
+    truth.write_bytes(truth.read_bytes() + b"ISIC_9999999,1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0\n")
+    lenient = FetchParams(datasets=["isic2019"], mirror=mirror.url, retries=0)
+    index = fetch(lenient, tmp_path / "raw")
+    assert "ISIC_9999999" not in set(index["image_id"])
+    assert "ISIC_9999999" in caplog.text
+    with pytest.raises(LayoutError, match="ISIC_9999999"):
+        fetch(lenient.model_copy(update={"strict": True}), tmp_path / "raw")
+
+
+def test_folders_no_longer_configured_are_pruned(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "old-source").mkdir(parents=True)
+    (raw / "old-source/file.zip").write_bytes(b"x")
+    fetch(FetchParams(sample=SampleParams(n_images=40)), raw)
+    assert sorted(p.name for p in raw.iterdir()) == sorted([CHECKSUMS, "index.parquet", "sample"])
+
+
+@pytest.mark.slow
+def test_flow_downloads_files_concurrently_as_prefect_tasks(mirror, tmp_path, prefect_api):
+    import sys
+
+    import httpx
+    import yaml
+
+    from conftest import base_env, copy_project, run
+
+    serve_isic2019(mirror)
+    mirror.delay = 1.0
+    project = copy_project(tmp_path / "project")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["fetch"] |= {"datasets": ["isic2019"], "mirror": mirror.url, "workers": 3}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    run([sys.executable, "flows/fetch.py"], project, base_env(project) | {"PREFECT_API_URL": prefect_api})
+    assert len(pd.read_parquet(project / "data/raw/index.parquet")) > 0
+    assert len(mirror.requests) == 3 and mirror.most_in_flight >= 2
+    task_runs = httpx.post(f"{prefect_api}/task_runs/filter", json={"limit": 200}).json()
+    downloads = [r for r in task_runs if r["task_key"].startswith("download") and r["state_type"] == "COMPLETED"]
+    assert len(downloads) >= 3
