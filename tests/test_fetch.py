@@ -175,7 +175,7 @@ def test_folders_no_longer_configured_are_pruned(tmp_path):
     (raw / "old-source").mkdir(parents=True)
     (raw / "old-source/file.zip").write_bytes(b"x")
     fetch(FetchParams(sample=SampleParams(n_images=40)), raw)
-    assert sorted(p.name for p in raw.iterdir()) == sorted([CHECKSUMS, "index.parquet", "sample"])
+    assert sorted(p.name for p in raw.iterdir()) == sorted([CHECKSUMS, "duplicates.parquet", "index.parquet", "sample"])
 
 
 @pytest.mark.slow
@@ -199,3 +199,24 @@ def test_flow_downloads_files_concurrently_as_prefect_tasks(mirror, tmp_path, pr
     task_runs = httpx.post(f"{prefect_api}/task_runs/filter", json={"limit": 200}).json()
     downloads = [r for r in task_runs if r["task_key"].startswith("download") and r["state_type"] == "COMPLETED"]
     assert len(downloads) >= 3
+
+
+def test_official_duplicate_pairs_are_collected_for_the_split(mirror, tmp_path):
+    from layout_fixtures import write_isic2020_duplicates
+    from skincancer.sample import write_sample
+
+    folder = mirror.root / "challenges/2020"
+    sample = write_sample(tmp_path / "sample", n_images=40, seed=2)["isic2020"]
+    folder.mkdir(parents=True)
+    for file in sample.iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    truth = pd.read_csv(folder / "ISIC_2020_Training_GroundTruth.csv", dtype=str, keep_default_na=False)
+    truth.insert(2, "lesion_id", "IL_" + truth["image_name"].str[5:])  # the v2 table adds lesion ids
+    (folder / "ISIC_2020_Training_GroundTruth.csv").unlink()
+    truth.to_csv(folder / "ISIC_2020_Training_GroundTruth_v2.csv", index=False)
+    ids = sorted(truth["image_name"])
+    write_isic2020_duplicates(folder, [(ids[0], ids[1])])
+    index = fetch(FetchParams(datasets=["isic2020"], mirror=mirror.url, retries=0), tmp_path / "raw")
+    assert len(index) == len(ids)
+    pairs = pd.read_parquet(tmp_path / "raw/duplicates.parquet")
+    assert pairs.to_dict("records") == [{"image_id_1": ids[0], "image_id_2": ids[1], "source": "isic2020"}]

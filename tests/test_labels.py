@@ -5,8 +5,8 @@ import pytest
 from skincancer.labels import (
     CANONICAL,
     SPELLINGS,
-    UnknownDiagnosis,
     canonical_diagnosis,
+    is_labellable,
     label_of,
     lookup_diagnosis,
 )
@@ -56,20 +56,22 @@ def test_every_spelling_target_is_canonical_or_snake_case():
         assert target in CANONICAL or (target.replace("_", "").isalpha() and target == target.lower())
 
 
-def test_unmapped_diagnosis_names_value_place_and_fix():
-    with pytest.raises(UnknownDiagnosis) as caught:
-        canonical_diagnosis("blue nevus", where="ISIC_2020_Training_GroundTruth.csv")
-    message = str(caught.value)
-    assert "'blue nevus'" in message
-    assert "ISIC_2020_Training_GroundTruth.csv" in message
-    assert "SPELLINGS" in message and "labels.unknown: drop" in message
-    assert isinstance(caught.value, ValueError)
+def test_unmapped_diagnosis_is_kept_as_snake_case_with_a_warning(caplog):
+    assert canonical_diagnosis("Blue nevus", where="ISIC_2020_Training_GroundTruth.csv") == "blue_nevus"
+    assert "'Blue nevus' in ISIC_2020_Training_GroundTruth.csv" in caplog.text and "SPELLINGS" in caplog.text
 
 
 def test_near_misses_are_not_guessed():
-    for raw in ("melanomas", "naevus", "", "keratosis"):
-        with pytest.raises(UnknownDiagnosis):
-            canonical_diagnosis(raw)
+    for raw, kept in (("melanomas", "melanomas"), ("naevus", "naevus"), ("", "unknown"), ("keratosis", "keratosis")):
+        assert canonical_diagnosis(raw) == kept
+        assert not is_labellable(kept, {"melanoma"})
+
+
+def test_labellable_needs_a_verdict_a_listed_malignant_or_a_known_diagnosis():
+    assert is_labellable("nevus", set()) and is_labellable("melanoma", set())
+    assert not is_labellable("unknown", {"melanoma"})
+    assert is_labellable("unknown", set(), published="benign")
+    assert is_labellable("blue_nevus", {"blue_nevus"})
 
 
 def test_label_from_diagnosis_when_nothing_published():

@@ -1,5 +1,6 @@
 import logging
 import shutil
+import re
 import zipfile
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from skincancer.archives import UnsafeArchive, member_uri, read_uris, sha256_hex
 from skincancer.catalog import CATALOG, CHALLENGE_URL
-from skincancer.labels import UnknownDiagnosis, canonical_diagnosis
+from skincancer.labels import canonical_diagnosis
 from skincancer.layouts import (
     CHALLENGES,
     INDEX_COLUMNS,
@@ -148,11 +149,12 @@ def test_image_without_ground_truth_row_is_reported(raw_root, isic2020_copy):
         read("isic2020", isic2020_copy.parent, isic2020_copy)
 
 
-def test_unknown_diagnosis_in_csv_names_the_file(raw_root, isic2020_copy):
+def test_unmapped_diagnosis_in_csv_is_kept_and_named(raw_root, isic2020_copy, caplog):
     path = isic2020_copy / CSV_NAME
     path.write_text(path.read_text().replace(",nevus,", ",blue nevus,", 1))
-    with pytest.raises(UnknownDiagnosis, match=rf"'blue nevus' in .*{CSV_NAME}"):
-        read("isic2020", isic2020_copy.parent, isic2020_copy)
+    index = read("isic2020", isic2020_copy.parent, isic2020_copy)
+    assert (index["diagnosis"] == "blue_nevus").sum() == 1  # the split decides whether it can be labelled
+    assert re.search(rf"'blue nevus' in .*{CSV_NAME}", caplog.text)
 
 
 def write_udacity(folder: Path, members: list[str]) -> Path:
@@ -163,10 +165,11 @@ def write_udacity(folder: Path, members: list[str]) -> Path:
     return folder
 
 
-def test_unknown_class_folder_names_the_member(tmp_path):
+def test_unknown_class_folder_is_kept_and_named(tmp_path, caplog):
     folder = write_udacity(tmp_path / "udacity", ["train/nevus/ISIC_1.jpg", "train/blue_nevus/ISIC_2.jpg"])
-    with pytest.raises(UnknownDiagnosis, match=r"'blue_nevus' in .*train.zip!train/blue_nevus/ISIC_2.jpg"):
-        read("isic2017-udacity", tmp_path, folder)
+    index = read("isic2017-udacity", tmp_path, folder)
+    assert by_id(index)["ISIC_2"]["diagnosis"] == "blue_nevus"
+    assert re.search(r"'blue_nevus' in .*train.zip!train/blue_nevus/ISIC_2.jpg", caplog.text)
 
 
 def test_udacity_skips_macos_resource_forks(tmp_path):
@@ -333,10 +336,11 @@ def test_class_folders_without_split_folders_is_an_error(tmp_path):
         read("class-folders", tmp_path, tmp_path / "nine")
 
 
-def test_class_folder_with_unknown_class_names_it(tmp_path):
+def test_class_folder_with_unknown_class_names_it(tmp_path, caplog):
     lf.write_zip(tmp_path / "nine" / "archive.zip", lf.images("x/Train/blue nevus", ["ISIC_1"]))
-    with pytest.raises(UnknownDiagnosis, match=r"'blue nevus' in .*archive.zip!x/Train/blue nevus/ISIC_1.jpg"):
-        read("class-folders", tmp_path, tmp_path / "nine")
+    index = read("class-folders", tmp_path, tmp_path / "nine")
+    assert list(index["diagnosis"]) == ["blue_nevus"]
+    assert re.search(r"'blue nevus' in .*archive.zip!x/Train/blue nevus/ISIC_1.jpg", caplog.text)
 
 
 @pytest.mark.parametrize("as_zip", [True, False], ids=["zip", "folder"])
@@ -376,11 +380,12 @@ def test_isic_cli_old_flat_fields(tmp_path):
     assert pd.isna(rows["ISIC_0000012"]["benign_malignant"])  # "indeterminate/benign" is no verdict
 
 
-def test_isic_cli_unknown_diagnosis_names_the_most_specific_value(tmp_path):
+def test_isic_cli_unknown_diagnosis_names_the_most_specific_value(tmp_path, caplog):
     table = (lf.CLI_NEW[0], lf.CLI_NEW[1][:7] + ("Blue nevus", "Blue nevus, cellular") + lf.CLI_NEW[1][9:])
     folder = lf.write_isic_cli(tmp_path / "cli", table, as_zip=False)
-    with pytest.raises(UnknownDiagnosis, match=r"'Blue nevus, cellular' in .*metadata.csv"):
-        read("isic-cli", tmp_path, folder)
+    index = read("isic-cli", tmp_path, folder)
+    assert "blue_nevus_cellular" in set(index["diagnosis"])
+    assert re.search(r"'Blue nevus, cellular' in .*metadata.csv", caplog.text)
 
 
 def test_isic_cli_without_metadata_is_an_error(tmp_path):

@@ -64,13 +64,18 @@ def test_full_run_writes_every_output(repo, prefect_api):
     assert 0.0 <= metrics["threshold"] <= 1.0
     for path in ("data/raw/index.parquet", "data/split/manifest.parquet", "data/shards/manifest.json",
                  "models/model.keras", "models/history.csv", "reports/report.md", "reports/predictions.csv",
-                 "reports/plots/roc.csv", "reports/plots/confusion.csv", "reports/figures/roc.png"):
+                 "reports/plots/roc.csv", "reports/plots/confusion.csv", "reports/figures/roc.png",
+                 "reports/split.json", "data/split/removed.csv", "data/raw/duplicates.parquet"):
         assert (root / path).is_file(), path
     assert sorted(p.name for p in (root / "data/split").iterdir()) == ["manifest.parquet", "test", "train", "val"]
     assert list((root / "data/shards").glob("train-00000-of-*.tfrecord"))
     # cache.type hardlink: the image folders are not stored twice on disk
     image = next((root / "data/split/train/benign").iterdir())
     assert image.stat().st_nlink == 2
+    # the split summary is a DVC metric beside metrics.json
+    shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], root, repo[1]).stdout)
+    split_numbers = shown["workspace"]["data"]["reports/split.json"]["data"]
+    assert split_numbers["images"] == sum(split_numbers[s]["images"] for s in ("train", "val", "test"))
     # every stage ran as a Prefect flow run on the server the test started
     runs = httpx.post(f"{prefect_api}/flow_runs/filter", json={"limit": 50}).json()
     flows = {flow["id"]: flow["name"] for flow in httpx.post(f"{prefect_api}/flows/filter", json={}).json()}

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from skincancer.params import LabelParams, SplitParams
-from skincancer.split import SplitError, build_manifest, materialise, split_counts
+from skincancer.split import SplitError, build_manifest, materialise, plan_split, split_counts, summary
 
 LABELS = LabelParams()
 
@@ -80,13 +80,103 @@ def test_published_benign_malignant_wins_over_diagnosis():
     assert (manifest.loc[manifest["diagnosis"] == "nevus", "label"] == 1).all()
 
 
-def test_unknown_label_is_an_error_or_dropped():
+def test_unlabellable_diagnoses_are_named_with_counts_or_dropped():
     index = make_index(300)
     index.loc[:4, "diagnosis"] = "unknown"
-    with pytest.raises(SplitError, match="labels.unknown: drop"):
-        build_manifest(index, SplitParams(), LABELS)
-    manifest = build_manifest(index, SplitParams(), LabelParams(unknown="drop"))
-    assert len(manifest) == 295 and "unknown" not in set(manifest["diagnosis"])
+    index.loc[5:6, "diagnosis"] = "blue_nevus"  # kept as snake_case at fetch: not in the vocabulary
+    with pytest.raises(SplitError, match=r"7 image\(s\) cannot be labelled.*'blue_nevus' \(2\), 'unknown' \(5\).*labels.unknown: drop"):
+        plan_split(index, SplitParams(), LABELS)
+    plan = plan_split(index, SplitParams(), LabelParams(unknown="drop"))
+    assert len(plan.manifest) == 293 and not {"unknown", "blue_nevus"} & set(plan.manifest["diagnosis"])
+    assert sorted(plan.removed.loc[plan.removed["reason"] == "unlabelled", "image_id"]) == sorted(index["image_id"][:7])
+    # listing it as malignant, or a published verdict, makes it labellable
+    listed = plan_split(index.iloc[5:], SplitParams(), LabelParams(malignant=["melanoma", "blue_nevus"]))
+    assert (listed.manifest.loc[listed.manifest["diagnosis"] == "blue_nevus", "label"] == 1).all()
+
+
+def test_duplicates_across_sources_keep_one_and_say_which():
+    index = make_index(200)
+    copies = index.iloc[:10].assign(image_id=lambda f: f["image_id"] + "_copy", source="test/other")
+    plan = plan_split(pd.concat([index, copies]), SplitParams(), LABELS)
+    assert len(plan.manifest) == 200
+    duplicates = plan.removed[plan.removed["reason"] == "duplicate"]
+    assert sorted(duplicates["image_id"]) == sorted(copies["image_id"])
+    assert (duplicates["kept_image_id"] + "_copy" == duplicates["image_id"]).all()
+
+
+def test_same_isic_id_in_two_sources_is_one_image():
+    index = make_index(200)
+    resized = index.iloc[:3].assign(source="test/kaggle", sha256=lambda f: "f" + f["sha256"].str[1:])
+    plan = plan_split(pd.concat([index, resized]), SplitParams(), LABELS)
+    assert plan.manifest["image_id"].is_unique and len(plan.manifest) == 200
+    assert set(plan.removed["reason"]) == {"duplicate"} and len(plan.removed) == 3
+
+
+def test_official_duplicate_pairs_are_removed():
+    index = make_index(200)
+    same_label = index[index["diagnosis"] == "nevus"]["image_id"].tolist()[:4]
+    pairs = [(same_label[0], same_label[1]), (same_label[2], same_label[3])]
+    plan = plan_split(index, SplitParams(), LABELS, pairs)
+    assert len(plan.manifest) == 198
+    assert sorted(plan.removed["image_id"]) == sorted([same_label[1], same_label[3]])
+    assert sorted(plan.removed["kept_image_id"]) == sorted([same_label[0], same_label[2]])
+
+
+def test_duplicates_whose_labels_disagree_are_all_excluded():
+    index = make_index(200)
+    melanoma = index[index["diagnosis"] == "melanoma"].iloc[0]
+    twin = melanoma.copy()
+    twin["image_id"], twin["source"], twin["diagnosis"] = "ISIC_twin", "test/kaggle", "seborrheic_keratosis"
+    nevus, sk = index[index["diagnosis"] == "nevus"].iloc[0], index[index["diagnosis"] == "seborrheic_keratosis"].iloc[0]
+    plan = plan_split(pd.concat([index, twin.to_frame().T]), SplitParams(), LABELS, [(nevus["image_id"], melanoma["image_id"])])
+    conflicts = plan.removed[plan.removed["reason"] == "label_conflict"]
+    assert sorted(conflicts["image_id"]) == sorted([melanoma["image_id"], "ISIC_twin", nevus["image_id"]])
+    assert conflicts["kept_image_id"].isna().all()
+    assert not set(conflicts["image_id"]) & set(plan.manifest["image_id"]) and sk["image_id"] in set(plan.manifest["image_id"])
+
+
+def make_isic2020_like(n_patients: int = 620, seed: int = 0) -> pd.DataFrame:
+    """~16 images per patient, ~2% malignant, melanoma concentrated in a few patients (as in ISIC 2020)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for p in range(n_patients):
+        size = max(1, rng.poisson(16))
+        diagnosis = np.full(size, "nevus", dtype=object)
+        if rng.random() < 0.25:
+            diagnosis[: rng.integers(1, 3)] = "melanoma"
+        ids = [f"ISIC_{p:04d}_{i:02d}" for i in range(size)]
+        frames.append(pd.DataFrame({"image_id": ids, "diagnosis": diagnosis, "patient_id": f"IP_{p:07d}"}))
+    frame = pd.concat(frames, ignore_index=True)
+    base = make_index(len(frame))
+    return base.assign(image_id=frame["image_id"], diagnosis=frame["diagnosis"], patient_id=frame["patient_id"],
+                       sha256=[hashlib.sha256(i.encode()).hexdigest() for i in frame["image_id"]])
+
+
+def test_realistic_isic2020_proportions_within_one_point():
+    index = make_isic2020_like()
+    assert 0.015 < (index["diagnosis"] == "melanoma").mean() < 0.03 and len(index) > 9000
+    manifest = build_manifest(index, SplitParams(group_by="patient_id"), LABELS)
+    whole = manifest["label"].mean()
+    for split, fraction in zip(("train", "val", "test"), (0.8, 0.1, 0.1)):
+        part = manifest[manifest["split"] == split]
+        assert abs(part["label"].mean() - whole) < 0.01, split
+        assert abs(len(part) / len(manifest) - fraction) < 0.01, split
+    assert manifest.groupby("patient_id")["split"].nunique().max() == 1
+
+
+def test_group_by_none_splits_images_independently():
+    index = make_index(600, per_patient=50)
+    manifest = build_manifest(index, SplitParams(group_by="none"), LABELS)
+    assert manifest.groupby("patient_id")["split"].nunique().max() > 1
+
+
+def test_manifest_bytes_are_identical_across_runs(tmp_path):
+    raw, index = write_zip_index(tmp_path)
+    for name in ("a", "b"):
+        plan = plan_split(index, SplitParams(), LABELS)
+        materialise(plan.manifest, raw, tmp_path / name, plan.removed)
+    for file in ("manifest.parquet", "removed.csv"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
 
 
 def test_too_few_malignant_names_split_and_class():
@@ -125,3 +215,31 @@ def test_materialise_refuses_changed_bytes_and_leaves_nothing(tmp_path):
     with pytest.raises(SplitError, match=r"ISIC_0000005.jpg: bytes changed since fetch"):
         materialise(manifest, raw, tmp_path / "split")
     assert list(tmp_path.iterdir()) == [raw]
+
+
+def test_loose_source_files_are_hardlinked_not_copied(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "loose").mkdir(parents=True)
+    index = make_index(60, per_patient=1)
+    for image_id in index["image_id"]:
+        (raw / "loose" / f"{image_id}.jpg").write_bytes(image_id.encode())
+    index["uri"] = "loose/" + index["image_id"] + ".jpg"
+    manifest = build_manifest(index, SplitParams(), LABELS)
+    materialise(manifest, raw, tmp_path / "split")
+    for row in manifest.itertuples():
+        placed, source = tmp_path / "split" / row.path, raw / row.uri
+        assert placed.stat().st_ino == source.stat().st_ino and placed.stat().st_nlink == 2
+
+
+def test_summary_counts_split_class_and_diagnosis(tmp_path):
+    index = make_index(400)
+    copies = index.iloc[:5].assign(image_id=lambda f: f["image_id"] + "_copy", source="test/other")
+    plan = plan_split(pd.concat([index, copies]), SplitParams(), LABELS)
+    numbers = summary(plan, "patient_id")
+    assert numbers["images"] == 400 and numbers["removed"] == {"duplicate": 5, "label_conflict": 0, "unlabelled": 0}
+    assert sum(numbers[s]["images"] for s in ("train", "val", "test")) == 400
+    assert sum(numbers[s]["groups"] for s in ("train", "val", "test")) == numbers["groups"] == index["patient_id"].nunique()
+    for split in ("train", "val", "test"):
+        part = numbers[split]
+        assert part["benign"] + part["malignant"] == part["images"] == sum(part["diagnosis"].values())
+        assert part["malignant_share"] == pytest.approx(part["malignant"] / part["images"], abs=1e-4)

@@ -21,7 +21,7 @@ import pandas as pd
 from skincancer.atomic import atomic_path, atomic_write_text
 from skincancer.catalog import CATALOG
 from skincancer.download import Downloaded, download
-from skincancer.layouts import read_layout
+from skincancer.layouts import DUPLICATE_READERS, read_layout
 from skincancer.params import FetchParams, SourceParams
 from skincancer.sample import write_sample
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CHECKSUMS = "checksums.json"  # under data/raw: {"<folder>/<file>": {"url", "size", "sha256"}}
 INDEX = "index.parquet"
+DUPLICATES = "duplicates.parquet"
 
 
 # how to run one function over the file jobs, results in job order
@@ -138,7 +139,7 @@ LOCAL_DATASETS: dict[str, Callable[[str, Path, FetchParams], None]] = {"sample":
 
 def prune(raw_root: Path, params: FetchParams) -> None:
     """Folders of datasets no longer configured would bloat the DVC output: remove them."""
-    keep = set(params.datasets) | {source.name for source in params.sources} | {CHECKSUMS, INDEX}
+    keep = set(params.datasets) | {source.name for source in params.sources} | {CHECKSUMS, INDEX, DUPLICATES}
     for child in raw_root.iterdir() if raw_root.is_dir() else ():
         if child.name not in keep and not child.name.startswith("."):
             log.info("removing %s: no longer in fetch.datasets / fetch.sources", child)
@@ -158,15 +159,19 @@ def layouts_of(params: FetchParams, raw_root: Path) -> list[tuple[str, str, Path
 
 
 def build_index(params: FetchParams, raw_root: Path) -> pd.DataFrame:
-    """One index.parquet over every layout, straight from the archives."""
-    frames = []
+    """index.parquet over every layout, straight from the archives, and the official duplicate pairs."""
+    frames, pairs = [], []
     for source, layout, folder in layouts_of(params, raw_root):
         frame = read_layout(layout, folder, source=source, raw_root=raw_root, strict=params.strict)
         log.info("%s: %d images indexed (%s layout)", source, len(frame), layout)
         frames.append(frame)
+        if layout in DUPLICATE_READERS:
+            pairs += [(a, b, source) for a, b in DUPLICATE_READERS[layout](folder)]
     index = pd.concat(frames, ignore_index=True)
     with atomic_path(raw_root / INDEX) as tmp:
         index.to_parquet(tmp, index=False)
+    with atomic_path(raw_root / DUPLICATES) as tmp:
+        pd.DataFrame(pairs, columns=["image_id_1", "image_id_2", "source"], dtype="string").to_parquet(tmp, index=False)
     return index
 
 

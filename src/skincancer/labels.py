@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import re
+
+log = logging.getLogger(__name__)
 
 CANONICAL: tuple[str, ...] = (
     "melanoma",
@@ -85,25 +88,36 @@ _LOOKUP: dict[str, str] = {_key(name): name for name in CANONICAL} | {
 CLASS_NAMES: tuple[str, str] = ("benign", "malignant")
 
 
-class UnknownDiagnosis(ValueError):
-    """A diagnosis spelling no mapping covers; silently guessing would corrupt labels."""
-
-
 def lookup_diagnosis(raw: str) -> str | None:
     """The canonical name of a spelling, or None: for sources that fall back to a coarser level they publish."""
     return _LOOKUP.get(_key(str(raw)))
 
 
+def snake_case(raw: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", raw.lower()).strip("_")
+
+
 def canonical_diagnosis(raw: str, *, where: str = "") -> str:
-    """Map a source's diagnosis spelling to its canonical name, or fail saying how to fix it."""
+    """A spelling's canonical name; one outside the map is kept as snake_case (design: sources may
+    publish more), and the split stage decides whether such images can be labelled."""
     found = lookup_diagnosis(raw)
     if found is not None:
         return found
+    kept = snake_case(str(raw)) or "unknown"
     place = f" in {where}" if where else ""
-    raise UnknownDiagnosis(
-        f"unknown diagnosis {raw!r}{place}; add its spelling to skincancer.labels.SPELLINGS "
-        "or set `labels.unknown: drop` in params.yaml to drop such images"
-    )
+    log.warning("diagnosis %r%s is not in skincancer.labels.SPELLINGS; kept as %r", raw, place, kept)
+    return kept
+
+
+# every diagnosis the spelling map knows: benign unless listed in labels.malignant
+VOCABULARY: frozenset[str] = frozenset(_LOOKUP.values())
+
+
+def is_labellable(diagnosis: str, malignant: frozenset[str] | set[str], published: object = None) -> bool:
+    """Whether benign/malignant is known: a published verdict, a listed malignant, or a known diagnosis."""
+    if not _is_null(published) or diagnosis in malignant:
+        return True
+    return diagnosis in VOCABULARY and diagnosis != "unknown"
 
 
 def _is_null(value: object) -> bool:

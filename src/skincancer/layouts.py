@@ -213,7 +213,7 @@ def _metadata(table: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def _canonical(spellings: pd.Series, path: Path) -> pd.Series:
-    """Each distinct spelling mapped once, failing on an unknown one with the file's name."""
+    """Each distinct spelling mapped once (an unmapped one is kept as snake_case, with a warning naming the file)."""
     mapping = {raw: canonical_diagnosis(raw, where=str(path)) for raw in spellings.unique()}
     return spellings.map(mapping)
 
@@ -478,6 +478,10 @@ def read_isic2020_duplicates(root: Path) -> list[tuple[str, str]]:
     return list(zip(table["image_name_1"], table["image_name_2"]))
 
 
+# layout -> reader of the source's official duplicate pairs (image ids), where it publishes one
+DUPLICATE_READERS: dict[str, Callable[[Path], list[tuple[str, str]]]] = {"isic2020": read_isic2020_duplicates}
+
+
 # ---------------------------------------------------------------- folder-per-class layouts
 
 UDACITY_ZIPS = ("train.zip", "valid.zip", "test.zip")
@@ -538,7 +542,7 @@ def _cli_columns(table: pd.DataFrame, path: Path) -> None:
 
 def _most_specific(values: tuple[str, ...], where: str) -> str:
     """The deepest level the vocabulary names; a subtype it lacks (``Nevus, Junctional``) falls back to its
-    parent level. No level at all is ``unknown``; levels none of which is known fail naming the deepest."""
+    parent level. No level at all is ``unknown``; when no level is known the deepest is kept as snake_case."""
     published = [value for value in values if value.strip()]
     known = (lookup_diagnosis(value) for value in published)
     found = next((name for name in known if name is not None), None)

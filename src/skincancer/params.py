@@ -105,7 +105,7 @@ class LabelParams(_Section):
 class SplitParams(_Section):
     seed: int = 42
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    group_by: Literal["patient_id", "lesion_id"] | None = "patient_id"
+    group_by: Literal["patient_id", "lesion_id", "none"] | None = "patient_id"
 
     @field_validator("fractions")
     @classmethod

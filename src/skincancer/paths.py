@@ -6,6 +6,7 @@ from pathlib import Path
 
 RAW = Path("data/raw")
 INDEX = RAW / "index.parquet"
+DUPLICATES = RAW / "duplicates.parquet"  # official duplicate pairs: image_id_1, image_id_2, source
 SPLIT = Path("data/split")
 SPLIT_MANIFEST = SPLIT / "manifest.parquet"
 SHARDS = Path("data/shards")
@@ -15,6 +16,7 @@ MODEL = MODELS / "model.keras"
 HISTORY = MODELS / "history.csv"
 METRICS = Path("metrics.json")
 REPORTS = Path("reports")
+SPLIT_SUMMARY = REPORTS / "split.json"
 SPLITS = ("train", "val", "test")
 
 
