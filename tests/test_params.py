@@ -44,6 +44,7 @@ def json_like(value):
         ("train", "backbone", "resnet5O", "train.backbone"),
         ("split", "fractions", [0.8, 0.1, 0.2], "split.fractions"),
         ("shard", "resize", "squash", "shard.resize"),
+        ("split", "group_by", "doctor_id", "split.group_by"),
         ("evaluate", "threshold", {"policy": "median"}, "evaluate.threshold.policy"),
         ("fetch", "datasets", ["isic1999"], "fetch.datasets"),
         ("train", "weights", "weights.bin", "train.weights"),
