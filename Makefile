@@ -25,6 +25,14 @@ demo: install
 test: install
 	$(RUN) $(BIN)/python -m pytest
 
+# every benchmarks/<topic>.py (common.py holds their helpers); `make bench BENCH_ARGS=--quick` for small corpora.
+# Each script's figures (its last lines, JSON) are collected into benchmarks/results.json.
+BENCH_SCRIPTS = $(filter-out benchmarks/common.py benchmarks/__init__.py,$(sort $(wildcard benchmarks/*.py)))
+BENCH_ARGS ?=
+
+bench: install
+	$(RUN) $(BIN)/python benchmarks/common.py $(BENCH_ARGS) --output benchmarks/results.json $(BENCH_SCRIPTS)
+
 lock:
 	$(VENV)/bin/uv pip compile pyproject.toml --extra test --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 -o requirements.lock

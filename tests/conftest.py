@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,31 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "flows", "src", "data/.gitignore", ".dvc/config", ".dvcignore")
+from project_copy import BIN, project_env
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def base_env(tmp: Path) -> dict[str, str]:
-    """Subprocess environment: the venv first on PATH (stage commands say `python`), no telemetry."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        PREFECT_HOME=str(tmp / "prefect-home"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-        DVC_NO_ANALYTICS="1",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.invalid",
-        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.invalid",
-    )
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +29,7 @@ def prefect_api(tmp_path_factory) -> Iterator[str]:
     log = (home / "server.log").open("w")
     server = subprocess.Popen(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=base_env(home), stdout=log, stderr=subprocess.STDOUT,
+        env=project_env(home), stdout=log, stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 120
@@ -68,25 +47,6 @@ def prefect_api(tmp_path_factory) -> Iterator[str]:
         server.terminate()
         server.wait(timeout=30)
         log.close()
-
-
-def copy_project(target: Path) -> Path:
-    """The files a user's clone has, minus data: what `dvc repro` needs to run for real."""
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif source.exists():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    return target
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result
 
 
 @pytest.fixture(scope="session")

@@ -185,7 +185,7 @@ def test_flow_downloads_files_concurrently_as_prefect_tasks(mirror, tmp_path, pr
     import httpx
     import yaml
 
-    from conftest import base_env, copy_project, run
+    from project_copy import copy_project, project_env, run
 
     serve_isic2019(mirror)
     mirror.delay = 1.0
@@ -193,7 +193,7 @@ def test_flow_downloads_files_concurrently_as_prefect_tasks(mirror, tmp_path, pr
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["fetch"] |= {"datasets": ["isic2019"], "mirror": mirror.url, "workers": 3}
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    run([sys.executable, "flows/fetch.py"], project, base_env(project) | {"PREFECT_API_URL": prefect_api})
+    run([sys.executable, "flows/fetch.py"], project, project_env(project) | {"PREFECT_API_URL": prefect_api})
     assert len(pd.read_parquet(project / "data/raw/index.parquet")) > 0
     assert len(mirror.requests) == 3 and mirror.most_in_flight >= 2
     task_runs = httpx.post(f"{prefect_api}/task_runs/filter", json={"limit": 200}).json()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from conftest import BIN, base_env, copy_project, run
+from project_copy import BIN, copy_project, project_env, run, stages_run
 from skincancer.metrics import METRIC_KEYS
 
 pytestmark = pytest.mark.slow
@@ -34,14 +33,10 @@ def set_params(repo: Path, change: dict) -> None:
     path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), change), sort_keys=False))
 
 
-def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '(\w+)'", output)
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, prefect_api):
     root = copy_project(tmp_path_factory.mktemp("project"))
-    env = base_env(root) | {"PREFECT_API_URL": prefect_api}
+    env = project_env(root) | {"PREFECT_API_URL": prefect_api}
     run(["git", "init", "-q", "-b", "main"], root, env)
     set_params(root, TINY)
     run(["git", "add", "-A"], root, env)
@@ -67,14 +62,14 @@ def test_full_run_writes_every_output(repo, prefect_api):
                  "reports/plots/roc.csv", "reports/plots/confusion.csv", "reports/figures/roc.png",
                  "reports/split.json", "data/split/removed.csv", "data/raw/duplicates.parquet"):
         assert (root / path).is_file(), path
-    assert sorted(p.name for p in (root / "data/split").iterdir()) == ["manifest.parquet", "test", "train", "val"]
+    assert sorted(p.name for p in (root / "data/split").iterdir()) == ["manifest.parquet", "removed.csv", "test", "train", "val"]
     assert list((root / "data/shards").glob("train-00000-of-*.tfrecord"))
     # cache.type hardlink: the image folders are not stored twice on disk
     image = next((root / "data/split/train/benign").iterdir())
     assert image.stat().st_nlink == 2
     # the split summary is a DVC metric beside metrics.json
     shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], root, repo[1]).stdout)
-    split_numbers = shown["workspace"]["data"]["reports/split.json"]["data"]
+    split_numbers = next(iter(shown.values()))["data"]["reports/split.json"]["data"]  # the workspace entry
     assert split_numbers["images"] == sum(split_numbers[s]["images"] for s in ("train", "val", "test"))
     # every stage ran as a Prefect flow run on the server the test started
     runs = httpx.post(f"{prefect_api}/flow_runs/filter", json={"limit": 50}).json()

@@ -5,7 +5,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import base_env, copy_project, run
+from project_copy import copy_project, project_env, run
 
 
 @pytest.fixture
@@ -14,7 +14,7 @@ def project(tmp_path):
 
 
 def stage(project, name):
-    return run([sys.executable, f"flows/{name}.py"], project, base_env(project), check=False)
+    return run([sys.executable, f"flows/{name}.py"], project, project_env(project), check=False)
 
 
 @pytest.mark.parametrize(("name", "missing", "first"), [

@@ -178,18 +178,18 @@ def _place(source_path: Path, data: bytes, target: Path) -> None:
 
 def materialise(manifest: pd.DataFrame, raw_root: Path, split_root: Path, removed: pd.DataFrame | None = None) -> None:
     """Write data/split/<split>/<class>/<id>.jpg, manifest.parquet and removed.csv as one atomic folder."""
-    by_uri = manifest.set_index("uri")
+    target = dict(zip(manifest["uri"], zip(manifest["path"], manifest["sha256"], strict=True), strict=True))
     with atomic_dir(split_root) as staging:
         for split in SPLITS:
             for name in CLASS_NAMES:
                 (staging / split / name).mkdir(parents=True)
-        for uri, data in read_uris(raw_root, sorted(by_uri.index)):
-            row = by_uri.loc[uri]
-            if sha256_hex(data) != row["sha256"]:
+        for uri, data in read_uris(raw_root, sorted(target)):
+            path, expected = target[uri]
+            if sha256_hex(data) != expected:
                 raise SplitError(
                     f"{uri}: bytes changed since fetch (sha256 mismatch); rerun the fetch stage (`dvc repro fetch -f`)"
                 )
-            _place(raw_root / uri, data, staging / row["path"])
+            _place(raw_root / uri, data, staging / path)
         manifest.to_parquet(staging / "manifest.parquet", index=False)
         removed = removed if removed is not None else pd.DataFrame(columns=list(REMOVED_COLUMNS))
         removed.to_csv(staging / "removed.csv", index=False)

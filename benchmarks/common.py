@@ -1,0 +1,311 @@
+"""Helpers shared by the benchmarks: timing, figures printed as JSON lines, generated ISIC-like corpora.
+
+Each ``benchmarks/<topic>.py`` prints human lines while it runs and, as its last lines, one JSON object
+per figure: ``{"benchmark": name, "ours": x, "baseline": y, "unit": u, "ratio": r}`` (plus ``"quick": true``
+on a ``--quick`` run). Run as a script, this module is the runner behind ``make bench``: it runs the
+benchmark scripts it is given, passes their output through and writes every figure to one JSON list.
+
+Top-level imports stay light (standard library only): numpy, Pillow and pandas load inside functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from project_copy import BIN, copy_project, project_env, run, stages_run  # noqa: E402,F401  (re-exported)
+
+CORPUS_VERSION = 1  # bump when the generated corpus changes, so cached copies are not reused
+CLI_FOLDER = "isic-download"  # `isic image download OUT` writes OUT/<isic_id>.jpg + OUT/metadata.csv
+CLI_ZIP = f"{CLI_FOLDER}.zip"
+
+
+# ---------------------------------------------------------------- arguments, timing, figures
+
+
+def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small corpus (seconds, not minutes)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print where it is")
+    return parser.parse_args(argv)
+
+
+def say(message: str) -> None:
+    """A human line (figures come last, as JSON)."""
+    print(message, flush=True)
+
+
+def timed(function: Callable[[], object]) -> tuple[float, object]:
+    """(seconds, result) of one call, on the monotonic high-resolution clock."""
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def best_of(repeats: int, function: Callable[[], object]) -> float:
+    """The fastest of ``repeats`` calls: the least disturbed by the rest of the machine."""
+    return min(timed(function)[0] for _ in range(repeats))
+
+
+def figure(name: str, ours: float, baseline: float, unit: str, *, quick: bool = False) -> dict:
+    """One figure; ratio = baseline / ours (how many times better ours is, for seconds and bytes)."""
+    record = {
+        "benchmark": name,
+        "ours": round(ours, 4) if isinstance(ours, float) else ours,
+        "baseline": round(baseline, 4) if isinstance(baseline, float) else baseline,
+        "unit": unit,
+        "ratio": round(baseline / ours, 3) if ours else None,
+    }
+    if quick:
+        record["quick"] = True
+    return record
+
+
+def print_figures(figures: Iterable[dict]) -> None:
+    """The script's last lines: one JSON object per figure."""
+    for record in figures:
+        print(json.dumps(record), flush=True)
+
+
+def machine() -> dict:
+    """nproc, CPU model and RAM, for BENCHMARKS.md."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError):
+        mem_kb = 0
+    return {"nproc": os.cpu_count(), "cpu": model, "ram_gib": round(mem_kb / 1024**2, 1)}
+
+
+def bench_tmp(prefix: str) -> Path:
+    """A fresh temporary folder for one benchmark run (SKINCANCER_BENCH_TMP or the system temp dir)."""
+    base = os.environ.get("SKINCANCER_BENCH_TMP") or tempfile.gettempdir()
+    Path(base).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"skincancer-bench-{prefix}-", dir=base))
+
+
+def cache_dir() -> Path:
+    """Generated corpora are kept here between runs (SKINCANCER_BENCH_CACHE to move it)."""
+    default = Path(tempfile.gettempdir()) / "skincancer-bench-cache"
+    return Path(os.environ.get("SKINCANCER_BENCH_CACHE") or default)
+
+
+# ---------------------------------------------------------------- disk usage
+
+
+def unique_bytes(*roots: Path, skip: set[tuple[int, int]] = frozenset()) -> int:
+    """Bytes on disk under ``roots``, each inode once: hardlinks to the same file count one time."""
+    seen: set[tuple[int, int]] = set(skip)
+    total = 0
+    for key, size in _inodes(roots):
+        if key not in seen:
+            seen.add(key)
+            total += size
+    return total
+
+
+def inodes(*roots: Path) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of every regular file under ``roots``."""
+    return {key for key, _ in _inodes(roots)}
+
+
+def _inodes(roots: Iterable[Path]) -> Iterable[tuple[tuple[int, int], int]]:
+    for root in roots:
+        for folder, _, files in os.walk(root):
+            for name in files:
+                stat = os.lstat(os.path.join(folder, name))
+                if not os.path.islink(os.path.join(folder, name)):
+                    yield (stat.st_dev, stat.st_ino), stat.st_size
+
+
+# ---------------------------------------------------------------- generated ISIC-like corpus
+
+WIDTH, HEIGHT = 400, 300
+N_BASES = 16
+# (diagnosis as the ISIC archive spells it in isic-cli's flat `diagnosis` field, benign_malignant, weight)
+DIAGNOSES = (
+    ("nevus", "benign", 0.62),
+    ("seborrheic keratosis", "benign", 0.12),
+    ("solar lentigo", "benign", 0.06),
+    ("melanoma", "malignant", 0.14),
+    ("basal cell carcinoma", "malignant", 0.06),
+)
+SITES = ("anterior torso", "posterior torso", "head/neck", "upper extremity", "lower extremity", "")
+METADATA_COLUMNS = ("isic_id", "patient_id", "lesion_id", "sex", "age_approx", "anatom_site_general",
+                    "benign_malignant", "diagnosis")
+
+
+def _base_images(seed: int):
+    """A few smooth skin-and-lesion pictures; every corpus image is one of them, moved and noised."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    bases = []
+    for k in range(N_BASES):
+        rng = np.random.default_rng([seed, k])
+        skin = rng.uniform([170, 120, 100], [230, 180, 160])
+        wave = np.sin(xx / rng.uniform(20, 60) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(20, 60))
+        image = skin[None, None, :] + 20 * wave[..., None]
+        cy, cx, radius = rng.uniform(100, 200), rng.uniform(130, 270), rng.uniform(50, 110)
+        lesion = np.clip(1.2 - np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / radius, 0, 1)[..., None]
+        image = image * (1 - 0.6 * lesion) + lesion * rng.uniform([60, 30, 20], [120, 80, 60])
+        bases.append(image.astype(np.float32))
+    return bases
+
+
+def _jpegs(n: int, seed: int) -> Iterable[bytes]:
+    """``n`` distinct 400x300 JPEGs at quality 90, ~40-80 KB each: base image + shift + per-image noise."""
+    import hashlib
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    bases = _base_images(seed)
+    margin = 64
+    noise = rng.normal(0, 1, (HEIGHT + margin, WIDTH + margin, 3)).astype(np.float32)
+    seen: set[bytes] = set()
+    for i in range(n):
+        dy, dx = (int(v) for v in rng.integers(0, margin, 2))
+        image = bases[i % N_BASES] + float(rng.uniform(12, 30)) * noise[dy:dy + HEIGHT, dx:dx + WIDTH]
+        pixels = np.clip(np.roll(image, int(rng.integers(-40, 40)), axis=1), 0, 255).astype(np.uint8)
+        while True:
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+            data = buffer.getvalue()
+            digest = hashlib.sha256(data).digest()
+            if digest not in seen:  # every image unique: the split would drop byte duplicates
+                seen.add(digest)
+                break
+            pixels[0, 0] = (pixels[0, 0] + 1) % 256
+        yield data
+
+
+def _metadata_rows(n: int, seed: int) -> list[tuple[str, ...]]:
+    """isic-cli metadata: ~20% malignant, ~5 images per patient (1-9), one lesion per 1-3 images."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 1])
+    weights = np.array([w for _, _, w in DIAGNOSES])
+    diagnoses = rng.choice(len(DIAGNOSES), size=n, p=weights / weights.sum())
+    rows, patient, lesion, left_patient, left_lesion = [], 0, 0, 0, 0
+    sex = age = ""
+    for i in range(n):
+        if left_patient == 0:
+            patient += 1
+            left_patient = int(rng.integers(1, 10))
+            sex = str(rng.choice(["female", "male", ""], p=[0.48, 0.48, 0.04]))
+            age = "" if rng.random() < 0.05 else str(int(rng.integers(4, 18)) * 5)
+            left_lesion = 0
+        if left_lesion == 0:
+            lesion += 1
+            left_lesion = int(rng.integers(1, 4))
+        diagnosis, verdict, _ = DIAGNOSES[diagnoses[i]]
+        site = SITES[int(rng.integers(0, len(SITES)))]
+        rows.append((f"ISIC_{i + 1:07d}", f"IP_{patient:07d}", f"IL_{lesion:07d}", sex, age, site, verdict, diagnosis))
+        left_patient -= 1
+        left_lesion -= 1
+    return rows
+
+
+def _csv_bytes(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> bytes:
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return text.getvalue().encode("utf-8")
+
+
+def isic_cli_corpus(n: int, seed: int = 0) -> Path:
+    """A folder holding ``isic-download.zip`` (stored, as ISIC's archives are): ``isic-download/<id>.jpg``
+    for ``n`` images plus ``isic-download/metadata.csv``, as ``isic image download OUT`` writes and zips.
+
+    Generated once per (n, seed) under cache_dir(), then reused; returns the folder (a `file://` source).
+    """
+    import zipfile
+
+    folder = cache_dir() / f"isic-cli-{n}-seed{seed}-v{CORPUS_VERSION}"
+    done = folder.with_name(f"{folder.name}.complete")  # beside the folder: a source takes every file in it
+    if done.is_file() and (folder / CLI_ZIP).is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = _metadata_rows(n, seed)
+    partial = folder.with_name(f"{folder.name}.{CLI_ZIP}.partial")
+    start = time.perf_counter()
+    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
+        for row, data in zip(rows, _jpegs(n, seed), strict=True):
+            archive.writestr(f"{CLI_FOLDER}/{row[0]}.jpg", data)
+        archive.writestr(f"{CLI_FOLDER}/metadata.csv", _csv_bytes(METADATA_COLUMNS, rows))
+    os.replace(partial, folder / CLI_ZIP)
+    done.write_text(f"{n} images, seed {seed}\n")
+    say(f"generated {n} images in {time.perf_counter() - start:.1f} s -> {folder / CLI_ZIP} "
+        f"({(folder / CLI_ZIP).stat().st_size / 1e6:.0f} MB)")
+    return folder
+
+
+# ---------------------------------------------------------------- `make bench`: run every benchmark
+
+
+def _figure_line(line: str) -> dict | None:
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "benchmark" in record else None
+
+
+def run_all(scripts: list[str], output: Path, extra: list[str]) -> int:
+    """Run each script in turn (its output passed through), then write every figure it printed."""
+    figures: list[dict] = []
+    failed = []
+    for script in scripts:
+        say(f"== {script} {' '.join(extra)}".rstrip())
+        process = subprocess.Popen([sys.executable, script, *extra], stdout=subprocess.PIPE, text=True, bufsize=1)
+        assert process.stdout is not None
+        for line in process.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if (record := _figure_line(line)) is not None:
+                figures.append(record)
+        if process.wait() != 0:
+            failed.append(script)
+    if failed:
+        say(f"failed: {failed}; {output} not written")
+        return 1
+    output.write_text(json.dumps(figures, indent=2) + "\n")
+    say(f"{len(figures)} figure(s) -> {output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="run benchmark scripts and collect their figures")
+    parser.add_argument("scripts", nargs="+")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument("--quick", action="store_true", help="passed on to every script")
+    args = parser.parse_args(argv)
+    return run_all(args.scripts, args.output, ["--quick"] if args.quick else [])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
