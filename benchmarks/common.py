@@ -11,13 +11,15 @@ Top-level imports stay light (standard library only): numpy, Pillow and pandas l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,11 +93,20 @@ def machine() -> dict:
     return {"nproc": os.cpu_count(), "cpu": model, "ram_gib": round(mem_kb / 1024**2, 1)}
 
 
-def bench_tmp(prefix: str) -> Path:
-    """A fresh temporary folder for one benchmark run (SKINCANCER_BENCH_TMP or the system temp dir)."""
+@contextlib.contextmanager
+def bench_tmp(prefix: str, keep: bool = False) -> Iterator[Path]:
+    """A fresh temporary folder for one benchmark run (SKINCANCER_BENCH_TMP or the system temp dir),
+    removed afterwards unless ``keep`` (--keep) asks to look at it."""
     base = os.environ.get("SKINCANCER_BENCH_TMP") or tempfile.gettempdir()
     Path(base).mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"skincancer-bench-{prefix}-", dir=base))
+    tmp = Path(tempfile.mkdtemp(prefix=f"skincancer-bench-{prefix}-", dir=base))
+    try:
+        yield tmp
+    finally:
+        if keep:
+            say(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cache_dir() -> Path:

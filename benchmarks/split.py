@@ -216,15 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     say(f"machine: {info['nproc']} cores, {info['cpu']}, {info['ram_gib']} GiB RAM; python {sys.version.split()[0]}")
     corpus_s, corpus = timed(lambda: isic_cli_corpus(n))
     say(f"corpus: {n} images at {corpus} (ready in {corpus_s:.1f} s)")
-    tmp = bench_tmp("split")
-    try:
+    with bench_tmp("split", args.keep) as tmp:
         figures = [bench_split(corpus, tmp, n, args.quick)]
         figures += bench_repro(corpus, tmp, n, args.quick)
-    finally:
-        if args.keep:
-            say(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     print_figures(figures)
     return 0
 

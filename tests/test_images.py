@@ -1,13 +1,17 @@
-"""images.resize_jpeg: exact sizes, EXIF upright, RGB out, draft decode, corrupt input, determinism."""
+"""images.resize_jpeg: exact sizes, EXIF upright, every colour mode to RGB, draft decode, bombs, corrupt input,
+determinism."""
 
 from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
-from PIL import Image, JpegImagePlugin
+from PIL import Image, ImageFile, JpegImagePlugin
+from pydantic import ValidationError
 
-from skincancer.images import CorruptImage, Resized, resize_jpeg
+from skincancer.images import PILLOW_MAX_PIXELS, CorruptImage, Resized, resize_jpeg
+from skincancer.params import ShardParams
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -79,13 +83,60 @@ def test_exif_rotation_changes_pad_bands() -> None:
     assert _near(out.getpixel((15, 2)), RED)
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK"])
-def test_other_colour_modes_come_out_rgb(mode: str) -> None:
-    src = Image.new(mode, (40, 30))
+def _encoded(img: Image.Image, format: str) -> bytes:
     buffer = io.BytesIO()
-    src.save(buffer, "PNG" if mode == "RGBA" else "JPEG")
-    img = _open(resize_jpeg(buffer.getvalue(), 16, "crop", 90))
-    assert img.mode == "RGB" and img.size == (16, 16)
+    img.save(buffer, format)
+    return buffer.getvalue()
+
+
+def _palette(transparent: bool) -> Image.Image:
+    """Index 0 on the left half, 1 (red) on the right; index 0 is green, or transparent."""
+    img = Image.new("P", (40, 30), 1)
+    img.putpalette([0, 255, 0, *RED])
+    img.paste(0, (0, 0, 20, 30))
+    if transparent:
+        img.info["transparency"] = 0
+    return img
+
+
+def _rgba() -> Image.Image:
+    """Left half fully transparent green, right half opaque red."""
+    img = Image.new("RGBA", (40, 30), (*RED, 255))
+    img.paste((0, 255, 0, 0), (0, 0, 20, 30))
+    return img
+
+
+def _sixteen_bit(mode: str) -> bytes:
+    """Left half 0x8080 (mid-grey, 128 in 8 bits), right half 0xFFFF: a plain convert would clip both to white."""
+    samples = np.full((30, 40), 0xFFFF, dtype=np.uint16)
+    samples[:, :20] = 0x8080
+    img = Image.fromarray(samples)
+    assert img.mode == "I;16"
+    # Pillow opens 16-bit PNG as I;16 and 16-bit PGM as I.
+    return _encoded(img, "PNG") if mode == "I;16" else _encoded(img, "PPM")
+
+
+GREY = (100, 100, 100)
+COLOUR_CASES = {
+    "L": (_encoded(Image.new("L", (40, 30), 100), "JPEG"), "L", GREY, GREY),
+    "CMYK": (_encoded(Image.new("CMYK", (40, 30), (255, 0, 0, 0)), "JPEG"), "CMYK", (0, 255, 255), (0, 255, 255)),
+    "P": (_encoded(_palette(transparent=False), "PNG"), "P", (0, 255, 0), RED),
+    "P-transparent": (_encoded(_palette(transparent=True), "PNG"), "P", (0, 0, 0), RED),
+    "RGBA": (_encoded(_rgba(), "PNG"), "RGBA", (0, 0, 0), RED),
+    "RGB-PNG": (_encoded(_halves(40, 30), "PNG"), "RGB", RED, BLUE),
+    "I;16-PNG": (_sixteen_bit("I;16"), "I;16", (128, 128, 128), (255, 255, 255)),
+    "I-PGM": (_sixteen_bit("I"), "I", (128, 128, 128), (255, 255, 255)),
+}
+
+
+@pytest.mark.parametrize("case", list(COLOUR_CASES))
+def test_every_colour_mode_comes_out_rgb_with_its_colours(case: str) -> None:
+    data, source_mode, left, right = COLOUR_CASES[case]
+    assert Image.open(io.BytesIO(data)).mode == source_mode
+    img = _open(resize_jpeg(data, 30, "pad", 95))  # pad keeps the halves apart: 40x30 -> 30x22 inside 30x30
+    assert img.mode == "RGB" and img.size == (30, 30)
+    assert _near(img.getpixel((4, 15)), left, tolerance=6), img.getpixel((4, 15))
+    assert _near(img.getpixel((25, 15)), right, tolerance=6), img.getpixel((25, 15))
 
 
 @pytest.mark.parametrize(("mode", "shape"), [("crop", (2000, 1500)), ("pad", (2400, 300)), ("crop", (2400, 300))])
@@ -127,3 +178,29 @@ def test_output_is_byte_identical_across_calls() -> None:
     data = _jpeg(_halves(123, 77))
     assert resize_jpeg(data, 32, "pad", 90) == resize_jpeg(data, 32, "pad", 90)
     assert resize_jpeg(data, 32, "crop", 90).data != resize_jpeg(data, 32, "crop", 60).data
+
+
+def test_zero_bytes_is_an_empty_file() -> None:
+    with pytest.raises(CorruptImage, match="empty.jpg") as caught:
+        resize_jpeg(b"", 32, "crop", 90, name="empty.jpg")
+    assert caught.value.reason == "empty file (0 bytes)"
+
+
+def test_too_many_pixels_are_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _jpeg(_halves(120, 100))
+    assert resize_jpeg(data, 16, "crop", 90, max_pixels=120 * 100).width == 16  # at the limit: fine
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("decoded a refused image")
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", no_decoding)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(CorruptImage, match="big.jpg") as caught:
+        resize_jpeg(data, 16, "crop", 90, name="big.jpg", max_pixels=120 * 100 - 1)
+    assert caught.value.reason == "decompression bomb: 120 x 100 pixels > 11999"
+
+
+def test_default_pixel_limit_is_pillows_own_and_the_most_allowed() -> None:
+    assert PILLOW_MAX_PIXELS == 2 * Image.MAX_IMAGE_PIXELS == ShardParams().max_pixels
+    with pytest.raises(ValidationError, match="max_pixels"):
+        ShardParams(max_pixels=PILLOW_MAX_PIXELS + 1)  # Image.open would refuse such images anyway

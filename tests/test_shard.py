@@ -1,4 +1,4 @@
-"""shard.write_shards on a generated split tree: counts, sizing, names, reproducibility, failures."""
+"""shard.write_shards on a generated split tree: counts, sizing, names, reproducibility, mappers, failures."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import json
 import logging
 import math
 import random
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,7 @@ from PIL import Image
 
 from skincancer import shard, tfrecords
 from skincancer.params import ShardParams
-from skincancer.shard import write_shards
+from skincancer.shard import TooManySkipped, chunk_size, in_threads, write_shards
 
 SIZE = 32
 COUNTS = {"train": (14, 10), "val": (4, 4), "test": (4, 4)}  # (benign, malignant)
@@ -156,43 +160,131 @@ def test_tiny_target_rolls_over_to_many_shards(split_root: Path, tmp_path: Path)
     assert on_disk == sorted(["manifest.json"] + [entry["file"] for entry in document["shards"]])
 
 
+def test_chunks_are_a_few_per_worker_and_capped() -> None:
+    assert chunk_size(40, 2) == 5
+    assert chunk_size(40, 1) == 10
+    assert chunk_size(3, 8) == 1
+    assert chunk_size(1_000_000, 2) == shard.MAX_CHUNK
+
+
+def test_any_mapper_yields_the_same_bytes(split_root: Path, tmp_path: Path) -> None:
+    manifest = _manifest(split_root)
+    seen: list[list[str]] = []
+
+    def eager_in_reverse(encode, chunks):  # runs the last chunk first, returns a plain list in order
+        seen.extend([job.path for job in chunk] for chunk in chunks)
+        return list(reversed([encode(chunk) for chunk in reversed(chunks)]))
+
+    write_shards(manifest, split_root, tmp_path / "default", _params(workers=2))
+    write_shards(manifest, split_root, tmp_path / "custom", _params(workers=2), map_chunks=eager_in_reverse)
+    assert _hashes(tmp_path / "custom") == _hashes(tmp_path / "default")
+    assert len(seen) == 8 and sorted(path for chunk in seen for path in chunk) == sorted(
+        str(split_root / path) for path in manifest["path"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("mapper", "message"),
+    [
+        (lambda encode, chunks: [encode(chunk) for chunk in chunks[:-1]], "shorter"),
+        (lambda encode, chunks: [encode(chunk)[1:] for chunk in chunks], "4 results for a chunk of 5 images"),
+    ],
+)
+def test_a_mapper_losing_results_fails_the_run(split_root: Path, tmp_path: Path, mapper, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        write_shards(_manifest(split_root), split_root, tmp_path / "shards", _params(workers=2), map_chunks=mapper)
+    assert not (tmp_path / "shards").exists()
+
+
+def test_default_mapper_runs_ahead_by_at_most_two_chunks_per_worker() -> None:
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def encode(chunk: list[int]) -> list[int]:
+        with lock:
+            started.append(chunk[0])
+        return chunk
+
+    results = in_threads(2)(encode, [[index] for index in range(50)])
+    assert next(results) == [0]
+    time.sleep(0.2)  # give the pool every chance to run ahead
+    assert len(started) <= 2 * 2 + 1
+    assert [chunk[0] for chunk in results] == list(range(1, 50))
+
+
 def test_reruns_are_byte_identical_whatever_the_worker_count(split_root: Path, tmp_path: Path) -> None:
     manifest = _manifest(split_root)
     target_mb = 8192 / 2**20
-    write_shards(manifest, split_root, tmp_path / "one", _params(workers=1, target_shard_mb=target_mb))
-    write_shards(manifest, split_root, tmp_path / "two", _params(workers=2, target_shard_mb=target_mb))
-    first = _hashes(tmp_path / "one")
+    for workers in (1, 2, 3):
+        write_shards(manifest, split_root, tmp_path / f"{workers}", _params(workers=workers, target_shard_mb=target_mb))
+    first = _hashes(tmp_path / "1")
     assert len(first) > 4
-    assert _hashes(tmp_path / "two") == first
+    assert _hashes(tmp_path / "2") == _hashes(tmp_path / "3") == first
     # Rerunning over an existing output replaces it with the same bytes.
-    write_shards(manifest, split_root, tmp_path / "two", _params(workers=2, target_shard_mb=target_mb))
-    assert _hashes(tmp_path / "two") == first
+    write_shards(manifest, split_root, tmp_path / "2", _params(workers=2, target_shard_mb=target_mb))
+    assert _hashes(tmp_path / "2") == first
+
+
+def _break_images(split_root: Path, manifest: pd.DataFrame) -> dict[str, str]:
+    """Garbage, a text file, a truncated JPEG and a zero-byte file; returns image id -> the reason expected."""
+    garbage, text, truncated, empty = (manifest.iloc[i] for i in (0, 17, 30, 38))
+    (split_root / garbage["path"]).write_bytes(b"definitely not a jpeg")
+    (split_root / text["path"]).write_text("isic_id,diagnosis\nISIC_0000017,nevus\n")
+    whole = (split_root / truncated["path"]).read_bytes()
+    (split_root / truncated["path"]).write_bytes(whole[: len(whole) // 2])
+    (split_root / empty["path"]).write_bytes(b"")
+    return {
+        garbage["image_id"]: "not a recognised image format",
+        text["image_id"]: "not a recognised image format",
+        truncated["image_id"]: "truncated",
+        empty["image_id"]: "empty file (0 bytes)",
+    }
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_corrupt_images_are_skipped_and_reported(
+def test_bad_images_are_skipped_and_reported(
     split_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, workers: int
 ) -> None:
     manifest = _manifest(split_root)
-    garbage, truncated = manifest.iloc[0], manifest.iloc[30]
-    (split_root / garbage["path"]).write_bytes(b"definitely not a jpeg")
-    whole = (split_root / truncated["path"]).read_bytes()
-    (split_root / truncated["path"]).write_bytes(whole[: len(whole) // 2])
+    expected = _break_images(split_root, manifest)
 
     with caplog.at_level(logging.WARNING, logger="skincancer.shard"):
-        document = write_shards(manifest, split_root, tmp_path / "shards", _params(workers=workers))
+        params = _params(workers=workers, max_skipped_fraction=0.1)  # 4 of 40: exactly at the limit
+        document = write_shards(manifest, split_root, tmp_path / "shards", params)
 
     by_id = {entry["image_id"]: entry for entry in document["skipped"]}
-    assert set(by_id) == {garbage["image_id"], truncated["image_id"]}
-    assert by_id[garbage["image_id"]]["path"] == garbage["path"]
-    assert by_id[garbage["image_id"]]["reason"] == "not a recognised image format"
-    assert "truncated" in by_id[truncated["image_id"]]["reason"]
-    assert garbage["image_id"] in caplog.text and truncated["image_id"] in caplog.text
+    assert set(by_id) == set(expected)
+    for image_id, reason in expected.items():
+        assert reason in by_id[image_id]["reason"]
+        assert by_id[image_id]["path"] == manifest.set_index("image_id").loc[image_id, "path"]
+        assert image_id in caplog.text
     assert document["splits"]["train"]["benign"] == COUNTS["train"][0] - 1
-    assert document["splits"][truncated["split"]]["count"] == sum(COUNTS[truncated["split"]]) - 1
+    assert sum(split["count"] for split in document["splits"].values()) == len(manifest) - len(expected)
     files = sorted((tmp_path / "shards").glob("*.tfrecord"))
     written = {record["image/id"] for record in tfrecords.read_examples(files)}
     assert written == set(manifest["image_id"]) - set(by_id)
+
+
+def test_too_many_bad_images_fail_the_stage_naming_them(split_root: Path, tmp_path: Path) -> None:
+    manifest = _manifest(split_root)
+    expected = _break_images(split_root, manifest)
+    first = manifest["image_id"].iloc[0]
+    with pytest.raises(TooManySkipped, match=r"4 of 40 images \(10\.0%\).*max_skipped_fraction = 0\.05") as caught:
+        write_shards(manifest, split_root, tmp_path / "shards", _params(max_skipped_fraction=0.05))
+    assert all(image_id in str(caught.value) for image_id in expected)
+    assert f"{first} (not a recognised image format)" in str(caught.value)
+    assert not (tmp_path / "shards").exists()
+
+
+def test_images_over_max_pixels_are_skipped_as_bombs(split_root: Path, tmp_path: Path) -> None:
+    manifest = _manifest(split_root)
+    big = manifest.iloc[3]
+    Image.new("RGB", (120, 100)).save(split_root / big["path"], "JPEG")  # the others are at most 90 x 90
+    params = _params(max_pixels=8100, max_skipped_fraction=0.05)
+    document = write_shards(manifest, split_root, tmp_path / "shards", params)
+    assert document["skipped"] == [
+        {"image_id": big["image_id"], "path": big["path"], "reason": "decompression bomb: 120 x 100 pixels > 8100"}
+    ]
 
 
 def test_missing_split_root_says_to_run_split_first(tmp_path: Path, split_root: Path) -> None:
@@ -237,8 +329,17 @@ def test_interrupted_write_leaves_nothing_behind(
 
     monkeypatch.setattr(tfrecords, "serialize_example", failing)
     params = _params(workers=workers, target_shard_mb=4096 / 2**20)
+    closed = []
+
+    def lazy(encode, chunks) -> Iterator[list]:
+        try:
+            yield from in_threads(workers)(encode, chunks)
+        finally:
+            closed.append(True)
+
     with pytest.raises(RuntimeError, match="power cut"):
-        write_shards(manifest, split_root, out, params)
+        write_shards(manifest, split_root, out, params, map_chunks=lazy)
+    assert closed == [True]  # the mapper was stopped, not left encoding the rest
     assert not out.exists()
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -259,3 +360,35 @@ def test_interrupted_rerun_keeps_the_previous_output(
         write_shards(manifest, split_root, out, _params(image_size=48))
     assert _hashes(out) == before
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["shards"]
+
+
+@pytest.mark.slow
+def test_flow_encodes_chunks_as_prefect_tasks_with_the_library_bytes(
+    split_root: Path, tmp_path: Path, prefect_api: str
+) -> None:
+    import shutil
+
+    import httpx
+    import yaml
+
+    from project_copy import copy_project, project_env, run
+
+    project = copy_project(tmp_path / "project")
+    shutil.copytree(split_root, project / "data/split")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["shard"] |= {"image_size": SIZE, "workers": 2, "target_shard_mb": 8192 / 2**20}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def encode_runs() -> dict[str, dict]:
+        runs = httpx.post(f"{prefect_api}/task_runs/filter", json={"limit": 200}).json()
+        return {run["id"]: run for run in runs if run["name"].startswith("encode-chunk")}
+
+    before = encode_runs()
+    run([sys.executable, "flows/shard.py"], project, project_env(project) | {"PREFECT_API_URL": prefect_api})
+    ours = [task_run for key, task_run in encode_runs().items() if key not in before]
+    assert len(ours) == 8 and all(task_run["state_type"] == "COMPLETED" for task_run in ours)
+    assert len({task_run["flow_run_id"] for task_run in ours}) == 1
+
+    library = _params(**params["shard"])
+    write_shards(_manifest(split_root), split_root, tmp_path / "library", library)
+    assert _hashes(project / "data/shards") == _hashes(tmp_path / "library")

@@ -1,7 +1,9 @@
-"""tfrecords: every feature round-trips through the graph parser and the Python reader alike."""
+"""tfrecords: every feature round-trips through the graph parser and the Python reader alike; readers check
+the shards' spec_version."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -121,3 +123,19 @@ def test_serialization_is_deterministic_and_record_size_is_exact(shard: Path) ->
     records = [tfrecords.serialize_example(**KNOWN), tfrecords.serialize_example(**UNKNOWN)]
     assert records == [tfrecords.serialize_example(**KNOWN), tfrecords.serialize_example(**UNKNOWN)]
     assert shard.stat().st_size == sum(len(record) + tfrecords.RECORD_OVERHEAD for record in records)
+
+
+def test_readers_refuse_shards_of_another_spec_version(tmp_path: Path) -> None:
+    from skincancer import data
+
+    manifest = {"spec_version": tfrecords.SPEC_VERSION, "image_size": 32, "shards": [], "splits": {}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert data.read_shard_manifest(tmp_path) == manifest
+    for old in ({**manifest, "spec_version": tfrecords.SPEC_VERSION - 1}, {"image_size": 32}):
+        (tmp_path / "manifest.json").write_text(json.dumps(old))
+        found, reads = old.get("spec_version"), tfrecords.SPEC_VERSION
+        expected = rf"spec_version {found}, but this code reads spec_version {reads}.*dvc repro shard"
+        with pytest.raises(data.ShardSpecMismatch, match=expected):
+            data.read_shard_manifest(tmp_path)
+        with pytest.raises(data.ShardSpecMismatch):
+            data.eval_dataset(tmp_path, "val", batch_size=4)  # train and evaluate read through it

@@ -8,13 +8,27 @@ from pathlib import Path
 import pandas as pd
 import tensorflow as tf
 
-from skincancer.tfrecords import parse_example, read_examples
+from skincancer.tfrecords import SPEC_VERSION, parse_example, read_examples
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+class ShardSpecMismatch(ValueError):
+    """The shards were written under another feature spec than this code parses."""
+
+
 def read_shard_manifest(shards_dir: Path) -> dict:
-    return json.loads((Path(shards_dir) / "manifest.json").read_text())
+    """The shard manifest, refused when its spec_version is not the one parse_example reads: old shards
+    would otherwise fail deep inside tf.data, or parse into wrong features without failing at all."""
+    path = Path(shards_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    found = manifest.get("spec_version")
+    if found != SPEC_VERSION:
+        raise ShardSpecMismatch(
+            f"{path}: shards written with feature spec_version {found}, but this code reads spec_version "
+            f"{SPEC_VERSION}; rerun `dvc repro shard` to rewrite them"
+        )
+    return manifest
 
 
 def shard_paths(shards_dir: Path, split: str) -> list[str]:

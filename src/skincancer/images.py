@@ -1,28 +1,37 @@
 """Fast decode/resize: one decode at reduced DCT scale, one resample, one deterministic re-encode.
 
-Kept free of TensorFlow so shard workers start in a fraction of a second.
+Kept free of TensorFlow so shard workers start in a fraction of a second. Pillow releases the GIL
+while it decodes, resamples and encodes, so several threads running `resize_jpeg` use several cores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ResizeMode = Literal["crop", "pad"]
+
+# Pillow's own hard limit (twice Image.MAX_IMAGE_PIXELS): Image.open refuses more by itself.
+PILLOW_MAX_PIXELS = 2 * 89_478_485
 
 # 4:4:4 keeps the chroma detail that small lesion crops would otherwise lose; fixed so output is reproducible.
 _SUBSAMPLING = "4:4:4"
 _RESAMPLE = Image.Resampling.LANCZOS
 _REDUCING_GAP = 3.0
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+_SIXTEEN_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
 class CorruptImage(ValueError):
-    """PIL cannot fully decode the image; the shard stage skips it instead of failing the run."""
+    """PIL cannot (or must not) fully decode the image; the shard stage skips it instead of failing the run."""
 
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"{name or '<bytes>'}: corrupt or unreadable image ({reason})")
@@ -42,28 +51,67 @@ class Resized:
     width: int
 
 
-def resize_jpeg(data: bytes, size: int, mode: ResizeMode, quality: int, *, name: str = "") -> Resized:
-    """Decode ``data``, upright it by EXIF, resize to ``size`` x ``size`` and encode as JPEG."""
-    img = _decode(data, size, mode, name)
+def resize_jpeg(
+    data: bytes, size: int, mode: ResizeMode, quality: int, *, name: str = "", max_pixels: int = PILLOW_MAX_PIXELS
+) -> Resized:
+    """Decode ``data`` (JPEG, PNG or any format Pillow reads), upright it by EXIF, resize to ``size`` x ``size``
+    and encode as an RGB JPEG. Raises CorruptImage for unreadable input and for more than ``max_pixels`` pixels."""
+    img = _decode(data, size, mode, name, max_pixels)
     out = _crop(img, size) if mode == "crop" else _pad(img, size)
     buffer = io.BytesIO()
     out.save(buffer, "JPEG", quality=quality, subsampling=_SUBSAMPLING, optimize=False, progressive=False)
     return Resized(buffer.getvalue(), out.height, out.width)
 
 
-def _decode(data: bytes, size: int, mode: ResizeMode, name: str) -> Image.Image:
+def _decode(data: bytes, size: int, mode: ResizeMode, name: str, max_pixels: int) -> Image.Image:
     """Fully decode (so truncation surfaces here, not later) at the smallest DCT scale that suffices."""
-    try:
+    if not data:
+        raise CorruptImage(name, "empty file (0 bytes)")
+    with _unreadable_as_corrupt(name):
         img = Image.open(io.BytesIO(data))
+    _refuse_bombs(img, name, max_pixels)
+    with _unreadable_as_corrupt(name):
         img.draft("RGB", _draft_request(img.width, img.height, size, mode))
         img.load()
         ImageOps.exif_transpose(img, in_place=True)
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return _to_rgb(img)
+
+
+@contextlib.contextmanager
+def _unreadable_as_corrupt(name: str) -> Iterator[None]:
+    """Pillow's many failure types become one CorruptImage whose reason is stable across runs."""
+    try:
+        yield
     except UnidentifiedImageError:
         # PIL's own message embeds a memory address, which would make manifests differ between runs.
         raise CorruptImage(name, "not a recognised image format") from None
+    except Image.DecompressionBombError as error:
+        raise CorruptImage(name, f"decompression bomb: {error}") from None
     except _DECODE_ERRORS as error:
         raise CorruptImage(name, f"{type(error).__name__}: {error}") from None
+
+
+def _refuse_bombs(img: Image.Image, name: str, max_pixels: int) -> None:
+    """Judge by the header's size alone: a bomb is refused before a single pixel is decoded."""
+    if img.width * img.height > max_pixels:
+        raise CorruptImage(name, f"decompression bomb: {img.width} x {img.height} pixels > {max_pixels}")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: 16-bit greyscale scaled (a plain convert clips it), transparency flattened on black."""
+    if img.mode in _SIXTEEN_BIT:
+        img = _sixteen_bit_to_l(img)
+    if img.mode in _ALPHA or "transparency" in img.info:
+        # Black, like the pad bands: transparent areas hold no skin, and the colour under them is arbitrary.
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
+    """0..65535 -> 0..255, rounded (v / 257 maps the ends onto the ends); 32-bit "I" samples are read as 16-bit."""
+    samples = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+    return Image.fromarray(((samples + 128) // 257).astype(np.uint8))  # 2-D uint8: mode L
 
 
 def _draft_request(width: int, height: int, size: int, mode: ResizeMode) -> tuple[int, int]:

@@ -115,12 +115,23 @@ class SplitParams(_Section):
         return value
 
 
+# Pillow's own hard limit (skincancer.images.PILLOW_MAX_PIXELS, not imported: params stays light); Image.open
+# refuses larger images by itself, so a higher shard.max_pixels could not take effect.
+_PILLOW_MAX_PIXELS = 178_956_970
+
+
 class ShardParams(_Section):
     image_size: int = Field(96, ge=16, le=1024)
     resize: Literal["crop", "pad"] = "crop"
     target_shard_mb: float = Field(16.0, gt=0)
     jpeg_quality: int = Field(92, ge=50, le=100)
-    workers: int = Field(2, ge=1)
+    workers: int = Field(2, ge=1, description="threads encoding images (Prefect task runs of a chunk each)")
+    max_skipped_fraction: float = Field(
+        0.01, ge=0, le=1, description="fail the stage when more of the images than this are unreadable"
+    )
+    max_pixels: int = Field(
+        _PILLOW_MAX_PIXELS, ge=1, le=_PILLOW_MAX_PIXELS, description="larger images are skipped undecoded (bombs)"
+    )
     seed: int = 0
 
 

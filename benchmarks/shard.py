@@ -1,0 +1,285 @@
+"""Shard stage benchmarks (issue #5 item 6): `shard_vs_naive`, `shard_vs_decode_limit`,
+`shard_threads_vs_processes`, `shard_peak_memory`.
+
+    .venv/bin/python benchmarks/shard.py [--quick] [--keep]
+
+The corpus: 320 JPEGs (40 with --quick) shaped like ISIC's: 80% 1024x768 and 20% 6000x4000, quality 90,
+each a skin-toned field with a darker lesion plus per-pixel noise; laid out as the split stage leaves them
+(`<split>/<benign|malignant>/<id>.jpg` + `manifest.parquet`, 80/10/10, ~20% malignant). Generated once and
+cached (benchmarks/common.py, `cache_dir()`). Every side is measured in the same run on the same files, after
+one untimed read of every file (page cache warm for all), with TensorFlow imported before any clock starts.
+
+shard_vs_naive     ours: skincancer.shard.write_shards(workers=2, image_size=224, crop), images/s.
+                   baseline: the tutorials' way in one process: PIL full decode (no draft), EXIF transpose,
+                   centre crop, LANCZOS resize to 224, JPEG encode (same quality and subsampling),
+                   tf.train.Example serialisation, TFRecordWriter. ratio = ours / baseline (>= 4 required).
+shard_vs_decode_limit
+                   ours as above vs the machine's reduced-scale JPEG decode rate alone: read + Image.open +
+                   draft + load on 2 threads, nothing else. ratio = ours / limit (how close ours gets).
+shard_threads_vs_processes
+                   ours as above (the default mapper: 2 threads) vs write_shards with a mapper running the
+                   same chunks on a spawned 2-process pool (the previous default). ratio = ours / baseline.
+shard_peak_memory  peak RSS (MB) of a fresh process sharding the corpus listed twice (2N images, ours) vs
+                   once (N, baseline); ratio = baseline / ours, near 1 when memory does not grow with N.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import multiprocessing
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+from common import bench_tmp, best_of, cache_dir, figure, machine, parse_args, print_figures, say, timed
+
+CORPUS_VERSION = 1  # bump when the generated corpus changes, so cached copies are not reused
+SMALL, LARGE = (1024, 768), (6000, 4000)
+LARGE_SHARE = 0.2
+SPLIT_SHARES = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+MALIGNANT_SHARE = 0.2
+NOISE_TILE = 509  # a prime side, so the tiled noise never lines up with the 8x8 JPEG blocks
+IMAGE_SIZE = 224
+WORKERS = 2
+RATIO_REQUIRED = 4.0  # issue #5: ours >= 4x the naive baseline on 2 cores
+REPEATS = 3
+
+
+# ---------------------------------------------------------------- corpus
+
+
+def _picture(rng, size: tuple[int, int], noise) -> bytes:
+    """A smooth lesion picture upsampled to ``size`` plus tiled sensor-like noise, as a quality-90 JPEG."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:72, 0:96].astype(np.float32)
+    skin = rng.uniform([170, 120, 100], [230, 180, 160])
+    cy, cx, radius = rng.uniform(25, 47), rng.uniform(30, 66), rng.uniform(12, 30)
+    lesion = np.clip(1.2 - np.hypot(yy - cy, xx - cx) / radius, 0, 1)[..., None]
+    small = skin * (1 - 0.6 * lesion) + lesion * rng.uniform([60, 30, 20], [120, 80, 60])
+    base = np.asarray(Image.fromarray(small.astype(np.uint8)).resize(size, Image.Resampling.BICUBIC), np.int16)
+    width, height = size
+    dy, dx = (int(v) for v in rng.integers(0, NOISE_TILE, 2))
+    reps = (math.ceil((height + dy) / NOISE_TILE), math.ceil((width + dx) / NOISE_TILE), 1)
+    pixels = np.clip(base + np.tile(noise, reps)[dy:dy + height, dx:dx + width], 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _assignments(n: int, rng) -> Iterator[tuple[str, int, tuple[int, int]]]:
+    """(split, label, size) per image: exact shares, in a seeded random order."""
+    large = set(rng.permutation(n)[: round(n * LARGE_SHARE)].tolist())
+    malignant = set(rng.permutation(n)[: round(n * MALIGNANT_SHARE)].tolist())
+    order = rng.permutation(n).tolist()
+    splits: dict[int, str] = {}
+    start = 0
+    for split, share in SPLIT_SHARES:
+        count = round(n * share) if split != "test" else n - start
+        splits.update((index, split) for index in order[start:start + count])
+        start += count
+    for index in range(n):
+        yield splits[index], int(index in malignant), LARGE if index in large else SMALL
+
+
+def shard_corpus(n: int, seed: int = 0) -> Path:
+    """A split tree of ``n`` images + manifest.parquet under cache_dir(), generated once per (n, seed)."""
+    import numpy as np
+    import pandas as pd
+
+    folder = cache_dir() / f"shard-{n}-seed{seed}-v{CORPUS_VERSION}"
+    done = folder.with_name(f"{folder.name}.complete")
+    if done.is_file():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 10, (NOISE_TILE, NOISE_TILE, 3)).astype(np.int16)
+    rows = []
+    for index, (split, label, size) in enumerate(_assignments(n, rng)):
+        image_id = f"ISIC_{index + 1:07d}"
+        path = f"{split}/{'malignant' if label else 'benign'}/{image_id}.jpg"
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(_picture(rng, size, noise))
+        rows.append({"image_id": image_id, "source": "bench", "diagnosis": "melanoma" if label else "nevus",
+                     "patient_id": f"IP_{index // 3:07d}", "sex": "female", "age_approx": 50.0,
+                     "anatom_site": "torso", "split": split, "label": label, "path": path})
+    pd.DataFrame(rows).to_parquet(folder / "manifest.parquet")
+    done.write_text(f"{n} images, seed {seed}\n")
+    return folder
+
+
+def corpus_summary(corpus: Path, manifest) -> str:
+    from PIL import Image
+
+    sizes = [Image.open(corpus / path).size for path in manifest["path"]]
+    large = sum(1 for size in sizes if size == LARGE)
+    total = sum((corpus / path).stat().st_size for path in manifest["path"])
+    return (f"{len(sizes)} images: {len(sizes) - large} x {SMALL[0]}x{SMALL[1]}, {large} x {LARGE[0]}x{LARGE[1]}; "
+            f"{total / 1e6:.0f} MB")
+
+
+def warm(corpus: Path, manifest) -> None:
+    """Read every file once, untimed, so no side pays for the first read from disk."""
+    for path in manifest["path"]:
+        (corpus / path).read_bytes()
+
+
+# ---------------------------------------------------------------- the sides
+
+
+def ours(manifest, corpus: Path, out: Path, workers: int = WORKERS, map_chunks=None) -> dict:
+    from skincancer.params import ShardParams
+    from skincancer.shard import write_shards
+
+    params = ShardParams(image_size=IMAGE_SIZE, resize="crop", workers=workers)
+    return write_shards(manifest, corpus, out, params, map_chunks)
+
+
+def in_processes(encode_chunk: Callable, chunks: list) -> Iterator[list]:
+    """A mapper running the chunks on a spawned process pool (the default before threads), for comparison."""
+    with ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(encode_chunk, chunks)
+
+
+def naive(manifest, corpus: Path, out: Path) -> int:
+    """The tutorials' way, one process: full decode, crop, resize, encode, serialise, write."""
+    from PIL import Image, ImageOps
+
+    from skincancer import tfrecords
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with tfrecords.writer(out / "naive.tfrecord") as writer:
+        for row in manifest.itertuples():
+            img = ImageOps.exif_transpose(Image.open(corpus / row.path)).convert("RGB")
+            side = min(img.size)
+            left, top = (img.width - side) // 2, (img.height - side) // 2
+            img = img.crop((left, top, left + side, top + side)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+            buffer = io.BytesIO()
+            img.save(buffer, "JPEG", quality=92, subsampling="4:4:4")
+            writer.write(tfrecords.serialize_example(
+                encoded=buffer.getvalue(), height=IMAGE_SIZE, width=IMAGE_SIZE, image_id=row.image_id,
+                label=int(row.label), diagnosis=row.diagnosis, source=row.source, patient_id=row.patient_id,
+                sex=row.sex, age_approx=row.age_approx, anatom_site=row.anatom_site,
+            ))
+            written += 1
+    return written
+
+
+def _draft_load(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(path.read_bytes()))
+    img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))
+    img.load()
+    return img.size
+
+
+def decode_limit(manifest, corpus: Path) -> int:
+    """Reduced-scale decode alone on WORKERS threads: the floor under any shard stage on this machine."""
+    with ThreadPoolExecutor(WORKERS) as pool:
+        return len(list(pool.map(_draft_load, [corpus / path for path in manifest["path"]])))
+
+
+# ---------------------------------------------------------------- peak memory, in fresh processes
+
+
+def _status_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process image. Not getrusage's ru_maxrss: a spawned child
+    inherits the forking parent's resident size in it, which would hide the child's own peak."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1]) / 1024
+
+
+def peak_of_run(corpus: str, copies: int, out: str) -> tuple[float, float]:
+    """(RSS after imports, peak RSS) in MB of this process sharding the corpus listed ``copies`` times."""
+    import pandas as pd
+    import tensorflow  # noqa: F401
+
+    manifest = pd.read_parquet(Path(corpus) / "manifest.parquet")
+    listed = pd.concat([manifest.assign(image_id=manifest["image_id"] + f"-{copy}") for copy in range(copies)])
+    imported = _status_mb("VmRSS:")
+    ours(listed, Path(corpus), Path(out))
+    return imported, _status_mb("VmHWM:")
+
+
+def peak_in_fresh_process(corpus: Path, copies: int, out: Path) -> tuple[float, float]:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(peak_of_run, str(corpus), copies, str(out)).result()
+
+
+# ---------------------------------------------------------------- figures
+
+
+def rate_figure(name: str, ours_rate: float, baseline_rate: float, quick: bool) -> dict:
+    """A rate figure: higher is better, so the ratio is ours / baseline (common.figure's is for costs)."""
+    record = figure(name, ours_rate, baseline_rate, "images/s", quick=quick)
+    return {**record, "ratio": round(ours_rate / baseline_rate, 3)}
+
+
+def bench_speed(corpus: Path, manifest, tmp: Path, quick: bool) -> list[dict]:
+    n = len(manifest)
+
+    def run_ours() -> None:
+        shutil.rmtree(tmp / "ours", ignore_errors=True)
+        document = ours(manifest, corpus, tmp / "ours")
+        assert sum(split["count"] for split in document["splits"].values()) == n, document["skipped"]
+
+    ours_s = best_of(REPEATS, run_ours)
+    one_s = best_of(REPEATS, lambda: ours(manifest, corpus, tmp / "one", workers=1))
+    processes_s = best_of(REPEATS, lambda: ours(manifest, corpus, tmp / "processes", map_chunks=in_processes))
+    limit_s = best_of(REPEATS, lambda: decode_limit(manifest, corpus))
+    naive_s, written = timed(lambda: naive(manifest, corpus, tmp / "naive"))
+    assert written == n, (written, n)
+
+    ours_rate, naive_rate = n / ours_s, n / naive_s
+    say(f"ours: write_shards, {WORKERS} threads: {ours_s:.2f} s = {ours_rate:.1f} images/s (best of {REPEATS}); "
+        f"1 worker: {n / one_s:.1f} images/s, so {WORKERS} threads run {one_s / ours_s:.2f}x faster")
+    say(f"same chunks on a spawned {WORKERS}-process pool: {n / processes_s:.1f} images/s")
+    say(f"decode limit (read + open + draft + load, {WORKERS} threads): {n / limit_s:.1f} images/s")
+    say(f"baseline: full decode + crop + resize + encode + serialise + write, one process: {naive_s:.2f} s = "
+        f"{naive_rate:.1f} images/s")
+    ratio = ours_rate / naive_rate
+    say(f"ours / naive = {ratio:.2f}; issue #5 requires >= {RATIO_REQUIRED:g} on 2 cores "
+        f"({machine()['nproc']} here): {'PASS' if ratio >= RATIO_REQUIRED else 'FAIL'}")
+    return [
+        rate_figure("shard_vs_naive", ours_rate, naive_rate, quick),
+        rate_figure("shard_vs_decode_limit", ours_rate, n / limit_s, quick),
+        rate_figure("shard_threads_vs_processes", ours_rate, n / processes_s, quick),
+    ]
+
+
+def bench_memory(corpus: Path, n: int, tmp: Path, quick: bool) -> dict:
+    imported_1, peak_1 = peak_in_fresh_process(corpus, 1, tmp / "memory-1")
+    imported_2, peak_2 = peak_in_fresh_process(corpus, 2, tmp / "memory-2")
+    say(f"peak RSS: {peak_1:.0f} MB sharding {n} images ({peak_1 - imported_1:.0f} MB above the "
+        f"{imported_1:.0f} MB after imports), {peak_2:.0f} MB sharding {2 * n} "
+        f"({peak_2 - imported_2:.0f} MB above {imported_2:.0f} MB)")
+    return figure("shard_peak_memory", round(peak_2, 1), round(peak_1, 1), "MB", quick=quick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    n = 40 if args.quick else 320
+    info = machine()
+    say(f"machine: {info['nproc']} cores, {info['cpu']}, {info['ram_gib']} GiB RAM; python {sys.version.split()[0]}")
+    corpus_s, corpus = timed(lambda: shard_corpus(n))
+    import pandas as pd
+    import tensorflow  # noqa: F401  (imported before any clock starts, for every side)
+
+    manifest = pd.read_parquet(corpus / "manifest.parquet")
+    say(f"corpus: {corpus_summary(corpus, manifest)} at {corpus} (ready in {corpus_s:.1f} s)")
+    warm(corpus, manifest)
+    with bench_tmp("shard", args.keep) as tmp:
+        figures = bench_speed(corpus, manifest, tmp, args.quick)
+        figures.append(bench_memory(corpus, n, tmp, args.quick))
+    print_figures(figures)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
