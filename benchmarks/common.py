@@ -93,6 +93,12 @@ def machine() -> dict:
     return {"nproc": os.cpu_count(), "cpu": model, "ram_gib": round(mem_kb / 1024**2, 1)}
 
 
+def say_machine() -> None:
+    """The machine line every benchmark prints first, so a pasted log says where it ran."""
+    info = machine()
+    say(f"machine: {info['nproc']} cores, {info['cpu']}, {info['ram_gib']} GiB RAM; python {sys.version.split()[0]}")
+
+
 @contextlib.contextmanager
 def bench_tmp(prefix: str, keep: bool = False) -> Iterator[Path]:
     """A fresh temporary folder for one benchmark run (SKINCANCER_BENCH_TMP or the system temp dir),

@@ -29,12 +29,11 @@ import io
 import math
 import multiprocessing
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
-from common import bench_tmp, best_of, cache_dir, figure, machine, parse_args, print_figures, say, timed
+from common import bench_tmp, best_of, cache_dir, figure, machine, parse_args, print_figures, say, say_machine, timed
 
 CORPUS_VERSION = 1  # bump when the generated corpus changes, so cached copies are not reused
 SMALL, LARGE = (1024, 768), (6000, 4000)
@@ -265,8 +264,7 @@ def bench_memory(corpus: Path, n: int, tmp: Path, quick: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], argv)
     n = 40 if args.quick else 320
-    info = machine()
-    say(f"machine: {info['nproc']} cores, {info['cpu']}, {info['ram_gib']} GiB RAM; python {sys.version.split()[0]}")
+    say_machine()
     corpus_s, corpus = timed(lambda: shard_corpus(n))
     import pandas as pd
     import tensorflow  # noqa: F401  (imported before any clock starts, for every side)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from common import (
@@ -42,6 +41,7 @@ from common import (
     project_env,
     run,
     say,
+    say_machine,
     stages_run,
     timed,
     unique_bytes,
@@ -212,8 +212,7 @@ def bench_repro(corpus: Path, tmp: Path, n: int, quick: bool) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], argv)
     n = 1_000 if args.quick else 10_000
-    info = machine()
-    say(f"machine: {info['nproc']} cores, {info['cpu']}, {info['ram_gib']} GiB RAM; python {sys.version.split()[0]}")
+    say_machine()
     corpus_s, corpus = timed(lambda: isic_cli_corpus(n))
     say(f"corpus: {n} images at {corpus} (ready in {corpus_s:.1f} s)")
     with bench_tmp("split", args.keep) as tmp:
