@@ -19,6 +19,7 @@ from urllib.request import url2pathname
 import pandas as pd
 
 from skincancer.atomic import atomic_path, atomic_write_text
+from skincancer import paths
 from skincancer.catalog import CATALOG
 from skincancer.download import Downloaded, download
 from skincancer.layouts import DUPLICATE_READERS, read_layout
@@ -28,8 +29,8 @@ from skincancer.sample import write_sample
 log = logging.getLogger(__name__)
 
 CHECKSUMS = "checksums.json"  # under data/raw: {"<folder>/<file>": {"url", "size", "sha256"}}
-INDEX = "index.parquet"
-DUPLICATES = "duplicates.parquet"
+INDEX = paths.INDEX.name
+DUPLICATES = paths.DUPLICATES.name
 
 
 # how to run one function over the file jobs, results in job order
@@ -62,7 +63,7 @@ def _mirrored(url: str, mirror: str | None) -> str:
 
 def catalog_jobs(name: str, mirror: str | None) -> list[FileJob]:
     entry = CATALOG[name]
-    if not entry.files and name != "sample":
+    if not entry.files and name not in LOCAL_DATASETS:
         raise FetchError(f"dataset {name!r} has no direct download. {entry.note}".strip())
     return [FileJob(name, remote.name, _mirrored(remote.url, mirror)) for remote in entry.files]
 
