@@ -12,7 +12,11 @@ from skincancer.params import Params
 def train_flow(params: Params) -> float:
     from skincancer.train import train  # imported here so a params error is reported before the ~7 s TensorFlow import
 
-    history = task(train, name="fit", cache_policy=NO_CACHE)(params.train, paths.SHARDS, paths.MODEL, paths.HISTORY)
+    history = task(train, name="fit", cache_policy=NO_CACHE)(
+        params.train, paths.SHARDS, paths.MODEL, paths.HISTORY,
+        image_size=params.shard.image_size,
+        tensorboard_dir=paths.TENSORBOARD if params.train.tensorboard else None,
+    )
     return float(history["val_auc"].max())
 
 

@@ -66,5 +66,11 @@ def test_stage_inputs_and_outputs_match_the_paths_module():
 
 
 def test_each_stage_reads_only_its_own_param_sections():
-    expected = {"fetch": ["fetch"], "split": ["labels", "split"], "shard": ["shard"], "train": ["train"], "evaluate": ["evaluate"]}
+    expected = {
+        "fetch": ["fetch"],
+        "split": ["labels", "split"],
+        "shard": ["shard", "train.backbone"],  # shard.image_size 'auto' is the backbone's input size
+        "train": ["train", "shard.image_size"],  # the size train checks the shards against
+        "evaluate": ["evaluate"],
+    }
     assert {name: stage["params"] for name, stage in stages().items()} == expected

@@ -5,17 +5,44 @@ import numpy as np
 import pytest
 
 from skincancer.backbones import BACKBONES
-from skincancer.models import PixelPreprocessing, build_backbone, build_model
-from skincancer.params import TrainParams
+from skincancer.hardware import set_precision
+from skincancer.models import PixelPreprocessing, build_backbone, build_classifier
+from skincancer.params import Params, TrainParams
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_registered_backbone_builds_without_downloads(name):
     spec = BACKBONES[name]
-    size = max(spec.min_size, 32)
-    model, _ = build_model(TrainParams(backbone=name, weights=None), size)
-    assert model.inputs[0].dtype == "uint8"
-    assert model.outputs[0].shape == (None, 1)
+    assert spec.default_size >= spec.min_size
+    classifier = build_classifier(TrainParams(backbone=name, weights=None), max(spec.min_size, 32))
+    assert classifier.model.inputs[0].dtype == "uint8"
+    assert classifier.model.outputs[0].shape == (None, 1)
+
+
+@pytest.mark.parametrize(("backbone", "size"), [("small_cnn", 96), ("efficientnet_b3", 300), ("inception_v3", 299)])
+def test_auto_image_size_is_the_backbones_own(backbone, size):
+    params = Params.model_validate({"shard": {"image_size": "auto"}, "train": {"backbone": backbone}})
+    assert params.shard.image_size == size
+
+
+def test_head_and_features_share_the_classifiers_layers():
+    classifier = build_classifier(TrainParams(), 32)
+    images = np.random.default_rng(2).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    whole = classifier.model.predict(images, verbose=0)
+    in_parts = classifier.head.predict(classifier.features.predict(images, verbose=0), verbose=0)
+    np.testing.assert_allclose(whole, in_parts, rtol=1e-6)
+
+
+def test_mixed_precision_keeps_a_float32_output():
+    try:
+        assert set_precision("mixed_float16") == "mixed_float16"
+        model = build_classifier(TrainParams(backbone="mobilenet_v3_small"), 32).model
+        assert model.get_layer("preprocess").compute_dtype == "float16"
+        assert model.get_layer("malignant").compute_dtype == "float32"
+        images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+        assert model.predict(images, verbose=0).dtype == np.float32
+    finally:
+        set_precision("float32")
 
 
 @pytest.mark.parametrize(
@@ -33,7 +60,7 @@ def test_preprocessing_matches_keras_applications(mode, reference):
 
 
 def test_saved_model_round_trips_on_uint8(tmp_path):
-    model, _ = build_model(TrainParams(), 32)
+    model = build_classifier(TrainParams(), 32).model
     images = np.random.default_rng(1).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
     before = model.predict(images, verbose=0)
     model.save(tmp_path / "model.keras")
@@ -43,18 +70,15 @@ def test_saved_model_round_trips_on_uint8(tmp_path):
 
 
 def test_local_weights_file_is_loaded(tmp_path):
-    spec = BACKBONES["small_cnn"]
-    source = build_backbone(spec, 32, None)
+    source = build_backbone("small_cnn", 32, None)
     path = tmp_path / "backbone.weights.h5"
     source.save_weights(path)
-    loaded = build_backbone(spec, 32, str(path))
+    loaded = build_backbone("small_cnn", 32, str(path))
     for a, b in zip(source.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
 
 
 def test_pretrained_backbone_starts_frozen(tmp_path):
-    spec = BACKBONES["small_cnn"]
     path = tmp_path / "backbone.weights.h5"
-    build_backbone(spec, 32, None).save_weights(path)
-    _, backbone = build_model(TrainParams(weights=str(path)), 32)
-    assert not backbone.trainable
+    build_backbone("small_cnn", 32, None).save_weights(path)
+    assert not build_classifier(TrainParams(weights=str(path)), 32).backbone.trainable

@@ -24,7 +24,15 @@ def test_project_params_are_valid_and_explicit():
     params = load_params(ROOT / "params.yaml")
     assert params.train.backbone == "small_cnn" and params.train.weights is None
     # every knob is spelled out in params.yaml, so `dvc params diff` shows every change
-    assert json_like(project_params()) == json_like(Params().model_dump())
+    assert json_like(params.model_dump()) == json_like(Params().model_dump())
+    assert keys(project_params()) == keys(Params().model_dump())
+    assert project_params()["shard"]["image_size"] == "auto"  # resolved to small_cnn's 96 above
+
+
+def keys(value, prefix=""):
+    if not isinstance(value, dict):
+        return {prefix}
+    return {key for name, item in value.items() for key in keys(item, f"{prefix}.{name}")}
 
 
 def json_like(value):

@@ -1,30 +1,52 @@
-"""train: deterministic on CPU, keeps the best-val-AUC model, writes the history, fine-tunes in phase 2."""
+"""train: deterministic on CPU, keeps the best-val-AUC model, two phases, feature cache, imbalance,
+callbacks, resume after a kill, and MirroredStrategy over two logical CPU devices."""
 
 import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 
-from skincancer.data import eval_dataset, training_dataset
-from skincancer.params import AugmentParams, TrainParams
-from skincancer.train import class_weights, train
+from project_copy import ROOT
+from skincancer.data import ShardSpecMismatch, eval_dataset
+from skincancer.models import build_backbone
+from skincancer.params import AugmentParams, LabelParams, ShardParams, SplitParams, TrainParams
+from skincancer.train import HISTORY_COLUMNS, SingleClassSplit, class_weights, train
 
 FAST = TrainParams(epochs=3, batch_size=16, early_stopping_patience=3, augment=AugmentParams(rotation=0.1))
+NO_AUGMENT = AugmentParams(flip=False, rotation=0, zoom=0, color=0)
+
+
+def val_predictions(model_path: Path, shards: Path) -> np.ndarray:
+    images = np.concatenate([x for x, _ in eval_dataset(shards, "val", 64)])
+    return keras.saving.load_model(model_path).predict(images, verbose=0)
+
+
+def pretrained_weights(tmp_path: Path) -> str:
+    """A small_cnn backbone's weights file standing in for downloaded ImageNet weights (offline)."""
+    path = tmp_path / "backbone.weights.h5"
+    build_backbone("small_cnn", 32, None).save_weights(path)
+    return str(path)
 
 
 def test_training_is_deterministic_and_writes_outputs(tiny_shards, tmp_path):
-    first = train(FAST, tiny_shards, tmp_path / "a/model.keras", tmp_path / "a/history.csv")
-    second = train(FAST, tiny_shards, tmp_path / "b/model.keras", tmp_path / "b/history.csv")
+    first = train(FAST, tiny_shards, tmp_path / "a/model.keras", tmp_path / "a/history.csv", image_size=32)
+    second = train(FAST, tiny_shards, tmp_path / "b/model.keras", tmp_path / "b/history.csv", image_size=32)
     pd.testing.assert_frame_equal(first, second)
     assert (tmp_path / "a/history.csv").read_bytes() == (tmp_path / "b/history.csv").read_bytes()
-    assert list(first.columns[:2]) == ["epoch", "phase"] and {"auc", "val_auc", "loss"} <= set(first.columns)
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["history.csv", "model.keras"]  # no checkpoint left
-    images = np.concatenate([x for x, _ in eval_dataset(tiny_shards, "val", 64)])
-    a = keras.saving.load_model(tmp_path / "a/model.keras").predict(images, verbose=0)
-    b = keras.saving.load_model(tmp_path / "b/model.keras").predict(images, verbose=0)
-    np.testing.assert_array_equal(a, b)
+    assert list(first.columns) == HISTORY_COLUMNS  # loss, AUC, precision, recall (+ val_), learning rate
+    assert first["epoch"].tolist() == [0, 1, 2] and first["learning_rate"].iloc[0] == pytest.approx(FAST.learning_rate)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["history.csv", "model.keras"]  # no state left
+    np.testing.assert_array_equal(val_predictions(tmp_path / "a/model.keras", tiny_shards),
+                                  val_predictions(tmp_path / "b/model.keras", tiny_shards))
 
 
 def test_saved_model_is_the_best_validation_epoch(tiny_shards, tmp_path):
@@ -33,32 +55,154 @@ def test_saved_model_is_the_best_validation_epoch(tiny_shards, tmp_path):
     model.compile(metrics=[keras.metrics.AUC(name="auc")])
     auc = model.evaluate(eval_dataset(tiny_shards, "val", 64), return_dict=True, verbose=0)["auc"]
     assert auc == pytest.approx(history["val_auc"].max(), abs=1e-3)
+    assert not any("Random" in type(layer).__name__ for layer in model.layers)  # augmentation lives in tf.data
 
 
-def test_fine_tuning_phase_follows_a_pretrained_backbone(tiny_shards, tmp_path):
-    from skincancer.backbones import BACKBONES
-    from skincancer.models import build_backbone
-
-    weights = tmp_path / "backbone.weights.h5"
-    build_backbone(BACKBONES["small_cnn"], 32, None).save_weights(weights)
-    params = FAST.model_copy(update={"weights": str(weights), "epochs": 2, "fine_tune_epochs": 2, "fine_tune_layers": 4})
+def test_reduce_lr_on_plateau_lowers_the_rate(tiny_shards, tmp_path):
+    params = FAST.model_copy(update={"epochs": 6, "reduce_lr_patience": 1, "early_stopping_patience": 6,
+                                     "learning_rate": 0.05})
     history = train(params, tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv")
-    assert history["phase"].tolist()[:2] == [1, 1] and 2 in history["phase"].tolist()
-    assert history["epoch"].tolist() == list(range(len(history)))
+    assert history["learning_rate"].is_monotonic_decreasing and history["learning_rate"].min() < 0.05
 
 
-def test_balanced_class_weights(tiny_shards):
+def test_fine_tuning_keeps_batchnorm_statistics_and_follows_phase_one(tiny_shards, tmp_path):
+    weights = pretrained_weights(tmp_path)
+    params = FAST.model_copy(update={"weights": weights, "epochs": 2, "fine_tune_epochs": 2, "fine_tune_layers": 6})
+    history = train(params, tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv")
+    assert history["phase"].tolist() == [1, 1, 2, 2] and history["epoch"].tolist() == [0, 1, 2, 3]
+    assert history["learning_rate"].iloc[2] == pytest.approx(params.fine_tune_learning_rate)
+    backbone = keras.saving.load_model(tmp_path / "model.keras").get_layer("small_cnn")
+    original = build_backbone("small_cnn", 32, weights)
+    for trained, source in zip(backbone.layers, original.layers):
+        if isinstance(trained, keras.layers.BatchNormalization):  # frozen, in inference mode: all untouched
+            for a, b in zip(trained.weights, source.weights, strict=True):
+                np.testing.assert_array_equal(a.numpy(), b.numpy())
+    top_conv = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)][-1]
+    source_conv = [layer for layer in original.layers if isinstance(layer, keras.layers.Conv2D)][-1]
+    assert not np.array_equal(top_conv.kernel.numpy(), source_conv.kernel.numpy())  # the top was fine-tuned
+    first_conv = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)][0]
+    np.testing.assert_array_equal(first_conv.kernel.numpy(), original.layers[1].kernel.numpy())  # below: frozen
+
+
+def test_frozen_phase_without_augmentation_trains_the_head_on_cached_features(tiny_shards, tmp_path, caplog):
+    params = FAST.model_copy(update={"weights": pretrained_weights(tmp_path), "augment": NO_AUGMENT})
+    with caplog.at_level(logging.INFO, logger="skincancer"):
+        history = train(params, tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv")
+    assert "cached features" in caplog.text
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    model.compile(loss="binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
+    auc = model.evaluate(eval_dataset(tiny_shards, "val", 64), return_dict=True, verbose=0)["auc"]
+    assert auc == pytest.approx(history["val_auc"].max(), abs=1e-3)  # the head trained on the cache is in the model
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="skincancer"):
+        train(params.model_copy(update={"augment": FAST.augment}), tiny_shards, tmp_path / "m2.keras", tmp_path / "h2.csv")
+    assert "cached features" not in caplog.text  # augmented images change every epoch: nothing to cache
+
+
+def test_imbalance_policies(tiny_shards, tmp_path):
     counts = json.loads((tiny_shards / "manifest.json").read_text())["splits"]["train"]
-    weights = class_weights(tiny_shards, "balanced")
+    weights = class_weights(tiny_shards, "class_weight")
     assert weights[0] * counts["benign"] == pytest.approx(weights[1] * counts["malignant"])
-    assert class_weights(tiny_shards, "none") is None
+    assert class_weights(tiny_shards, "oversample") is None and class_weights(tiny_shards, "none") is None
+    history = train(FAST.model_copy(update={"imbalance": "oversample", "epochs": 1}), tiny_shards,
+                    tmp_path / "model.keras", tmp_path / "history.csv")
+    assert len(history) == 1 and np.isfinite(history["loss"]).all()
 
 
-def test_training_batches_are_seeded(tiny_shards):
-    def labels(seed):
-        return np.concatenate([y.numpy() for _, y in training_dataset(tiny_shards, 16, seed)])
+def test_shards_of_another_image_size_are_refused_naming_both(tiny_shards, tmp_path):
+    with pytest.raises(ShardSpecMismatch, match=r"32 px.*expects 64 px"):
+        train(FAST, tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv", image_size=64)
 
-    assert (labels(3) == labels(3)).all()
-    first_ids = [x.numpy().tobytes() for x, _ in training_dataset(tiny_shards, 200, 3)]
-    other_ids = [x.numpy().tobytes() for x, _ in training_dataset(tiny_shards, 200, 4)]
-    assert first_ids != other_ids
+
+def test_single_class_training_split_is_refused_before_any_epoch(tiny_shards, tmp_path):
+    from skincancer.shard import write_shards
+
+    split_root = tiny_shards.parent / "split"
+    manifest = pd.read_parquet(split_root / "manifest.parquet")
+    benign_train = manifest[(manifest["split"] != "train") | (manifest["label"] == 0)]
+    shards = tmp_path / "shards"
+    write_shards(benign_train, split_root, shards, ShardParams(image_size=32, workers=1))
+    with pytest.raises(SingleClassSplit, match=r"train split has \d+ benign and 0 malignant"):
+        train(FAST, shards, tmp_path / "model.keras", tmp_path / "history.csv")
+    assert not (tmp_path / "model.keras").exists()
+
+
+def test_tensorboard_logs_are_written_when_asked(tiny_shards, tmp_path):
+    train(FAST.model_copy(update={"epochs": 1}), tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv",
+          tensorboard_dir=tmp_path / "logs")
+    assert list((tmp_path / "logs/phase1").rglob("events.out.tfevents.*"))
+
+
+TRAIN_SCRIPT = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+from pathlib import Path
+from skincancer.params import TrainParams
+from skincancer.train import train
+params = TrainParams.model_validate_json(sys.argv[1])
+out = Path(sys.argv[3])
+train(params, Path(sys.argv[2]), out / "model.keras", out / "history.csv")
+"""
+
+
+def start_training(params: TrainParams, shards: Path, out: Path, *prelude: str) -> subprocess.Popen:
+    script = "\n".join(prelude) + TRAIN_SCRIPT
+    return subprocess.Popen(
+        [sys.executable, "-c", script, params.model_dump_json(), str(shards), str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+def test_a_killed_training_resumes_from_its_last_finished_epoch(tiny_shards, tmp_path):
+    params = FAST.model_copy(update={"epochs": 8, "early_stopping_patience": 8})
+    metadata = tmp_path / ".train-state/phase1-backup/training_metadata.json"
+    run = start_training(params, tiny_shards, tmp_path)
+    deadline = time.monotonic() + 240
+    while not (metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0][-3000:]
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    done = json.loads(metadata.read_text())["epoch"]
+    assert 2 <= done < 8 and not (tmp_path / "model.keras").exists()
+
+    rerun = start_training(params, tiny_shards, tmp_path)
+    output = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, output[-3000:]
+    assert f"phase 1: resuming after epoch {done} of 8" in output
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["epoch"].tolist() == list(range(8))  # the epochs before the kill are kept, none twice
+    assert not (tmp_path / ".train-state").exists()
+
+
+def test_a_state_left_by_other_params_is_not_resumed(tiny_shards, tmp_path, caplog):
+    from skincancer.train_state import TrainState, fingerprint
+
+    state = TrainState.open(tmp_path / ".train-state", FAST, {"shards": 1})
+    (state.backup(1)).mkdir()
+    (state.backup(1) / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    other = FAST.model_copy(update={"seed": 1})
+    assert fingerprint(other, {"shards": 1}) != fingerprint(FAST, {"shards": 1})
+    assert fingerprint(FAST.model_copy(update={"tensorboard": True}), {"shards": 1}) == fingerprint(FAST, {"shards": 1})
+    assert TrainState.open(tmp_path / ".train-state", other, {"shards": 1}).epochs_done(1) == 0
+    assert TrainState.open(tmp_path / ".train-state", FAST.model_copy(update={"resume": False}), {"shards": 1}).epochs_done(1) == 0
+
+
+TWO_CPUS = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+"""
+
+
+def test_mirrored_strategy_over_two_logical_cpus_scales_the_batch(tiny_shards, tmp_path):
+    params = FAST.model_copy(update={"epochs": 2, "batch_size": 8, "distribute": "mirrored"})
+    run = start_training(params, tiny_shards, tmp_path, TWO_CPUS)
+    output = run.communicate(timeout=300)[0]
+    assert run.returncode == 0, output[-3000:]
+    assert "MirroredStrategy over 2 replica(s)" in output and "global batch 16 (8 per replica)" in output
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert len(history) == 2 and np.isfinite(history["val_auc"]).all()
+    predictions = val_predictions(tmp_path / "model.keras", tiny_shards)
+    assert ((predictions > 0) & (predictions < 1)).all()

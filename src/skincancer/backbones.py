@@ -20,19 +20,20 @@ Preprocessing = Literal["raw", "tf", "caffe", "unit"]
 class BackboneSpec:
     application: str  # attribute of keras.applications, or "small_cnn" for the built-in CPU net
     preprocessing: Preprocessing
+    default_size: int = 224  # the size its ImageNet weights were trained at (shard.image_size: auto)
     min_size: int = 32
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "small_cnn": BackboneSpec("small_cnn", "unit", 16),
+    "small_cnn": BackboneSpec("small_cnn", "unit", 96, 16),
     "efficientnet_b0": BackboneSpec("EfficientNetB0", "raw"),
-    "efficientnet_b1": BackboneSpec("EfficientNetB1", "raw"),
-    "efficientnet_b2": BackboneSpec("EfficientNetB2", "raw"),
-    "efficientnet_b3": BackboneSpec("EfficientNetB3", "raw"),
+    "efficientnet_b1": BackboneSpec("EfficientNetB1", "raw", 240),
+    "efficientnet_b2": BackboneSpec("EfficientNetB2", "raw", 260),
+    "efficientnet_b3": BackboneSpec("EfficientNetB3", "raw", 300),
     "efficientnet_v2_b0": BackboneSpec("EfficientNetV2B0", "raw"),
     "resnet50": BackboneSpec("ResNet50", "caffe"),
-    "inception_v3": BackboneSpec("InceptionV3", "tf", 75),
-    "xception": BackboneSpec("Xception", "tf", 71),
+    "inception_v3": BackboneSpec("InceptionV3", "tf", 299, 75),
+    "xception": BackboneSpec("Xception", "tf", 299, 71),
     "nasnet_mobile": BackboneSpec("NASNetMobile", "tf"),
     "mobilenet_v2": BackboneSpec("MobileNetV2", "tf"),
     "mobilenet_v3_small": BackboneSpec("MobileNetV3Small", "raw"),

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from skincancer.tfrecords import SPEC_VERSION, parse_example, read_examples
+from skincancer.augment import augmenter
+from skincancer.params import AugmentParams
+from skincancer.tfrecords import FEATURE_SPEC, SPEC_VERSION, parse_example, read_examples
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -40,6 +44,17 @@ def shard_paths(shards_dir: Path, split: str) -> list[str]:
     return paths
 
 
+def check_image_size(shards_dir: Path, expected: int) -> dict:
+    """The manifest, refused when its images are not the size the model is built for."""
+    manifest = read_shard_manifest(shards_dir)
+    if manifest["image_size"] != expected:
+        raise ShardSpecMismatch(
+            f"{Path(shards_dir) / 'manifest.json'}: shards hold {manifest['image_size']} px images but train "
+            f"expects {expected} px (shard.image_size, 'auto' = the backbone's size); rerun `dvc repro shard`"
+        )
+    return manifest
+
+
 def _image_and_label(image_size: int):
     def decode(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         features = parse_example(serialized)
@@ -50,21 +65,70 @@ def _image_and_label(image_size: int):
     return decode
 
 
-def training_dataset(shards_dir: Path, batch_size: int, seed: int) -> tf.data.Dataset:
-    """Shards interleaved and records shuffled with a fixed seed: same seed, same batches."""
+def _serialized_label(serialized: tf.Tensor) -> tf.Tensor:
+    return tf.io.parse_single_example(serialized, {"image/label": FEATURE_SPEC["image/label"]})["image/label"]
+
+
+def oversampled(examples: tf.data.Dataset, count: int, seed: int, label_of: Callable[..., tf.Tensor]) -> tf.data.Dataset:
+    """`count` examples drawn half benign, half malignant (the rare class repeats): balanced batches."""
+    streams = [examples.filter(lambda *e, c=c: tf.equal(tf.cast(label_of(*e), tf.int64), c)).repeat() for c in (0, 1)]
+    mixed = tf.data.Dataset.sample_from_datasets(streams, [0.5, 0.5], seed=seed, rerandomize_each_iteration=True)
+    return mixed.take(count)
+
+
+def training_dataset(
+    shards_dir: Path,
+    batch_size: int,
+    seed: int,
+    augment: AugmentParams | None = None,
+    imbalance: str = "class_weight",
+) -> tf.data.Dataset:
+    """Shards interleaved, records shuffled, decoded and augmented in parallel: the same seed gives the
+    same batches (every random draw is keyed by the seed, none depends on thread timing). Full batches
+    only: a last batch of a few images would give BatchNorm noisy statistics, or a replica nothing."""
     manifest = read_shard_manifest(shards_dir)
     files = shard_paths(shards_dir, "train")
     count = manifest["splits"]["train"]["count"]
-    return (
+    records = (
         tf.data.Dataset.from_tensor_slices(files)
         .shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         .interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE, deterministic=True)
-        .apply(tf.data.experimental.assert_cardinality(count))  # lets Keras count steps per epoch
         .shuffle(min(count, 4096), seed=seed + 1, reshuffle_each_iteration=True)
-        .map(_image_and_label(manifest["image_size"]), num_parallel_calls=AUTOTUNE, deterministic=True)
-        .batch(batch_size)
-        .prefetch(AUTOTUNE)
     )
+    if imbalance == "oversample":
+        records = oversampled(records, count, seed + 2, _serialized_label)
+    records = records.apply(tf.data.experimental.assert_cardinality(count))  # lets Keras count steps per epoch
+    decode = _image_and_label(manifest["image_size"])
+    if augment is not None and augment.active:
+        augment_image = augmenter(augment)
+        image_seeds = tf.data.Dataset.random(seed + 3, rerandomize_each_iteration=True).batch(2)
+        examples = tf.data.Dataset.zip(records, image_seeds).map(
+            lambda serialized, image_seed: _augmented(decode(serialized), image_seed, augment_image),
+            num_parallel_calls=AUTOTUNE, deterministic=True,
+        )
+    else:
+        examples = records.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return examples.batch(batch_size, drop_remainder=count > batch_size).prefetch(AUTOTUNE)
+
+
+def _augmented(example: tuple[tf.Tensor, tf.Tensor], image_seed: tf.Tensor, augment_image) -> tuple[tf.Tensor, tf.Tensor]:
+    image, label = example
+    return augment_image(image, image_seed), label
+
+
+def feature_dataset(
+    features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = None, imbalance: str = "none"
+) -> tf.data.Dataset:
+    """Cached backbone features as a dataset; with a seed, shuffled (and balanced) like the image pipeline."""
+    count = len(labels)
+    examples = tf.data.Dataset.from_tensor_slices((features, labels))
+    if seed is not None:
+        examples = examples.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    if imbalance == "oversample":
+        examples = oversampled(examples, count, seed + 2, lambda _, label: label)
+    training = seed is not None
+    examples = examples.apply(tf.data.experimental.assert_cardinality(count))
+    return examples.batch(batch_size, drop_remainder=training and count > batch_size).prefetch(AUTOTUNE)
 
 
 def eval_dataset(shards_dir: Path, split: str, batch_size: int) -> tf.data.Dataset:
@@ -77,6 +141,12 @@ def eval_dataset(shards_dir: Path, split: str, batch_size: int) -> tf.data.Datas
         .batch(batch_size)
         .prefetch(AUTOTUNE)
     )
+
+
+def split_labels(shards_dir: Path, split: str) -> np.ndarray:
+    """Labels in `eval_dataset` order, without decoding a single image."""
+    records = tf.data.TFRecordDataset(shard_paths(shards_dir, split)).map(_serialized_label, num_parallel_calls=AUTOTUNE)
+    return np.fromiter(records.as_numpy_iterator(), dtype=np.int64)
 
 
 def split_records(shards_dir: Path, split: str) -> pd.DataFrame:

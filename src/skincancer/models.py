@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 from keras import layers
 
-from skincancer.backbones import BACKBONES, BackboneSpec
-from skincancer.params import AugmentParams, TrainParams
+from skincancer.backbones import BACKBONES
+from skincancer.params import TrainParams
+from skincancer.weights import WeightsError, imagenet_backbone, load_weights_file
 
 
 @keras.saving.register_keras_serializable(package="skincancer")
@@ -18,40 +21,18 @@ class PixelPreprocessing(layers.Layer):
         self.mode = mode
 
     def call(self, images):
-        x = keras.ops.cast(images, "float32")
+        x = keras.ops.cast(images, self.compute_dtype)
         if self.mode == "unit":
             return x / 255.0
         if self.mode == "tf":
             return x / 127.5 - 1.0
         if self.mode == "caffe":
             bgr = keras.ops.flip(x, axis=-1)
-            return bgr - keras.ops.convert_to_tensor([103.939, 116.779, 123.68])
+            return bgr - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=self.compute_dtype)
         return x
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mode": self.mode}
-
-
-def augmentation(params: AugmentParams, seed: int) -> list[layers.Layer]:
-    """Label-preserving dermoscopy augmentations; active in training only."""
-    pipeline: list[layers.Layer] = []
-    if params.flip:
-        pipeline.append(layers.RandomFlip("horizontal_and_vertical", seed=seed))
-    if params.rotation:
-        pipeline.append(layers.RandomRotation(params.rotation, fill_mode="reflect", seed=seed + 1))
-    if params.zoom:
-        pipeline.append(layers.RandomZoom(params.zoom, fill_mode="reflect", seed=seed + 2))
-    if params.color:
-        pipeline.append(
-            layers.RandomColorJitter(
-                value_range=(0, 255),
-                brightness_factor=params.color,
-                contrast_factor=params.color,
-                saturation_factor=params.color,
-                seed=seed + 3,
-            )
-        )
-    return pipeline
 
 
 def _conv_bn_relu(x, filters: int):
@@ -70,38 +51,56 @@ def small_cnn(input_shape: tuple[int, int, int]) -> keras.Model:
     return keras.Model(inputs, x, name="small_cnn")
 
 
-def build_backbone(spec: BackboneSpec, image_size: int, weights: str | None) -> keras.Model:
-    """keras.applications model without its top; weights 'imagenet', None, or a local file."""
+def build_backbone(name: str, image_size: int, weights: str | None) -> keras.Model:
+    """The registry's backbone without its top; weights 'imagenet', None (random), or a local file."""
+    spec = BACKBONES[name]
     shape = (image_size, image_size, 3)
+    if weights == "imagenet" and spec.application != "small_cnn":
+        return imagenet_backbone(name, spec.application, shape)
+    if weights == "imagenet":
+        raise WeightsError(f"train.weights: imagenet, but {name} has no ImageNet weights; use null or a weights file")
     if spec.application == "small_cnn":
         backbone = small_cnn(shape)
     else:
-        constructor = getattr(keras.applications, spec.application)
-        backbone = constructor(include_top=False, weights="imagenet" if weights == "imagenet" else None, input_shape=shape)
-    if weights not in (None, "imagenet"):
-        backbone.load_weights(weights)
+        backbone = getattr(keras.applications, spec.application)(include_top=False, weights=None, input_shape=shape)
+    if weights is not None:
+        load_weights_file(backbone, weights, name)
     return backbone
 
 
-def build_model(params: TrainParams, image_size: int) -> tuple[keras.Model, keras.Model]:
-    """(classifier, backbone). A pretrained backbone starts frozen (phase 1 trains the head)."""
+@dataclass(frozen=True)
+class Classifier:
+    """The saved model plus the parts training addresses on their own (layers are shared, not copied).
+
+    features: uint8 images -> pooled backbone features (what the frozen phase caches);
+    head: pooled features -> P(malignant) (what the frozen phase trains on the cache).
+    """
+
+    model: keras.Model
+    backbone: keras.Model
+    features: keras.Model
+    head: keras.Model
+    pretrained: bool
+
+
+def build_classifier(params: TrainParams, image_size: int) -> Classifier:
+    """Raw uint8 RGB in, P(malignant) out. A pretrained backbone starts frozen (phase 1 trains the head)."""
     spec = BACKBONES[params.backbone]
-    backbone = build_backbone(spec, image_size, params.weights)
+    backbone = build_backbone(params.backbone, image_size, params.weights)
     pretrained = params.weights is not None
     backbone.trainable = not pretrained
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
-    x = PixelPreprocessing("none", name="to_float")(inputs)
-    for layer in augmentation(params.augment, params.seed):
-        x = layer(x)
-    x = PixelPreprocessing(spec.preprocessing, name="preprocess")(x)
+    x = PixelPreprocessing(spec.preprocessing, name="preprocess")(inputs)
     # a pretrained backbone runs BatchNorm in inference mode, also once unfrozen (keras-io recipe)
     x = backbone(x, training=False if pretrained else None)
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.Dropout(params.dropout, seed=params.seed, name="dropout")(x)
-    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="malignant")(x)
-    return keras.Model(inputs, outputs, name=f"skincancer_{params.backbone}"), backbone
-
-
+    pooled = layers.GlobalAveragePooling2D(name="pool")(x)
+    dropout = layers.Dropout(params.dropout, seed=params.seed, name="dropout")
+    # float32 output: under mixed precision a float16 sigmoid saturates and its loss loses precision
+    classify = layers.Dense(1, activation="sigmoid", dtype="float32", name="malignant")
+    model = keras.Model(inputs, classify(dropout(pooled)), name=f"skincancer_{params.backbone}")
+    head_input = keras.Input((pooled.shape[-1],), name="features")
+    head = keras.Model(head_input, classify(dropout(head_input)), name="head")
+    return Classifier(model, backbone, keras.Model(inputs, pooled, name="features"), head, pretrained)
 def unfreeze_top(backbone: keras.Model, n_layers: int) -> None:
     """Phase 2: fine-tune the top layers; BatchNorm stays frozen so its statistics survive."""
     backbone.trainable = True

@@ -121,7 +121,7 @@ _PILLOW_MAX_PIXELS = 178_956_970
 
 
 class ShardParams(_Section):
-    image_size: int = Field(96, ge=16, le=1024)
+    image_size: int = Field(96, ge=16, le=1024, description="'auto' in params.yaml: the train backbone's own size")
     resize: Literal["crop", "pad"] = "crop"
     target_shard_mb: float = Field(16.0, gt=0)
     jpeg_quality: int = Field(92, ge=50, le=100)
@@ -136,25 +136,35 @@ class ShardParams(_Section):
 
 
 class AugmentParams(_Section):
-    flip: bool = True
+    flip: bool = Field(True, description="both axes")
     rotation: float = Field(0.5, ge=0, le=0.5, description="fraction of a full turn")
     zoom: float = Field(0.1, ge=0, lt=1)
     color: float = Field(0.1, ge=0, lt=1, description="brightness/contrast/saturation jitter")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.flip or self.rotation or self.zoom or self.color)
 
 
 class TrainParams(_Section):
     backbone: str = "small_cnn"
     weights: str | None = None
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="per replica: the global batch is this times the device count")
     epochs: int = Field(30, ge=1, description="phase 1: head (and small_cnn) training")
     learning_rate: float = Field(2e-3, gt=0)
     fine_tune_epochs: int = Field(0, ge=0, description="phase 2: unfreeze the top of a pretrained backbone")
     fine_tune_layers: int = Field(20, ge=0)
     fine_tune_learning_rate: float = Field(1e-4, gt=0)
     dropout: float = Field(0.3, ge=0, lt=1)
-    class_weight: Literal["balanced", "none"] = "balanced"
+    imbalance: Literal["class_weight", "oversample", "none"] = "class_weight"
     early_stopping_patience: int = Field(8, ge=1)
+    reduce_lr_patience: int = Field(3, ge=1, description="epochs without val AUC gain before halving the rate")
+    cache_features: bool = Field(True, description="frozen phase without augmentation: run the backbone once")
     augment: AugmentParams = AugmentParams()
+    precision: Literal["auto", "mixed_float16", "float32"] = "auto"
+    distribute: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
+    tensorboard: bool = Field(False, description="write TensorBoard logs to logs/train/")
+    resume: bool = Field(True, description="continue an interrupted run from its last finished epoch")
     seed: int = 0
 
     @field_validator("backbone")
@@ -165,7 +175,7 @@ class TrainParams(_Section):
     @field_validator("weights")
     @classmethod
     def _weights_source(cls, value: str | None) -> str | None:
-        if value is None or value == "imagenet" or value.endswith((".h5", ".weights.h5", ".keras")):
+        if value is None or value == "imagenet" or value.endswith((".h5", ".hdf5")):
             return value
         raise ValueError(f"must be 'imagenet', null, or a path to a .weights.h5/.h5 file, got {value!r}")
 
@@ -189,6 +199,18 @@ class Params(_Section):
     shard: ShardParams = ShardParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_auto_image_size(cls, raw: object) -> object:
+        """shard.image_size 'auto' becomes the backbone's own input size, so train and shard agree."""
+        if not isinstance(raw, dict) or not isinstance(shard := raw.get("shard"), dict):
+            return raw
+        if shard.get("image_size") != "auto":
+            return raw
+        backbone = (raw.get("train") or {}).get("backbone", TrainParams().backbone)
+        size = BACKBONES[backbone].default_size if backbone in BACKBONES else ShardParams().image_size
+        return {**raw, "shard": {**shard, "image_size": size}}
 
     @model_validator(mode="after")
     def _backbone_fits_image_size(self) -> Params:

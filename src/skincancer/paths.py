@@ -14,6 +14,7 @@ SHARDS_MANIFEST = SHARDS / "manifest.json"
 MODELS = Path("models")
 MODEL = MODELS / "model.keras"
 HISTORY = MODELS / "history.csv"
+TENSORBOARD = Path("logs/train")  # train.tensorboard: true
 METRICS = Path("metrics.json")
 REPORTS = Path("reports")
 SPLIT_SUMMARY = REPORTS / "split.json"

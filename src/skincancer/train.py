@@ -1,39 +1,67 @@
-"""train stage: phase 1 (head, or whole net from scratch), optional phase 2 fine-tuning."""
+"""train stage: phase 1 (the head on a frozen backbone, or the whole net from scratch), then optional
+phase 2 fine-tuning of the backbone's top layers; the best-validation-AUC model is what is kept."""
 
 from __future__ import annotations
 
 import logging
-import os
+import math
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from skincancer.atomic import atomic_write_text
-from skincancer.data import read_shard_manifest, training_dataset, eval_dataset
-from skincancer.models import build_model, unfreeze_top
+from skincancer.atomic import atomic_path, atomic_write_text
+from skincancer.data import (
+    check_image_size,
+    eval_dataset,
+    feature_dataset,
+    read_shard_manifest,
+    split_labels,
+    training_dataset,
+)
+from skincancer.hardware import make_deterministic, pick_strategy, set_precision
+from skincancer.models import Classifier, build_classifier, unfreeze_top
 from skincancer.params import TrainParams
+from skincancer.train_state import TrainState
 
 log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = [
+    "epoch", "phase", "loss", "auc", "precision", "recall",
+    "val_loss", "val_auc", "val_precision", "val_recall", "learning_rate",
+]
 
 
 class TrainingDiverged(RuntimeError):
     """No epoch produced a finite validation AUC (NaN loss, or a learning rate far too high)."""
 
 
-def make_deterministic(seed: int) -> None:
-    """Same seed => same weights and metrics on CPU (GPU kernels may still differ slightly)."""
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+class SingleClassSplit(ValueError):
+    """A split lacks benign or malignant images: AUC, checkpoints and class weights are undefined."""
 
 
-def class_weights(shards_dir: Path, policy: str) -> dict[int, float] | None:
-    """'balanced': weight each class by n / (2 n_c), so the rare malignant class counts as much."""
-    if policy == "none":
+def class_counts(shards_dir: Path, split: str) -> dict[int, int]:
+    counts = read_shard_manifest(shards_dir)["splits"][split]
+    return {0: counts["benign"], 1: counts["malignant"]}
+
+
+def require_both_classes(shards_dir: Path) -> None:
+    for split in ("train", "val"):
+        counts = class_counts(shards_dir, split)
+        if not all(counts.values()):
+            raise SingleClassSplit(
+                f"{Path(shards_dir) / 'manifest.json'}: the {split} split has {counts[0]} benign and {counts[1]} "
+                "malignant images; training needs both. Fetch more data or check labels.malignant in params.yaml"
+            )
+
+
+def class_weights(shards_dir: Path, imbalance: str) -> dict[int, float] | None:
+    """'class_weight': weight each class by n / (2 n_c), so the rare malignant class counts as much."""
+    if imbalance != "class_weight":
         return None
-    train = read_shard_manifest(shards_dir)["splits"]["train"]
-    counts = {0: train["benign"], 1: train["malignant"]}
+    counts = class_counts(shards_dir, "train")
     total = sum(counts.values())
     return {label: total / (2 * count) for label, count in counts.items()}
 
@@ -42,60 +70,128 @@ def _compile(model: keras.Model, learning_rate: float) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
     )
 
 
-def _callbacks(checkpoint: Path, patience: int, best_so_far: float | None) -> list[keras.callbacks.Callback]:
-    return [
+class SaveBest(keras.callbacks.Callback):
+    """Keep the classifier's weights at its best val AUC so far. Unlike ModelCheckpoint it saves the
+    full classifier while the head trains alone on cached features, and no optimizer state, which
+    differs between phases."""
+
+    def __init__(self, classifier: keras.Model, path: Path, best: float):
+        super().__init__()
+        self.classifier, self.path, self.best = classifier, path, best
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        auc = (logs or {}).get("val_auc", math.nan)
+        if math.isfinite(auc) and auc > self.best:
+            self.best = auc
+            with atomic_path(self.path) as partial, partial.open("wb") as file:
+                np.savez(file, *self.classifier.get_weights())
+
+
+def load_best(classifier: keras.Model, path: Path) -> None:
+    with np.load(path) as saved:
+        classifier.set_weights([saved[f"arr_{index}"] for index in range(len(saved.files))])
+
+
+def _callbacks(params: TrainParams, state: TrainState, phase: int, classifier: keras.Model, best: float, tensorboard_dir: Path | None):
+    callbacks = [
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ModelCheckpoint(
-            checkpoint, monitor="val_auc", mode="max", save_best_only=True, initial_value_threshold=best_so_far
-        ),
-        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.5, patience=params.reduce_lr_patience),
+        SaveBest(classifier, state.best_model, best),
+        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=params.early_stopping_patience),
+        keras.callbacks.CSVLogger(state.history(phase), append=True),
+        # last: an epoch is only marked done once everything above has recorded it
+        keras.callbacks.BackupAndRestore(state.backup(phase)),
     ]
+    if tensorboard_dir is not None:
+        callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir / f"phase{phase}"))
+    return callbacks
 
 
-def _history_frame(history: keras.callbacks.History, phase: int, first_epoch: int) -> pd.DataFrame:
-    frame = pd.DataFrame(history.history)
-    frame.insert(0, "phase", phase)
-    frame.insert(0, "epoch", range(first_epoch, first_epoch + len(frame)))
-    return frame
+def _cached_features(classifier: Classifier, shards_dir: Path, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen backbone's pooled features, computed once instead of once per epoch."""
+    features = classifier.features.predict(eval_dataset(shards_dir, split, batch_size), verbose=0)
+    return features.astype(np.float32), split_labels(shards_dir, split).astype(np.float32)
 
 
-def train(params: TrainParams, shards_dir: Path, model_path: Path, history_path: Path) -> pd.DataFrame:
-    """Fit, keep the best-validation-AUC model at model_path, write the per-epoch history CSV."""
-    make_deterministic(params.seed)
-    image_size = read_shard_manifest(shards_dir)["image_size"]
-    model, backbone = build_model(params, image_size)
-    train_ds = training_dataset(shards_dir, params.batch_size, params.seed)
-    val_ds = eval_dataset(shards_dir, "val", params.batch_size)
-    weights = class_weights(shards_dir, params.class_weight)
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = model_path.with_name(f".{model_path.stem}.checkpoint-{os.getpid()}.keras")
-    try:
-        _compile(model, params.learning_rate)
-        phase1 = model.fit(
-            train_ds, validation_data=val_ds, epochs=params.epochs, class_weight=weights, shuffle=False,
-            callbacks=_callbacks(checkpoint, params.early_stopping_patience, None), verbose=2,
+def validation_batch_size(val_count: int, batch_size: int, replicas: int) -> int:
+    """Keras builds its metrics on the first validation batch reduced across replicas, which fails unless
+    that batch splits evenly: so it is full, or (a val split smaller than a batch) a multiple of the replicas."""
+    return min(batch_size, max(replicas, val_count // replicas * replicas))
+
+
+def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, state: TrainState, phase: int,
+               batch_size: int, tensorboard_dir: Path | None) -> None:
+    """One phase, resumable from its last finished epoch; leaves the best weights in state.best_model."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync  # called inside the strategy's scope
+    val_batch = validation_batch_size(sum(class_counts(shards_dir, "val").values()), batch_size, replicas)
+    uses_cache = phase == 1 and classifier.pretrained and params.cache_features and not params.augment.active
+    epochs, rate = (params.epochs, params.learning_rate) if phase == 1 else (params.fine_tune_epochs, params.fine_tune_learning_rate)
+    if done := state.epochs_done(phase):
+        log.info("phase %d: resuming after epoch %d of %d (train.resume)", phase, done, epochs)
+    if uses_cache:
+        log.info("phase 1 on cached features: the frozen backbone runs once over train and val")
+        train_x, train_y = _cached_features(classifier, shards_dir, "train", batch_size)
+        val_x, val_y = _cached_features(classifier, shards_dir, "val", batch_size)
+        model = classifier.head
+        train_ds = feature_dataset(train_x, train_y, batch_size, params.seed, params.imbalance)
+        val_ds = feature_dataset(val_x, val_y, val_batch)
+    else:
+        model = classifier.model
+        train_ds = training_dataset(shards_dir, batch_size, params.seed, params.augment, params.imbalance)
+        val_ds = eval_dataset(shards_dir, "val", val_batch)
+    _compile(model, rate)
+    model.fit(
+        train_ds, validation_data=val_ds, epochs=epochs,
+        class_weight=class_weights(shards_dir, params.imbalance), shuffle=False, verbose=2,
+        callbacks=_callbacks(params, state, phase, classifier.model, state.best_auc(), tensorboard_dir),
+    )
+    if not state.best_model.exists():
+        state.clear()  # nothing worth resuming
+        raise TrainingDiverged(
+            "no epoch reached a finite validation AUC (NaN loss?); lower train.learning_rate in params.yaml"
         )
-        history = [_history_frame(phase1, 1, 0)]
-        if params.fine_tune_epochs and params.weights is not None:
-            unfreeze_top(backbone, params.fine_tune_layers)
-            _compile(model, params.fine_tune_learning_rate)
-            best = max((v for v in phase1.history["val_auc"] if v == v), default=None)
-            phase2 = model.fit(
-                train_ds, validation_data=val_ds, epochs=params.fine_tune_epochs, class_weight=weights, shuffle=False,
-                callbacks=_callbacks(checkpoint, params.early_stopping_patience, best), verbose=2,
-            )
-            history.append(_history_frame(phase2, 2, len(history[0])))
-        if not checkpoint.exists():
-            raise TrainingDiverged(
-                "no epoch reached a finite validation AUC (NaN loss?); lower train.learning_rate in params.yaml"
-            )
-        os.replace(checkpoint, model_path)
-    finally:
-        checkpoint.unlink(missing_ok=True)
-    frame = pd.concat(history, ignore_index=True)
-    atomic_write_text(history_path, frame.to_csv(index=False, float_format="%.6g"))
-    return frame
+    load_best(classifier.model, state.best_model)  # the next phase starts from the best epoch, not the last
+    state.finish(phase)
+
+
+def train(
+    params: TrainParams,
+    shards_dir: Path,
+    model_path: Path,
+    history_path: Path,
+    image_size: int | None = None,
+    tensorboard_dir: Path | None = None,
+) -> pd.DataFrame:
+    """Fit, keep the best-validation-AUC model at model_path, write the per-epoch history CSV.
+
+    image_size: what the shards must hold (params' shard.image_size); None accepts the shards' own.
+    """
+    manifest = check_image_size(shards_dir, image_size) if image_size else read_shard_manifest(shards_dir)
+    require_both_classes(shards_dir)
+    make_deterministic(params.seed)
+    policy = set_precision(params.precision)
+    strategy = pick_strategy(params.distribute)
+    batch_size = params.batch_size * strategy.num_replicas_in_sync
+    log.info("precision %s, global batch %d (%d per replica)", policy, batch_size, params.batch_size)
+    state = TrainState.open(model_path.parent / ".train-state", params, manifest)
+    with strategy.scope():
+        classifier = build_classifier(params, manifest["image_size"])
+        phases = [1, 2] if params.fine_tune_epochs and classifier.pretrained else [1]
+        for phase in phases:
+            if phase == 2:
+                unfreeze_top(classifier.backbone, params.fine_tune_layers)
+            if state.finished(phase):
+                log.info("phase %d finished in an earlier run: resuming after it", phase)
+                load_best(classifier.model, state.best_model)
+                continue
+            _fit_phase(params, classifier, shards_dir, state, phase, batch_size, tensorboard_dir)
+    history = state.history_frame(phases)[HISTORY_COLUMNS]
+    with atomic_path(model_path) as partial:
+        classifier.model.save(partial)
+    atomic_write_text(history_path, history.to_csv(index=False, float_format="%.6g"))
+    state.clear()
+    return history

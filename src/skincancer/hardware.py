@@ -1,0 +1,90 @@
+"""Which devices train: the tf.distribute strategy, numeric precision and determinism, from params.
+
+A registry of strategy factories (train.distribute) so a GPU box, a multi-GPU box and a cluster
+described by TF_CONFIG run the same code; 'auto' picks the widest one the machine offers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+
+def _gpus() -> list[str]:
+    return [device.name for device in tf.config.list_logical_devices("GPU")]
+
+
+def _cluster_size() -> int:
+    """Workers named in TF_CONFIG (MultiWorkerMirroredStrategy's cluster description), 0 without one."""
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({error}); unset it or fix it") from None
+    return sum(len(cluster.get(role, [])) for role in ("chief", "worker"))
+
+
+def _one_device() -> tf.distribute.Strategy:
+    """TensorFlow's default strategy: the first GPU if there is one, else the CPU; no input splitting."""
+    return tf.distribute.get_strategy()
+
+
+def _mirrored() -> tf.distribute.Strategy:
+    """All local GPUs; without GPUs, all logical CPU devices (how tests run it on a laptop)."""
+    devices = _gpus() or [device.name for device in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def _multi_worker() -> tf.distribute.Strategy:
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+STRATEGIES: dict[str, Callable[[], tf.distribute.Strategy]] = {
+    "one_device": _one_device,
+    "mirrored": _mirrored,
+    "multi_worker": _multi_worker,
+}
+
+
+def auto_strategy_name(gpus: list[str] | None = None) -> str:
+    """A cluster in TF_CONFIG: all its workers; several local GPUs: all of them; else one device."""
+    if _cluster_size() > 1:
+        return "multi_worker"
+    if len(_gpus() if gpus is None else gpus) > 1:
+        return "mirrored"
+    return "one_device"
+
+
+def pick_strategy(name: str) -> tf.distribute.Strategy:
+    """train.distribute: a STRATEGIES name, or 'auto'."""
+    strategy = STRATEGIES[auto_strategy_name() if name == "auto" else name]()
+    log.info("train.distribute %s: %s over %d replica(s)", name, type(strategy).__name__, strategy.num_replicas_in_sync)
+    return strategy
+
+
+def precision_policy(setting: str, gpus: list[str] | None = None) -> str:
+    """'auto': mixed_float16 where a GPU runs it (Tensor Cores, half the memory), float32 on CPU,
+    where float16 is slower and would break CPU determinism."""
+    if setting != "auto":
+        return setting
+    return "mixed_float16" if (_gpus() if gpus is None else gpus) else "float32"
+
+
+def set_precision(setting: str) -> str:
+    policy = precision_policy(setting)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def make_deterministic(seed: int) -> None:
+    """Same seed => same weights and metrics on CPU. On GPU only the seeds are fixed: deterministic
+    kernels cost speed there and not every op has one."""
+    keras.utils.set_random_seed(seed)
+    if not _gpus():
+        tf.config.experimental.enable_op_determinism()

@@ -1,0 +1,46 @@
+"""hardware: the strategy registry's automatic choice and the precision policy."""
+
+import json
+
+import pytest
+
+from skincancer.hardware import STRATEGIES, auto_strategy_name, pick_strategy, precision_policy
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "gpus", "expected"),
+    [
+        (None, [], "one_device"),
+        (None, ["/gpu:0"], "one_device"),
+        (None, ["/gpu:0", "/gpu:1"], "mirrored"),
+        ({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}, [], "multi_worker"),
+        ({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}, ["/gpu:0", "/gpu:1"], "mirrored"),
+    ],
+)
+def test_auto_picks_the_widest_strategy_the_machine_offers(monkeypatch, tf_config, gpus, expected):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert auto_strategy_name(gpus) == expected and expected in STRATEGIES
+
+
+def test_a_broken_tf_config_names_the_variable(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        auto_strategy_name([])
+
+
+def test_one_device_is_tensorflows_default_placement(monkeypatch):
+    import tensorflow as tf
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    strategy = pick_strategy("auto")
+    assert strategy is tf.distribute.get_strategy() and strategy.num_replicas_in_sync == 1
+
+
+def test_mixed_precision_only_where_a_gpu_runs_it():
+    assert precision_policy("auto", gpus=["/gpu:0"]) == "mixed_float16"
+    assert precision_policy("auto", gpus=[]) == "float32"
+    assert precision_policy("float32", gpus=["/gpu:0"]) == "float32"
+    assert precision_policy("mixed_float16", gpus=[]) == "mixed_float16"
