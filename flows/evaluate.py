@@ -1,7 +1,5 @@
 """DVC stage `evaluate`: model + shards -> metrics.json and reports/ (threshold frozen on val)."""
 
-import json
-
 from _stage import run_stage
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -10,16 +8,20 @@ from prefect.cache_policies import NO_CACHE
 from skincancer import paths
 from skincancer.params import Params
 
+# what the report prints as "the params that produced it" (dvc.yaml declares the same keys)
+SHOWN_PARAMS = {"fetch": {"datasets"}, "labels": True, "split": True, "shard": True, "train": True, "evaluate": True}
+
 
 @flow(name="evaluate")
 def evaluate_flow(params: Params) -> dict:
     from skincancer.evaluate import evaluate  # imported here so a params error is reported before the ~7 s TensorFlow import
 
     metrics = task(evaluate, name="evaluate-model", cache_policy=NO_CACHE)(
-        params.evaluate, paths.MODEL, paths.SHARDS, paths.METRICS, paths.REPORTS
+        params.evaluate, paths.MODEL, paths.SHARDS, paths.METRICS, paths.REPORTS,
+        history_path=paths.HISTORY, shown_params=params.model_dump(mode="json", include=SHOWN_PARAMS),
     )
     create_markdown_artifact(
-        key="skincancer-metrics", markdown=f"```json\n{json.dumps(metrics, indent=2)}\n```", description="metrics.json"
+        key="skincancer-report", markdown=(paths.REPORTS / "report.md").read_text(), description="reports/report.md"
     )
     return metrics
 

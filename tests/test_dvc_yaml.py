@@ -71,6 +71,16 @@ def test_each_stage_reads_only_its_own_param_sections():
         "split": ["labels", "split"],
         "shard": ["shard", "train.backbone"],  # shard.image_size 'auto' is the backbone's input size
         "train": ["train", "shard.image_size"],  # the size train checks the shards against
-        "evaluate": ["evaluate"],
+        # evaluate decides with its own section; the others are printed in the report as what produced it
+        "evaluate": ["evaluate", "fetch.datasets", "labels", "split", "shard", "train"],
     }
     assert {name: stage["params"] for name, stage in stages().items()} == expected
+
+
+def test_the_params_the_report_prints_are_the_params_evaluate_depends_on():
+    tree = ast.parse((ROOT / "flows/evaluate.py").read_text())
+    shown = next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SHOWN_PARAMS")
+    declared = {f"{section}.{key}" if keys is not True else section
+                for section, keys in shown.items() for key in (keys if keys is not True else [None])}
+    assert declared == set(stages()["evaluate"]["params"])

@@ -107,3 +107,29 @@ def test_threshold_never_depends_on_test_data(scored):
     # and the test sensitivity is measured at exactly that threshold
     y_test, p_test = y[200:], p[200:]
     assert base["test"]["sensitivity"] == pytest.approx(skm.recall_score(y_test, p_test >= base["threshold"]), abs=1e-6)
+
+
+def test_undefined_metrics_are_null_with_a_warning_never_a_made_up_number(caplog):
+    y, p = np.zeros(6, dtype=int), np.array([0.1, 0.2, 0.3, 0.4, 0.7, 0.9])
+    values = binary_metrics(y, p, 0.5, resamples=20, split="test")
+    for key in ("roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "pr_auc", "sensitivity", "balanced_accuracy",
+                "specificity_at_95_sensitivity", "pauc_above_80_tpr"):
+        assert values[key] is None, key
+    assert values["specificity"] == pytest.approx(4 / 6, abs=1e-6) and values["precision"] == 0.0
+    assert values["brier"] == pytest.approx(skm.brier_score_loss(y, p, labels=[0, 1]), abs=1e-6)
+    assert "test split (6 benign, 0 malignant, 2 called malignant): roc_auc" in caplog.text
+    import json
+
+    assert json.loads(json.dumps(values))["roc_auc"] is None  # null in metrics.json, not NaN
+
+
+def test_no_malignant_calls_leaves_precision_undefined():
+    values = binary_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4]), 0.9, resamples=0)
+    assert values["precision"] is None and values["sensitivity"] == 0.0 and values["roc_auc"] == 1.0
+    assert values["roc_auc_ci_low"] is None  # bootstrap: 0 resamples asked
+
+
+def test_single_class_validation_falls_back_to_the_fixed_value(caplog):
+    policy = ThresholdParams(policy="sensitivity", value=0.42)
+    assert choose_threshold(np.zeros(10, dtype=int), np.linspace(0, 1, 10), policy) == 0.42
+    assert "val split holds one class only" in caplog.text

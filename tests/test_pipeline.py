@@ -59,7 +59,8 @@ def test_full_run_writes_every_output(repo, prefect_api):
     assert 0.0 <= metrics["threshold"] <= 1.0
     for path in ("data/raw/index.parquet", "data/split/manifest.parquet", "data/shards/manifest.json",
                  "models/model.keras", "models/history.csv", "reports/report.md", "reports/predictions.csv",
-                 "reports/plots/roc.csv", "reports/plots/confusion.csv", "reports/figures/roc.png",
+                 "reports/report.html", "reports/plots/roc_val.csv", "reports/plots/roc_test.csv",
+                 "reports/plots/confusion.csv", "reports/figures/roc.png", "reports/figures/false_negatives.png",
                  "reports/split.json", "data/split/removed.csv", "data/raw/duplicates.parquet"):
         assert (root / path).is_file(), path
     assert sorted(p.name for p in (root / "data/split").iterdir()) == ["manifest.parquet", "removed.csv", "test", "train", "val"]
@@ -76,6 +77,19 @@ def test_full_run_writes_every_output(repo, prefect_api):
     flows = {flow["id"]: flow["name"] for flow in httpx.post(f"{prefect_api}/flows/filter", json={}).json()}
     completed = {flows[r["flow_id"]] for r in runs if r["state_type"] == "COMPLETED"}
     assert set(STAGES) <= completed
+    # the report is published as a Prefect markdown artifact of the evaluate run
+    artifacts = httpx.post(f"{prefect_api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["skincancer-report"]}}}).json()
+    assert artifacts and artifacts[0]["type"] == "markdown" and "# Evaluation report" in artifacts[0]["data"]
+
+
+def test_dvc_plots_render_every_declared_plot(repo):
+    root, env = repo
+    shown = json.loads(run([str(BIN / "dvc"), "plots", "show", "--json"], root, env).stdout)
+    titles = set(shown)
+    for plot in ("ROC (val and test)", "Precision-recall (val and test)", "Confusion matrix (test)",
+                 "Calibration (test)", "Training history"):
+        assert plot in titles, (plot, sorted(titles))
+    assert any(name.startswith("reports/figures/") for name in titles)
 
 
 def test_nothing_changed_runs_no_stage(repo):

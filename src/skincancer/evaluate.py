@@ -3,37 +3,112 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 import skincancer.models  # noqa: F401  (registers the custom layers load_model needs)
 from skincancer.atomic import atomic_write_text
-from skincancer.data import eval_dataset, split_records
-from skincancer.metrics import evaluation_metrics
+from skincancer.data import ShardSpecMismatch, eval_dataset, read_shard_manifest, shard_paths, split_records
+from skincancer.metrics import DECIMALS, evaluation_metrics
 from skincancer.params import EvaluateParams
-from skincancer.report import write_report
+from skincancer.report import confident_mistakes, write_report
+from skincancer.tfrecords import read_examples
 
 
-def predict_split(model: keras.Model, shards_dir: Path, split: str, batch_size: int = 64) -> pd.DataFrame:
-    records = split_records(shards_dir, split)
-    probability = model.predict(eval_dataset(shards_dir, split, batch_size), verbose=0).reshape(-1)
-    return records.assign(split=split, probability=probability.astype(np.float64))
+PREDICTION_COLUMNS = ["image_id", "split", "label", "diagnosis", "probability", "prediction", "source"]
 
 
-def evaluate(params: EvaluateParams, model_path: Path, shards_dir: Path, metrics_path: Path, reports_dir: Path) -> dict:
+def _transpose(images: tf.Tensor) -> tf.Tensor:
+    return tf.transpose(images, [0, 2, 1, 3])
+
+
+# The dihedral group of the square, ordered so the first n are the natural choice for evaluate.tta = n:
+# 2 = a mirror, 4 = all flips, 8 = flips and quarter turns. Lesions have no up or left.
+DIHEDRAL: tuple[Callable[[tf.Tensor], tf.Tensor], ...] = (
+    lambda x: x,
+    lambda x: x[:, :, ::-1],
+    lambda x: x[:, ::-1],
+    lambda x: x[:, ::-1, ::-1],
+    _transpose,
+    lambda x: _transpose(x)[:, :, ::-1],
+    lambda x: _transpose(x)[:, ::-1],
+    lambda x: _transpose(x)[:, ::-1, ::-1],
+)
+
+
+def check_model_fits_shards(model: keras.Model, shards_dir: Path, model_path: Path) -> None:
+    """A model built for another image size would fail deep in predict, or (fully convolutional) score
+    images at a size it never saw."""
+    expected = tuple(model.inputs[0].shape[1:3])
+    found = read_shard_manifest(shards_dir)["image_size"]
+    if expected != (found, found):
+        raise ShardSpecMismatch(
+            f"{model_path} takes {expected[0]}x{expected[1]} images but the shards in {shards_dir} hold "
+            f"{found}x{found}; rerun `dvc repro train` (or `dvc repro` for the whole pipeline)"
+        )
+
+
+def predict_split(model: keras.Model, shards_dir: Path, split: str, tta: int = 1, batch_size: int = 64) -> np.ndarray:
+    """P(malignant) per image in manifest order, averaged over the first `tta` dihedral views."""
+    images = eval_dataset(shards_dir, split, batch_size).map(lambda x, _: x)
+    views = [model.predict(images.map(view), verbose=0).reshape(-1) for view in DIHEDRAL[:tta]]
+    return np.mean(views, axis=0, dtype=np.float64)
+
+
+def _predictions(model: keras.Model, shards_dir: Path, tta: int) -> pd.DataFrame:
+    """Probabilities at metrics.json's precision: the threshold is one of them, so predictions.csv
+    reproduces every decision exactly."""
+    frames = []
+    for split in ("val", "test"):
+        probability = predict_split(model, shards_dir, split, tta).round(DECIMALS)
+        frames.append(split_records(shards_dir, split).assign(split=split, probability=probability))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _encoded_images(shards_dir: Path, image_ids: set[str]) -> dict[str, bytes]:
+    """The shard's own JPEG bytes for the gallery: exactly what the model saw."""
+    if not image_ids:
+        return {}
+    return {
+        example["image/id"]: example["image/encoded"]
+        for example in read_examples(shard_paths(shards_dir, "test"))
+        if example["image/id"] in image_ids
+    }
+
+
+def evaluate(
+    params: EvaluateParams,
+    model_path: Path,
+    shards_dir: Path,
+    metrics_path: Path,
+    reports_dir: Path,
+    history_path: Path | None = None,
+    shown_params: dict | None = None,
+) -> dict:
+    """metrics.json and reports/; `shown_params` are printed in the report (the params that produced it)."""
     model = keras.saving.load_model(model_path)
-    val = predict_split(model, shards_dir, "val")
-    test = predict_split(model, shards_dir, "test")
+    check_model_fits_shards(model, shards_dir, model_path)
+    predictions = _predictions(model, shards_dir, params.tta)
+    val, test = (predictions[predictions["split"] == split] for split in ("val", "test"))
     metrics = evaluation_metrics(
         (val["label"].to_numpy(), val["probability"].to_numpy()),
         (test["label"].to_numpy(), test["probability"].to_numpy()),
         params,
     )
-    predictions = pd.concat([val, test], ignore_index=True)
-    predictions["predicted"] = (predictions["probability"] >= metrics["threshold"]).astype(int)
-    write_report(reports_dir, metrics, params.threshold.policy, predictions)
+    predictions["prediction"] = (predictions["probability"] >= metrics["threshold"]).astype(int)
+    predictions = predictions[PREDICTION_COLUMNS]
+    missed, alarms = confident_mistakes(predictions, params.gallery)
+    history = pd.read_csv(history_path) if history_path is not None and Path(history_path).exists() else None
+    write_report(
+        reports_dir, metrics, predictions,
+        policy=params.threshold, params=shown_params or {"evaluate": params.model_dump(mode="json")},
+        history=history, images=_encoded_images(shards_dir, set(missed["image_id"]) | set(alarms["image_id"])),
+        mistakes=params.gallery,
+    )
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     return metrics

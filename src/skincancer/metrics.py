@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 from skincancer.params import EvaluateParams, ThresholdParams
 
+log = logging.getLogger(__name__)
+
+DECIMALS = 6
 METRIC_KEYS = (
     "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "pr_auc", "sensitivity", "specificity",
     "precision", "f1", "accuracy", "balanced_accuracy", "specificity_at_95_sensitivity",
@@ -18,6 +23,12 @@ METRIC_KEYS = (
 def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, policy: ThresholdParams) -> float:
     """Operating point from validation predictions; test data never reaches this function."""
     if policy.policy == "fixed":
+        return float(policy.value)
+    if len(np.unique(y_val)) < 2:
+        log.warning(
+            "val split holds one class only: policy %r cannot place a threshold; using evaluate.threshold.value %s",
+            policy.policy, policy.value,
+        )
         return float(policy.value)
     fpr, tpr, thresholds = skm.roc_curve(y_val, p_val)
     thresholds = np.clip(thresholds, 0.0, 1.0)
@@ -54,10 +65,10 @@ def _auc_from_ranks(y: np.ndarray, p: np.ndarray) -> np.ndarray:
         return ((ranks * y).sum(axis=-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, resamples: int, seed: int, level: float = 0.95) -> tuple[float, float] | tuple[None, None]:
     """Percentile bootstrap CI of ROC AUC; resamples holding one class only are left out."""
     if resamples == 0:
-        return float("nan"), float("nan")
+        return None, None
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, len(y), size=(resamples, len(y)))
     aucs = _auc_from_ranks(y[rows], p[rows])
@@ -66,35 +77,54 @@ def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, resamples: int, seed: int, le
     return float(low), float(high)
 
 
-def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float, *, resamples: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Every key of METRIC_KEYS; a malignant call is p >= threshold."""
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def binary_metrics(
+    y: np.ndarray, p: np.ndarray, threshold: float, *, resamples: int = 1000, seed: int = 0, split: str = "split"
+) -> dict[str, float | int | None]:
+    """Every key of METRIC_KEYS; a malignant call is p >= threshold. A metric the data cannot define
+    (no malignant images: no sensitivity, no AUC; no malignant calls: no precision) is None, never a
+    made-up 0 or 0.5, and a warning names it."""
     y = np.asarray(y, dtype=np.int64)
     p = np.asarray(p, dtype=np.float64)
-    if len(np.unique(y)) < 2:
-        raise ValueError("metrics need both benign and malignant images in the split")
     predicted = (p >= threshold).astype(np.int64)
-    tn, fp, fn, tp = skm.confusion_matrix(y, predicted, labels=[0, 1]).ravel()
-    sensitivity = tp / (tp + fn)
-    specificity = tn / (tn + fp)
-    low, high = bootstrap_auc_ci(y, p, resamples, seed)
+    tn, fp, fn, tp = (int(v) for v in skm.confusion_matrix(y, predicted, labels=[0, 1]).ravel())
+    both = bool(tp + fn and tn + fp)
+    sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    low, high = bootstrap_auc_ci(y, p, resamples, seed) if both else (None, None)
     values = {
-        "roc_auc": skm.roc_auc_score(y, p),
+        "roc_auc": skm.roc_auc_score(y, p) if both else None,
         "roc_auc_ci_low": low,
         "roc_auc_ci_high": high,
-        "pr_auc": skm.average_precision_score(y, p),
+        "pr_auc": skm.average_precision_score(y, p) if both else None,
         "sensitivity": sensitivity,
         "specificity": specificity,
-        "precision": skm.precision_score(y, predicted, zero_division=0.0),
-        "f1": skm.f1_score(y, predicted, zero_division=0.0),
-        "accuracy": skm.accuracy_score(y, predicted),
-        "balanced_accuracy": (sensitivity + specificity) / 2,
-        "specificity_at_95_sensitivity": specificity_at_sensitivity(y, p, 0.95),
-        "pauc_above_80_tpr": partial_auc_above_tpr(y, p, 0.8),
-        "brier": skm.brier_score_loss(y, p),
+        "precision": _ratio(tp, tp + fp),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy": _ratio(tp + tn, len(y)),
+        "balanced_accuracy": (sensitivity + specificity) / 2 if both else None,
+        "specificity_at_95_sensitivity": specificity_at_sensitivity(y, p, 0.95) if both else None,
+        "pauc_above_80_tpr": partial_auc_above_tpr(y, p, 0.8) if both else None,
+        "brier": skm.brier_score_loss(y, p, labels=[0, 1]) if len(y) else None,
         "n": len(y),
         "n_malignant": int(y.sum()),
     }
-    return {key: (int(value) if key in ("n", "n_malignant") else round(float(value), 6)) for key, value in values.items()}
+    undefined = [key for key, value in values.items() if value is None and not (key.startswith("roc_auc_ci") and resamples == 0)]
+    if undefined:
+        log.warning(
+            "%s split (%d benign, %d malignant, %d called malignant): %s undefined, written as null",
+            split, tn + fp, tp + fn, tp + fp, ", ".join(undefined),
+        )
+    return {key: _rounded(key, value) for key, value in values.items()}
+
+
+def _rounded(key: str, value: float | int | None) -> float | int | None:
+    """Plain JSON numbers at a fixed precision, so `dvc metrics diff` shows changes, not float noise."""
+    if value is None:
+        return None
+    return int(value) if key in ("n", "n_malignant") else round(float(value), DECIMALS)
 
 
 def evaluation_metrics(
@@ -102,8 +132,8 @@ def evaluation_metrics(
 ) -> dict:
     """metrics.json: the threshold is frozen from (labels, probabilities) of val, then applied to test."""
     threshold = choose_threshold(*val, params.threshold)
-
-    def score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-        return binary_metrics(y, p, threshold, resamples=params.bootstrap, seed=params.seed)
-
-    return {"threshold": round(threshold, 6), "val": score(*val), "test": score(*test)}
+    return {
+        "threshold": round(threshold, DECIMALS),
+        "val": binary_metrics(*val, threshold, resamples=params.bootstrap, seed=params.seed, split="val"),
+        "test": binary_metrics(*test, threshold, resamples=params.bootstrap, seed=params.seed, split="test"),
+    }

@@ -189,6 +189,8 @@ class ThresholdParams(_Section):
 class EvaluateParams(_Section):
     threshold: ThresholdParams = ThresholdParams()
     bootstrap: int = Field(1000, ge=0, description="resamples for the ROC AUC confidence interval")
+    tta: int = Field(1, ge=1, le=8, description="test-time augmentation: mean over this many flips/transposes")
+    gallery: int = Field(8, ge=0, description="most confident false negatives/positives shown in the report")
     seed: int = 0
 
 

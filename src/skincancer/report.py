@@ -1,36 +1,72 @@
-"""Evaluation outputs: dvc plot data (CSV), PNG figures for people, and report.md."""
+"""Evaluation outputs: dvc plot data (CSV), PNG figures, report.md and a self-contained report.html."""
 
 from __future__ import annotations
 
+import base64
 import io
+import re
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
+import markdown  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 
 from skincancer.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
 from skincancer.labels import CLASS_NAMES as LABEL_NAMES  # noqa: E402
+from skincancer.params import ThresholdParams  # noqa: E402
 
 CLASS_NAMES = np.array(LABEL_NAMES)
+CURVE_SPLITS = ("val", "test")
+HEADLINE = {
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "specificity_at_95_sensitivity": "specificity at 95% sensitivity",
+    "pauc_above_80_tpr": "partial AUC above 80% TPR (max 0.2)",
+    "pr_auc": "PR AUC",
+    "brier": "Brier score (lower is better)",
+}
 
 
-def plot_tables(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, pd.DataFrame]:
-    """The curves `dvc plots` draws (and diffs across commits), one table each."""
-    fpr, tpr, roc_thresholds = skm.roc_curve(y, p)
+# ---------------------------------------------------------------- plot data (dvc plots)
+
+
+def _curves(y: np.ndarray, p: np.ndarray) -> dict[str, pd.DataFrame]:
+    """ROC and PR points; empty tables when one class is missing (the curves are undefined)."""
+    if len(np.unique(y)) < 2:
+        return {"roc": pd.DataFrame(columns=["fpr", "tpr", "threshold"]), "pr": pd.DataFrame(columns=["recall", "precision"])}
+    fpr, tpr, thresholds = skm.roc_curve(y, p)
     precision, recall, _ = skm.precision_recall_curve(y, p)
-    observed, predicted = calibration_curve(y, p, n_bins=10, strategy="quantile")
     return {
-        "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.clip(roc_thresholds, 0, 1)}),
+        "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.clip(thresholds, 0, 1)}),
         "pr": pd.DataFrame({"recall": recall, "precision": precision}),
-        "confusion": pd.DataFrame({"actual": CLASS_NAMES[y], "predicted": CLASS_NAMES[(p >= threshold).astype(int)]}),
-        "calibration": pd.DataFrame({"mean_predicted": predicted, "fraction_malignant": observed}),
     }
+
+
+def plot_tables(predictions: pd.DataFrame, threshold: float) -> dict[str, pd.DataFrame]:
+    """The tables `dvc plots` draws (and diffs across commits): ROC and PR per split, confusion and
+    calibration on test."""
+    tables: dict[str, pd.DataFrame] = {}
+    for split in CURVE_SPLITS:
+        rows = predictions[predictions["split"] == split]
+        for name, table in _curves(rows["label"].to_numpy(), rows["probability"].to_numpy()).items():
+            tables[f"{name}_{split}"] = table
+    test = predictions[predictions["split"] == "test"]
+    y, p = test["label"].to_numpy(), test["probability"].to_numpy()
+    observed, predicted = calibration_curve(y, p, n_bins=10, strategy="quantile") if len(y) else ([], [])
+    tables["confusion"] = pd.DataFrame({"actual": CLASS_NAMES[y], "predicted": CLASS_NAMES[(p >= threshold).astype(int)]})
+    tables["calibration"] = pd.DataFrame({"mean_predicted": predicted, "fraction_malignant": observed})
+    return tables
+
+
+# ---------------------------------------------------------------- figures
 
 
 def _png(figure: plt.Figure) -> bytes:
@@ -40,12 +76,28 @@ def _png(figure: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _curve_figure(table: pd.DataFrame, x: str, y: str, title: str, diagonal: bool) -> bytes:
+def _auc_label(split: str, auc: float | None) -> str:
+    return f"{split} (AUC {auc:.3f})" if auc is not None else f"{split} (undefined)"
+
+
+def _curves_figure(tables: dict[str, pd.DataFrame], kind: str, x: str, y: str, title: str, metrics: dict) -> bytes:
     figure, axes = plt.subplots(figsize=(4.5, 4.5))
-    axes.plot(table[x], table[y], marker="." if len(table) < 20 else None)
-    if diagonal:
+    for split in CURVE_SPLITS:
+        table = tables[f"{kind}_{split}"]
+        key = "roc_auc" if kind == "roc" else "pr_auc"
+        axes.plot(table[x], table[y], label=_auc_label(split, metrics[split][key]))
+    if kind == "roc":
         axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     axes.set(xlabel=x, ylabel=y, title=title, xlim=(0, 1), ylim=(0, 1.02))
+    axes.legend(loc="lower right" if kind == "roc" else "lower left")
+    return _png(figure)
+
+
+def _calibration_figure(table: pd.DataFrame) -> bytes:
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    axes.plot(table["mean_predicted"], table["fraction_malignant"], marker=".")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    axes.set(xlabel="mean predicted probability", ylabel="fraction malignant", title="Calibration (test)", xlim=(0, 1), ylim=(0, 1.02))
     return _png(figure)
 
 
@@ -59,13 +111,43 @@ def _confusion_figure(table: pd.DataFrame) -> bytes:
     return _png(figure)
 
 
-def figures(tables: dict[str, pd.DataFrame], roc_auc: float) -> dict[str, bytes]:
-    return {
-        "roc.png": _curve_figure(tables["roc"], "fpr", "tpr", f"ROC (test), AUC {roc_auc:.3f}", diagonal=True),
-        "pr.png": _curve_figure(tables["pr"], "recall", "precision", "Precision-recall (test)", diagonal=False),
-        "calibration.png": _curve_figure(tables["calibration"], "mean_predicted", "fraction_malignant", "Calibration (test)", diagonal=True),
-        "confusion.png": _confusion_figure(tables["confusion"]),
-    }
+def _history_figure(history: pd.DataFrame) -> bytes:
+    figure, (auc_axes, loss_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for axes, metric in ((auc_axes, "auc"), (loss_axes, "loss")):
+        axes.plot(history["epoch"], history[metric], label=f"train {metric}")
+        axes.plot(history["epoch"], history[f"val_{metric}"], label=f"val {metric}")
+        for start in history.loc[history["phase"].diff() > 0, "epoch"]:
+            axes.axvline(start - 0.5, color="grey", linestyle=":", linewidth=1)  # fine-tuning starts
+        axes.set(xlabel="epoch", title=f"Training {metric}")
+        axes.legend()
+    return _png(figure)
+
+
+def gallery_figure(rows: pd.DataFrame, images: dict[str, bytes], title: str) -> bytes:
+    """Thumbnails with id, diagnosis and probability: what the model got most confidently wrong."""
+    columns = max(1, min(4, len(rows)))
+    lines = max(1, -(-len(rows) // columns))
+    figure, grid = plt.subplots(lines, columns, figsize=(2.4 * columns, 2.7 * lines), squeeze=False)
+    for axes in grid.flat:
+        axes.axis("off")
+    for axes, row in zip(grid.flat, rows.itertuples()):
+        axes.imshow(Image.open(io.BytesIO(images[row.image_id])).convert("RGB"))
+        axes.set_title(f"{row.image_id}\n{row.diagnosis}, p={row.probability:.3f}", fontsize=8)
+    if rows.empty:
+        grid[0, 0].text(0.5, 0.5, "none", ha="center", va="center")
+    figure.suptitle(title, fontsize=10)
+    return _png(figure)
+
+
+# ---------------------------------------------------------------- tables and words
+
+
+def confident_mistakes(predictions: pd.DataFrame, count: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Test false negatives scored lowest and false positives scored highest (the ones to look at)."""
+    test = predictions[predictions["split"] == "test"]
+    missed = test[(test["label"] == 1) & (test["prediction"] == 0)].sort_values(["probability", "image_id"])
+    alarms = test[(test["label"] == 0) & (test["prediction"] == 1)].sort_values(["probability", "image_id"], ascending=[False, True])
+    return missed.head(count), alarms.head(count)
 
 
 def per_diagnosis(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -73,60 +155,204 @@ def per_diagnosis(predictions: pd.DataFrame) -> pd.DataFrame:
     test = predictions[predictions["split"] == "test"]
     return (
         test.groupby("diagnosis")
-        .agg(n=("image_id", "size"), label=("label", "max"), called_malignant=("predicted", "mean"))
+        .agg(n=("image_id", "size"), label=("label", "max"), called_malignant=("prediction", "mean"))
         .reset_index()
     )
 
 
-def _metrics_table(metrics: dict) -> str:
-    keys = list(metrics["test"])
-    lines = ["| metric | val | test |", "|---|---:|---:|"]
-    lines += [f"| {key} | {metrics['val'][key]:.4g} | {metrics['test'][key]:.4g} |" for key in keys]
-    return "\n".join(lines)
+def per_source(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Test metrics per dataset: a model can do well on one archive's camera and badly on another's."""
+    rows = []
+    for source, group in predictions[predictions["split"] == "test"].groupby("source"):
+        y, called = group["label"].to_numpy(), group["prediction"].to_numpy()
+        rows.append({
+            "source": source,
+            "n": len(group),
+            "n_malignant": int(y.sum()),
+            "roc_auc": skm.roc_auc_score(y, group["probability"]) if 0 < y.sum() < len(y) else None,
+            "sensitivity": called[y == 1].mean() if (y == 1).any() else None,
+            "specificity": 1 - called[y == 0].mean() if (y == 0).any() else None,
+        })
+    return pd.DataFrame(rows, columns=["source", "n", "n_malignant", "roc_auc", "sensitivity", "specificity"])
 
 
-def render_markdown(metrics: dict, policy: str, diagnoses: pd.DataFrame) -> str:
-    rows = "\n".join(
-        f"| {row.diagnosis} | {'malignant' if row.label else 'benign'} | {row.n} | {row.called_malignant:.3f} |"
-        for row in diagnoses.itertuples()
+def _number(value: float | int | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    return str(value) if isinstance(value, int | np.integer) else f"{value:.{digits}f}"
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{part / whole:.0%}" if whole else "n/a"
+
+
+def _how_chosen(policy: ThresholdParams) -> str:
+    return {
+        "sensitivity": f"chosen on the validation split to catch {policy.target:.0%} of malignant lesions",
+        "youden": "chosen on the validation split to maximise sensitivity + specificity (Youden's J)",
+        "fixed": "fixed in params.yaml (evaluate.threshold.value)",
+    }[policy.policy]
+
+
+def operating_point(metrics: dict, predictions: pd.DataFrame, policy: ThresholdParams) -> str:
+    """The chosen operating point in words, with the counts behind each percentage."""
+    test = predictions[predictions["split"] == "test"]
+    malignant, benign = test[test["label"] == 1], test[test["label"] == 0]
+    caught, cleared = int(malignant["prediction"].sum()), int((benign["prediction"] == 0).sum())
+    called = int(test["prediction"].sum())
+    return (
+        f"At threshold **{metrics['threshold']:.4f}** ({_how_chosen(policy)}), "
+        f"**{_percent(caught, len(malignant))}** of malignant lesions in the test split are caught "
+        f"({caught} of {len(malignant)}) and **{_percent(cleared, len(benign))}** of benign lesions are "
+        f"correctly cleared ({cleared} of {len(benign)}); {_percent(int(malignant['prediction'].sum()), called)} "
+        f"of the {called} lesions called malignant are malignant."
     )
-    test = metrics["test"]
+
+
+def _table(header: list[str], rows: list[list[str]], align: str) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _headline(metrics: dict) -> str:
+    rows = [[
+        "ROC AUC (95% CI)",
+        *(f"{_number(m['roc_auc'])} ({_number(m['roc_auc_ci_low'])}-{_number(m['roc_auc_ci_high'])})"
+          for m in (metrics["val"], metrics["test"])),
+    ]]
+    rows += [[label, _number(metrics["val"][key]), _number(metrics["test"][key])] for key, label in HEADLINE.items()]
+    rows.append(["images (malignant)", *(f"{m['n']} ({m['n_malignant']})" for m in (metrics["val"], metrics["test"]))])
+    return _table(["", "val", "test"], rows, "lrr")
+
+
+def _all_metrics(metrics: dict) -> str:
+    rows = [[key, _number(metrics["val"][key], 4), _number(metrics["test"][key], 4)] for key in metrics["test"]]
+    return _table(["metric", "val", "test"], rows, "lrr")
+
+
+def _mistakes_table(rows: pd.DataFrame) -> str:
+    if rows.empty:
+        return "None."
+    return _table(
+        ["image", "diagnosis", "source", "probability"],
+        [[row.image_id, row.diagnosis, row.source, f"{row.probability:.4f}"] for row in rows.itertuples()],
+        "lllr",
+    )
+
+
+def render_markdown(
+    metrics: dict, predictions: pd.DataFrame, policy: ThresholdParams, params: dict, mistakes: int, with_history: bool
+) -> str:
+    diagnoses = per_diagnosis(predictions)
+    diagnosis_rows = [
+        [row.diagnosis, "malignant" if row.label else "benign", str(row.n), _number(row.called_malignant)]
+        for row in diagnoses.itertuples()
+    ]
+    sources = per_source(predictions)
+    source_section = ""
+    if len(sources) > 1:
+        source_rows = [
+            [row.source, str(row.n), str(row.n_malignant), _number(row.roc_auc), _number(row.sensitivity), _number(row.specificity)]
+            for row in sources.itertuples()
+        ]
+        source_section = "\n## Per source (test)\n\n" + _table(
+            ["source", "n", "malignant", "ROC AUC", "sensitivity", "specificity"], source_rows, "lrrrrr"
+        ) + "\n"
+    missed, alarms = confident_mistakes(predictions, mistakes)
+    history = "\n![Training history](figures/history.png)" if with_history else ""
     return f"""# Evaluation report
 
-Operating point: threshold **{metrics['threshold']:.4f}**, chosen on the validation split
-(policy `{policy}`) and applied unchanged to the test split.
+{operating_point(metrics, predictions, policy)}
 
-Test: ROC AUC **{test['roc_auc']:.3f}** (95% bootstrap CI {test['roc_auc_ci_low']:.3f}-{test['roc_auc_ci_high']:.3f}),
-sensitivity **{test['sensitivity']:.3f}**, specificity **{test['specificity']:.3f}**
-on {test['n']} images ({test['n_malignant']} malignant).
-
-## Metrics
-
-{_metrics_table(metrics)}
+{_headline(metrics)}
 
 ## Per diagnosis (test)
 
 Share of images called malignant: the sensitivity for malignant diagnoses, the false-positive rate for benign ones.
 
-| diagnosis | class | n | called malignant |
-|---|---|---:|---:|
-{rows}
+{_table(["diagnosis", "class", "n", "called malignant"], diagnosis_rows, "llrr")}
+{source_section}
+## Most confident mistakes (test)
+
+### Missed malignant lesions (false negatives, lowest probability first)
+
+![False negatives](figures/false_negatives.png)
+
+{_mistakes_table(missed)}
+
+### Benign lesions called malignant (false positives, highest probability first)
+
+![False positives](figures/false_positives.png)
+
+{_mistakes_table(alarms)}
 
 ## Figures
 
 ![ROC](figures/roc.png) ![Precision-recall](figures/pr.png)
-![Confusion matrix](figures/confusion.png) ![Calibration](figures/calibration.png)
+![Confusion matrix](figures/confusion.png) ![Calibration](figures/calibration.png){history}
+
+## All metrics
+
+{_all_metrics(metrics)}
+
+## Params
+
+```yaml
+{yaml.safe_dump(params, sort_keys=False).rstrip()}
+```
 """
 
 
-def write_report(reports_dir: Path, metrics: dict, policy: str, predictions: pd.DataFrame) -> None:
-    """Every file under reports/, each written atomically."""
-    test = predictions[predictions["split"] == "test"]
-    y, p = test["label"].to_numpy(), test["probability"].to_numpy()
-    tables = plot_tables(y, p, metrics["threshold"])
+def render_html(report_markdown: str, figures: dict[str, bytes]) -> str:
+    """report.md as one HTML file with every figure embedded: it can be mailed or attached as is."""
+    body = markdown.markdown(report_markdown, extensions=["tables", "fenced_code"])
+
+    def embed(match: re.Match) -> str:
+        data = base64.b64encode(figures[match.group(1)]).decode("ascii")
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="figures/([^"]+)"', embed, body)
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
+        "table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ccc;padding:.25rem .6rem}"
+        "td{text-align:right}td:first-child{text-align:left}img{max-width:100%;vertical-align:top}"
+        "pre{background:#f6f6f6;padding:.8rem;overflow:auto}"
+    )
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>skincancer evaluation report</title><style>{style}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def write_report(
+    reports_dir: Path,
+    metrics: dict,
+    predictions: pd.DataFrame,
+    *,
+    policy: ThresholdParams,
+    params: dict,
+    history: pd.DataFrame | None,
+    images: dict[str, bytes],
+    mistakes: int,
+) -> None:
+    """Every file under reports/, each written atomically. `images`: encoded test images by id (gallery)."""
+    tables = plot_tables(predictions, metrics["threshold"])
     for name, table in tables.items():
         atomic_write_text(reports_dir / "plots" / f"{name}.csv", table.to_csv(index=False, float_format="%.6g"))
-    for name, png in figures(tables, metrics["test"]["roc_auc"]).items():
+    missed, alarms = confident_mistakes(predictions, mistakes)
+    figures = {
+        "roc.png": _curves_figure(tables, "roc", "fpr", "tpr", "ROC", metrics),
+        "pr.png": _curves_figure(tables, "pr", "recall", "precision", "Precision-recall", metrics),
+        "confusion.png": _confusion_figure(tables["confusion"]),
+        "calibration.png": _calibration_figure(tables["calibration"]),
+        "false_negatives.png": gallery_figure(missed, images, "Missed malignant lesions (test)"),
+        "false_positives.png": gallery_figure(alarms, images, "Benign lesions called malignant (test)"),
+    }
+    if history is not None:
+        figures["history.png"] = _history_figure(history)
+    for name, png in figures.items():
         atomic_write_bytes(reports_dir / "figures" / name, png)
-    atomic_write_text(reports_dir / "predictions.csv", predictions.to_csv(index=False, float_format="%.6g"))
-    atomic_write_text(reports_dir / "report.md", render_markdown(metrics, policy, per_diagnosis(predictions)))
+    text = render_markdown(metrics, predictions, policy, params, mistakes, with_history=history is not None)
+    atomic_write_text(reports_dir / "predictions.csv", predictions.to_csv(index=False))
+    atomic_write_text(reports_dir / "report.md", text)
+    atomic_write_text(reports_dir / "report.html", render_html(text, figures))

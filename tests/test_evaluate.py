@@ -1,0 +1,106 @@
+"""evaluate: every output, honest shapes (null for the undefined), TTA, and refusing a model of another size."""
+
+import base64
+import json
+import re
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from skincancer.data import ShardSpecMismatch, eval_dataset
+from skincancer.evaluate import DIHEDRAL, PREDICTION_COLUMNS, evaluate, predict_split
+from skincancer.metrics import METRIC_KEYS
+from skincancer.models import build_classifier
+from skincancer.params import EvaluateParams, TrainParams
+
+PLOTS = ["calibration", "confusion", "pr_test", "pr_val", "roc_test", "roc_val"]
+FIGURES = ["calibration.png", "confusion.png", "false_negatives.png", "false_positives.png", "history.png", "pr.png", "roc.png"]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """An untrained small_cnn: scores vary from image to image, which is all evaluate needs."""
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    build_classifier(TrainParams(seed=3), 32).model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    path = tmp_path_factory.mktemp("history") / "history.csv"
+    frame = pd.DataFrame({"epoch": range(4), "phase": [1, 1, 2, 2], "auc": [0.6, 0.7, 0.8, 0.85], "val_auc": [0.6, 0.65, 0.7, 0.72],
+                          "loss": [0.7, 0.6, 0.5, 0.45], "val_loss": [0.7, 0.65, 0.6, 0.58]})
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_shards, model_path, history, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluated")
+    params = EvaluateParams(bootstrap=50, gallery=3)
+    metrics = evaluate(params, model_path, tiny_shards, out / "metrics.json", out / "reports", history_path=history,
+                       shown_params={"evaluate": params.model_dump(mode="json"), "train": {"epochs": 2}})
+    return out, metrics
+
+
+def test_every_output_is_written(evaluated):
+    out, metrics = evaluated
+    reports = out / "reports"
+    assert sorted(p.stem for p in (reports / "plots").iterdir()) == PLOTS
+    assert sorted(p.name for p in (reports / "figures").iterdir()) == FIGURES
+    assert all((reports / name).is_file() for name in ("report.md", "report.html", "predictions.csv"))
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+
+
+def test_metrics_json_has_exactly_the_stable_keys_as_plain_rounded_numbers(evaluated):
+    out, _ = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["threshold", "val", "test"]
+    for split in ("val", "test"):
+        assert list(metrics[split]) == list(METRIC_KEYS)
+        for key, value in metrics[split].items():
+            assert value is None or type(value) in (int, float), (split, key)
+            assert value is None or isinstance(value, int) or round(value, 6) == value
+
+
+def test_predictions_csv_rows_and_columns(evaluated, tiny_shards):
+    out, metrics = evaluated
+    predictions = pd.read_csv(out / "reports/predictions.csv")
+    assert list(predictions.columns) == PREDICTION_COLUMNS
+    manifest = json.loads((tiny_shards / "manifest.json").read_text())
+    assert len(predictions) == manifest["splits"]["val"]["count"] + manifest["splits"]["test"]["count"]
+    assert ((predictions["probability"] >= metrics["threshold"]).astype(int) == predictions["prediction"]).all()
+
+
+def test_report_html_is_self_contained_and_carries_the_report(evaluated):
+    out, _ = evaluated
+    html = (out / "reports/report.html").read_text()
+    assert 'src="figures/' not in html
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(embedded) == len(FIGURES)
+    assert all(base64.b64decode(data).startswith(b"\x89PNG") for data in embedded)
+    for heading in ("Evaluation report", "Per diagnosis (test)", "Most confident mistakes (test)", "All metrics", "Params"):
+        assert heading in html
+    assert "<table>" in html and "epochs: 2" in html  # tables rendered; the params that produced it
+
+
+def test_model_for_another_image_size_is_refused(tiny_shards, tmp_path):
+    path = tmp_path / "model.keras"
+    build_classifier(TrainParams(), 48).model.save(path)
+    with pytest.raises(ShardSpecMismatch, match=r"48x48 images but the shards .* hold 32x32"):
+        evaluate(EvaluateParams(), path, tiny_shards, tmp_path / "metrics.json", tmp_path / "reports")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_tta_averages_the_dihedral_views(tiny_shards, model_path):
+    model = keras.saving.load_model(model_path)
+    images = np.concatenate([x.numpy() for x, _ in eval_dataset(tiny_shards, "val", 64)])
+    views = [images, images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1]]
+    expected = np.mean([model.predict(v, verbose=0).reshape(-1) for v in views], axis=0)
+    np.testing.assert_allclose(predict_split(model, tiny_shards, "val", tta=4), expected, rtol=1e-5)
+    square = tf.reshape(tf.range(9), (1, 3, 3, 1))
+    assert len({view(square).numpy().tobytes() for view in DIHEDRAL}) == 8  # eight distinct views
+    assert not np.allclose(predict_split(model, tiny_shards, "val", tta=8), predict_split(model, tiny_shards, "val"))
