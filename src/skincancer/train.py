@@ -66,7 +66,7 @@ def class_weights(shards_dir: Path, imbalance: str) -> dict[int, float] | None:
     return {label: total / (2 * count) for label, count in counts.items()}
 
 
-def _compile(model: keras.Model, learning_rate: float) -> None:
+def compile_for_training(model: keras.Model, learning_rate: float) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.BinaryCrossentropy(),
@@ -111,7 +111,7 @@ def _callbacks(params: TrainParams, state: TrainState, phase: int, classifier: k
     return callbacks
 
 
-def _cached_features(classifier: Classifier, shards_dir: Path, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def cached_features(classifier: Classifier, shards_dir: Path, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The frozen backbone's pooled features, computed once instead of once per epoch."""
     features = classifier.features.predict(eval_dataset(shards_dir, split, batch_size), verbose=0)
     return features.astype(np.float32), split_labels(shards_dir, split).astype(np.float32)
@@ -134,8 +134,8 @@ def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, st
         log.info("phase %d: resuming after epoch %d of %d (train.resume)", phase, done, epochs)
     if uses_cache:
         log.info("phase 1 on cached features: the frozen backbone runs once over train and val")
-        train_x, train_y = _cached_features(classifier, shards_dir, "train", batch_size)
-        val_x, val_y = _cached_features(classifier, shards_dir, "val", batch_size)
+        train_x, train_y = cached_features(classifier, shards_dir, "train", batch_size)
+        val_x, val_y = cached_features(classifier, shards_dir, "val", batch_size)
         model = classifier.head
         train_ds = feature_dataset(train_x, train_y, batch_size, params.seed, params.imbalance)
         val_ds = feature_dataset(val_x, val_y, val_batch)
@@ -143,7 +143,7 @@ def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, st
         model = classifier.model
         train_ds = training_dataset(shards_dir, batch_size, params.seed, params.augment, params.imbalance)
         val_ds = eval_dataset(shards_dir, "val", val_batch)
-    _compile(model, rate)
+    compile_for_training(model, rate)
     model.fit(
         train_ds, validation_data=val_ds, epochs=epochs,
         class_weight=class_weights(shards_dir, params.imbalance), shuffle=False, verbose=2,
