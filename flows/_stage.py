@@ -12,8 +12,22 @@ from collections.abc import Callable
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "skincancer")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from skincancer.params import Params, ParamsError, load_params  # noqa: E402
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
+
+from skincancer.params import OrchestrationParams, Params, ParamsError, load_params  # noqa: E402
 from skincancer.paths import MissingInput, require_inputs  # noqa: E402
+
+
+def task_runner(orchestration: OrchestrationParams, threads: int) -> TaskRunner:
+    """Where a stage's parallel units (downloads, image chunks) run: a thread pool here, or a Dask
+    cluster through prefect-dask when params.orchestration names one (imported only then: dask is heavy)."""
+    if not (orchestration.dask_address or orchestration.dask_workers):
+        return ThreadPoolTaskRunner(max_workers=threads)
+    from prefect_dask import DaskTaskRunner
+
+    if orchestration.dask_address:
+        return DaskTaskRunner(address=orchestration.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": orchestration.dask_workers, "threads_per_worker": 1})
 
 
 def run_stage(stage: str, flow: Callable[[Params], object]) -> None:

@@ -1,9 +1,8 @@
 """DVC stage `fetch`: every dataset in fetch.datasets/sources -> data/raw/ + data/raw/index.parquet."""
 
-from _stage import run_stage
+from _stage import run_stage, task_runner
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from skincancer import fetch, paths
 from skincancer.params import Params
@@ -22,7 +21,7 @@ def fetch_flow(params: Params) -> int:
 
 
 def main(params: Params) -> int:
-    return fetch_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=params.fetch.workers))(params)
+    return fetch_flow.with_options(task_runner=task_runner(params.orchestration, params.fetch.workers))(params)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,9 @@
 from collections.abc import Iterator
 
 import pandas as pd
-from _stage import run_stage
+from _stage import run_stage, task_runner
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from skincancer import paths, shard
 from skincancer.params import Params
@@ -34,7 +33,7 @@ def shard_flow(params: Params) -> dict:
 
 
 def main(params: Params) -> dict:
-    return shard_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=params.shard.workers))(params)
+    return shard_flow.with_options(task_runner=task_runner(params.orchestration, params.shard.workers))(params)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -50,13 +51,33 @@ def dvc_repro(repo_env) -> list[str]:
     return stages_run(result.stdout)
 
 
-def test_full_run_writes_every_output(repo, prefect_api):
-    root, _ = repo
-    assert dvc_repro(repo) == list(STAGES)
+def prefect(*args: str) -> list[str]:
+    return [str(BIN / "prefect"), *args]
+
+
+def flow_runs(api: str) -> list[dict]:
+    flows = {flow["id"]: flow["name"] for flow in httpx.post(f"{api}/flows/filter", json={}).json()}
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"limit": 200}).json()
+    return [run | {"flow_name": flows[run["flow_id"]]} for run in runs]
+
+
+def test_nightly_deployment_runs_the_pipeline_on_a_process_worker(repo, prefect_api):
+    """prefect.yaml deployed to a real server, run by a real process worker on the `gpu` pool."""
+    root, env = repo
+    run(prefect("work-pool", "create", "gpu", "--type", "process"), root, env)
+    run(prefect("--no-prompt", "deploy", "--all"), root, env)
+    deployment = httpx.post(f"{prefect_api}/deployments/filter", json={}).json()[0]
+    assert deployment["name"] == "nightly" and deployment["work_pool_name"] == "gpu"
+    assert deployment["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+    triggered = run(prefect("deployment", "run", "skincancer-pipeline/nightly"), root, env).stdout
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", triggered).group(1)
+    run(prefect("worker", "start", "--pool", "gpu", "--run-once"), root, env)
+
+    state = httpx.get(f"{prefect_api}/flow_runs/{flow_run_id}").json()["state"]
+    assert state["type"] == "COMPLETED", state
     metrics = json.loads((root / "metrics.json").read_text())
-    assert set(metrics) == {"threshold", "val", "test"}
+    assert list(metrics) == ["threshold", "val", "test"]
     assert list(metrics["test"]) == list(METRIC_KEYS) and list(metrics["val"]) == list(METRIC_KEYS)
-    assert 0.0 <= metrics["threshold"] <= 1.0
     for path in ("data/raw/index.parquet", "data/split/manifest.parquet", "data/shards/manifest.json",
                  "models/model.keras", "models/history.csv", "reports/report.md", "reports/predictions.csv",
                  "reports/report.html", "reports/plots/roc_val.csv", "reports/plots/roc_test.csv",
@@ -64,43 +85,71 @@ def test_full_run_writes_every_output(repo, prefect_api):
                  "reports/split.json", "data/split/removed.csv", "data/raw/duplicates.parquet"):
         assert (root / path).is_file(), path
     assert sorted(p.name for p in (root / "data/split").iterdir()) == ["manifest.parquet", "removed.csv", "test", "train", "val"]
-    assert list((root / "data/shards").glob("train-00000-of-*.tfrecord"))
     # cache.type hardlink: the image folders are not stored twice on disk
     image = next((root / "data/split/train/benign").iterdir())
     assert image.stat().st_nlink == 2
     # the split summary is a DVC metric beside metrics.json
-    shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], root, repo[1]).stdout)
+    shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], root, env).stdout)
     split_numbers = next(iter(shown.values()))["data"]["reports/split.json"]["data"]  # the workspace entry
     assert split_numbers["images"] == sum(split_numbers[s]["images"] for s in ("train", "val", "test"))
-    # every stage ran as a Prefect flow run on the server the test started
-    runs = httpx.post(f"{prefect_api}/flow_runs/filter", json={"limit": 50}).json()
-    flows = {flow["id"]: flow["name"] for flow in httpx.post(f"{prefect_api}/flows/filter", json={}).json()}
-    completed = {flows[r["flow_id"]] for r in runs if r["state_type"] == "COMPLETED"}
-    assert set(STAGES) <= completed
-    # the report is published as a Prefect markdown artifact of the evaluate run
-    artifacts = httpx.post(f"{prefect_api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["skincancer-report"]}}}).json()
-    assert artifacts and artifacts[0]["type"] == "markdown" and "# Evaluation report" in artifacts[0]["data"]
-
-
-def test_dvc_plots_render_every_declared_plot(repo):
-    root, env = repo
-    shown = json.loads(run([str(BIN / "dvc"), "plots", "show", "--json"], root, env).stdout)
-    titles = set(shown)
-    for plot in ("ROC (val and test)", "Precision-recall (val and test)", "Confusion matrix (test)",
-                 "Calibration (test)", "Training history"):
-        assert plot in titles, (plot, sorted(titles))
-    assert any(name.startswith("reports/figures/") for name in titles)
+    # every stage ran as a flow run of its own on the same server as the pipeline flow
+    completed = {r["flow_name"] for r in flow_runs(prefect_api) if r["state_type"] == "COMPLETED"}
+    assert {"skincancer-pipeline", *STAGES} <= completed
+    # the metrics table, its diff against the last run, and the evaluation report, as artifacts
+    artifacts = {a["key"]: a for a in httpx.post(f"{prefect_api}/artifacts/filter", json={}).json()}
+    assert artifacts["skincancer-metrics"]["type"] == "table"
+    assert artifacts["skincancer-metrics-diff"]["type"] == "markdown"
+    assert "| test.roc_auc | - |" in artifacts["skincancer-metrics-diff"]["data"]  # nothing to compare with yet
+    assert "# Evaluation report" in artifacts["skincancer-report"]["data"]
 
 
 def test_nothing_changed_runs_no_stage(repo):
     assert dvc_repro(repo) == []
 
 
-def test_train_param_change_reruns_train_and_evaluate_only(repo):
-    set_params(repo[0], {"train": {"epochs": 3}})
-    assert dvc_repro(repo) == ["train", "evaluate"]
+def test_pipeline_without_a_server_starts_one_for_all_stages_and_diffs_the_metrics(repo):
+    """No PREFECT_API_URL at all: one temporary server for the flow and its stage subprocesses."""
+    root, env = repo
+    before = json.loads((root / "metrics.json").read_text())
+    set_params(root, {"train": {"epochs": 3}})
+    alone = {key: value for key, value in env.items() if key != "PREFECT_API_URL"}
+    result = run([str(BIN / "python"), "flows/pipeline.py"], root, alone)
+    output = result.stdout + result.stderr
+    assert list(dict.fromkeys(stages_run(output))) == ["train", "evaluate"]  # only what the change made stale
+    assert output.count("Starting temporary server") == 1, output[-3000:]
+    after = json.loads((root / "metrics.json").read_text())
+    for split in ("val", "test"):
+        old, new = before[split]["roc_auc"], after[split]["roc_auc"]
+        assert f"| {split}.roc_auc | {old:.4f} | {new:.4f} | {new - old:+.4f} |" in output
+
+
+def test_a_failing_stage_fails_the_flow_naming_it_and_records_nothing(repo, prefect_api):
+    root, env = repo
+    lock = (root / "dvc.lock").read_bytes()
+    set_params(root, {"train": {"weights": "missing/backbone.weights.h5"}})
+    try:
+        result = run([str(BIN / "python"), "flows/pipeline.py"], root, env, check=False)
+    finally:
+        set_params(root, {"train": {"weights": None}})
+    assert result.returncode == 1
+    assert "error: failed to reproduce 'train'" in result.stderr and "dvc.lock is unchanged" in result.stderr
+    assert "missing/backbone.weights.h5 does not exist" in result.stdout + result.stderr  # the stage's own error
+    assert (root / "dvc.lock").read_bytes() == lock
+    assert (root / "models/model.keras").is_file()  # the last good model is back in the workspace
+    assert "except models/history.csv (not cached by DVC): `git checkout -- models/history.csv`" in result.stderr
+    failed = [r for r in flow_runs(prefect_api) if r["state_type"] == "FAILED"]
+    assert {"skincancer-pipeline", "train"} <= {r["flow_name"] for r in failed}
 
 
 def test_split_seed_change_reruns_split_onward(repo):
     set_params(repo[0], {"split": {"seed": 7}})
     assert dvc_repro(repo) == ["split", "shard", "train", "evaluate"]
+
+
+def test_dvc_plots_render_every_declared_plot(repo):
+    root, env = repo
+    shown = json.loads(run([str(BIN / "dvc"), "plots", "show", "--json"], root, env).stdout)["data"]
+    for plot in ("ROC (val and test)", "Precision-recall (val and test)", "Confusion matrix (test)",
+                 "Calibration (test)", "Training history"):
+        assert plot in shown, (plot, sorted(shown))
+    assert any(name.startswith("reports/figures/") for name in shown)

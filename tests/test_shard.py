@@ -362,9 +362,27 @@ def test_interrupted_rerun_keeps_the_previous_output(
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["shards"]
 
 
+@pytest.fixture
+def dask_cluster(prefect_api: str, monkeypatch: pytest.MonkeyPatch):
+    """A real distributed.LocalCluster of 2 worker processes; they report task runs to the test's server."""
+    from distributed import LocalCluster
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)  # inherited by the worker processes
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield cluster
+
+
+def _transitions(address: str) -> int:
+    from distributed import Client
+
+    with Client(address) as client:
+        return client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_counter)
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("runner", ["threads", "dask"])
 def test_flow_encodes_chunks_as_prefect_tasks_with_the_library_bytes(
-    split_root: Path, tmp_path: Path, prefect_api: str
+    split_root: Path, tmp_path: Path, prefect_api: str, runner: str, request: pytest.FixtureRequest
 ) -> None:
     import shutil
 
@@ -377,6 +395,9 @@ def test_flow_encodes_chunks_as_prefect_tasks_with_the_library_bytes(
     shutil.copytree(split_root, project / "data/split")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["shard"] |= {"image_size": SIZE, "workers": 2, "target_shard_mb": 8192 / 2**20}
+    cluster = request.getfixturevalue("dask_cluster") if runner == "dask" else None
+    if cluster is not None:
+        params["orchestration"]["dask_address"] = cluster.scheduler_address
     (project / "params.yaml").write_text(yaml.safe_dump(params))
 
     def encode_runs() -> dict[str, dict]:
@@ -384,10 +405,13 @@ def test_flow_encodes_chunks_as_prefect_tasks_with_the_library_bytes(
         return {run["id"]: run for run in runs if run["name"].startswith("encode-chunk")}
 
     before = encode_runs()
+    transitions = _transitions(cluster.scheduler_address) if cluster else 0
     run([sys.executable, "flows/shard.py"], project, project_env(project) | {"PREFECT_API_URL": prefect_api})
     ours = [task_run for key, task_run in encode_runs().items() if key not in before]
     assert len(ours) == 8 and all(task_run["state_type"] == "COMPLETED" for task_run in ours)
     assert len({task_run["flow_run_id"] for task_run in ours}) == 1
+    if cluster is not None:  # the chunks ran on the cluster's workers, not in the flow's process
+        assert _transitions(cluster.scheduler_address) >= transitions + 3 * len(ours)
 
     library = _params(**params["shard"])
     write_shards(_manifest(split_root), split_root, tmp_path / "library", library)

@@ -194,6 +194,13 @@ class EvaluateParams(_Section):
     seed: int = 0
 
 
+class OrchestrationParams(_Section):
+    """How stages run, never what they produce: no stage declares this section as a DVC param."""
+
+    dask_address: str | None = Field(None, description="tcp://host:8786 of a Dask scheduler for downloads and shards")
+    dask_workers: int = Field(0, ge=0, description="without an address: a local Dask cluster of this many processes")
+
+
 class Params(_Section):
     fetch: FetchParams = FetchParams()
     labels: LabelParams = LabelParams()
@@ -201,6 +208,7 @@ class Params(_Section):
     shard: ShardParams = ShardParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    orchestration: OrchestrationParams = OrchestrationParams()
 
     @model_validator(mode="before")
     @classmethod

@@ -198,7 +198,7 @@ def _check_inputs(manifest: pd.DataFrame, split_root: Path) -> None:
 
 
 def _job(split_root: Path, row: dict[str, Any], params: ShardParams) -> EncodeJob:
-    path = str(split_root / row["path"])
+    path = str((split_root / row["path"]).absolute())  # read by workers that may not share our cwd (Dask)
     return EncodeJob(path, params.image_size, params.resize, params.jpeg_quality, params.max_pixels)
 
 

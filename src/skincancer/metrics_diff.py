@@ -1,0 +1,61 @@
+"""metrics.json before and after, as one reviewable table: every metric with old, new and delta.
+
+Rows follow metrics.json's own key order (threshold, then val, then test), so two reports of the
+same pipeline line up; numbers are printed at a fixed precision so unchanged values read equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DIGITS = 4
+
+
+@dataclass(frozen=True)
+class MetricChange:
+    name: str  # "threshold", "val.roc_auc", ...
+    old: float | int | None
+    new: float | int | None
+
+    @property
+    def delta(self) -> float | None:
+        if self.old is None or self.new is None:
+            return None
+        return self.new - self.old
+
+
+def flatten(metrics: dict, prefix: str = "") -> dict[str, float | int | None]:
+    """{"val": {"roc_auc": x}} -> {"val.roc_auc": x}, keeping the file's key order."""
+    flat: dict[str, float | int | None] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def changes(old: dict | None, new: dict) -> list[MetricChange]:
+    """Every metric of either side: new order first, then metrics only the old file had."""
+    before, after = flatten(old or {}), flatten(new)
+    names = list(after) + [name for name in before if name not in after]
+    return [MetricChange(name, before.get(name), after.get(name)) for name in names]
+
+
+def _cell(value: float | int | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:+d}" if signed else str(value)
+    return f"{value:+.{DIGITS}f}" if signed else f"{value:.{DIGITS}f}"
+
+
+def diff_markdown(old: dict | None, new: dict, *, only_changed: bool = False) -> str:
+    """A markdown table `metric | old | new | delta`; `-` where a side has no value."""
+    rows = [change for change in changes(old, new) if not only_changed or change.old != change.new]
+    lines = ["| metric | old | new | delta |", "|---|---:|---:|---:|"]
+    lines += [
+        f"| {c.name} | {_cell(c.old)} | {_cell(c.new)} | {_cell(c.delta, signed=True)} |" for c in rows
+    ]
+    return "\n".join(lines)
