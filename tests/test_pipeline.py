@@ -12,6 +12,7 @@ import yaml
 
 from project_copy import BIN, copy_project, project_env, run, stages_run
 from skincancer.metrics import METRIC_KEYS
+from skincancer.metrics_diff import flatten
 
 pytestmark = pytest.mark.slow
 
@@ -101,6 +102,8 @@ def test_nightly_deployment_runs_the_pipeline_on_a_process_worker(repo, prefect_
     assert artifacts["skincancer-metrics-diff"]["type"] == "markdown"
     assert "| test.roc_auc | - |" in artifacts["skincancer-metrics-diff"]["data"]  # nothing to compare with yet
     assert "# Evaluation report" in artifacts["skincancer-report"]["data"]
+    run(["git", "add", "-A"], root, env)  # what a merged nightly run leaves: the base later tests diff against
+    run(["git", "commit", "-qm", "nightly run"], root, env)
 
 
 def test_nothing_changed_runs_no_stage(repo):
@@ -121,6 +124,23 @@ def test_pipeline_without_a_server_starts_one_for_all_stages_and_diffs_the_metri
     for split in ("val", "test"):
         old, new = before[split]["roc_auc"], after[split]["roc_auc"]
         assert f"| {split}.roc_auc | {old:.4f} | {new:.4f} | {new - old:+.4f} |" in output
+
+
+def test_diff_report_shows_the_changed_param_and_every_metric_against_the_base(repo):
+    """What the PR comment shows after the epochs change above: old, new, delta, in metrics.json's order."""
+    root, env = repo
+    result = run([str(BIN / "skincancer"), "diff-report", "--base", "HEAD", "--out", "diff-report"], root, env)
+    report = (root / "diff-report/report.md").read_text()
+    assert result.stdout.strip() == "diff-report/report.md"
+    assert "| train.epochs | `2` | `3` |" in report and report.count("| train.") == 1  # only the changed param
+    old = flatten(json.loads(run(["git", "show", "HEAD:metrics.json"], root, env).stdout))
+    new = flatten(json.loads((root / "metrics.json").read_text()))
+    rows = [line for line in report.splitlines() if line.startswith("| ") and line.count("|") == 5][1:]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == list(new)  # every metric, stable order
+    for row, name in zip(rows, new):
+        if isinstance(new[name], float) and old[name] is not None:
+            assert row == f"| {name} | {old[name]:.4f} | {new[name]:.4f} | {new[name] - old[name]:+.4f} |"
+    assert (root / "diff-report/roc.png").read_bytes().startswith(b"\x89PNG") and (root / "diff-report/pr.png").is_file()
 
 
 def test_a_failing_stage_fails_the_flow_naming_it_and_records_nothing(repo, prefect_api):

@@ -47,7 +47,24 @@ def metrics(path: Annotated[Path, typer.Argument()] = Path("metrics.json")) -> N
     typer.echo(f"threshold (chosen on val): {values['threshold']:.4f}")
     width = max(map(len, values["test"]))
     for key, value in values["test"].items():
-        typer.echo(f"test {key:<{width}}  {value:.4f}" if isinstance(value, float) else f"test {key:<{width}}  {value}")
+        shown = f"{value:.4f}" if isinstance(value, float) else "n/a (undefined)" if value is None else value
+        typer.echo(f"test {key:<{width}}  {shown}")
+
+
+@app.command("diff-report")
+def diff_report(
+    base: Annotated[str, typer.Option(help="git revision to compare with (a branch, tag or commit)")] = "main",
+    out: Annotated[Path, typer.Option(help="folder for report.md and its images")] = Path("diff-report"),
+) -> None:
+    """Params changed, every metric (old, new, delta) and ROC/PR curves against BASE: a PR comment's body."""
+    from skincancer.diff_report import BaseUnreadable, write_diff_report
+
+    try:
+        report = write_diff_report(base, Path("."), out)
+    except (FileNotFoundError, BaseUnreadable) as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(report)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,139 @@
+"""What a change did to the model, for a reviewer: params changed, every metric with old, new and delta,
+and the ROC and PR curves of the base drawn over this change's. One markdown file plus its images, the
+body of the pull-request comment (`skincancer diff-report`), equally readable on a workstation.
+
+Everything compared is git-tracked (params.yaml, metrics.json, reports/plots/*.csv are `cache: false`),
+so the base side is read from git at `base` without checking anything out.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from skincancer import paths  # noqa: E402
+from skincancer.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from skincancer.metrics_diff import diff_markdown  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Curve:
+    name: str
+    table: str  # plot CSV under reports/plots
+    x: str
+    y: str
+    title: str
+    earlier_tables: tuple[str, ...] = ()  # its names in older commits, so a base before a rename still draws
+
+    def read(self, rev: str | None, root: Path) -> pd.DataFrame | None:
+        for name in (self.table, *self.earlier_tables):
+            if (text := read_at(paths.REPORTS / "plots" / name, rev, root)) is not None:
+                return pd.read_csv(io.StringIO(text))
+        return None
+
+
+CURVES = (
+    Curve("roc", "roc_test.csv", "fpr", "tpr", "ROC (test)", ("roc.csv",)),
+    Curve("pr", "pr_test.csv", "recall", "precision", "Precision-recall (test)", ("pr.csv",)),
+)
+
+
+class BaseUnreadable(ValueError):
+    """The base revision cannot be read: not a git repository, or no such revision."""
+
+
+def read_at(path: Path, rev: str | None, root: Path) -> str | None:
+    """A git-tracked file's text at `rev` (None: the workspace); None where it did not exist."""
+    if rev is None:
+        file = root / path
+        return file.read_text() if file.is_file() else None
+    import dvc.api
+    from dvc.exceptions import NotDvcRepoError, PathMissingError
+    from dvc.scm import SCMError
+    from scmrepo.exceptions import SCMError as GitError
+
+    try:
+        return dvc.api.read(str(path), repo=str(root), rev=rev)
+    except (PathMissingError, FileNotFoundError):
+        return None
+    except (SCMError, GitError, NotDvcRepoError) as error:
+        raise BaseUnreadable(
+            f"cannot read {path} at base {rev!r} ({error}); pass --base a branch, tag or commit of this git repository"
+        ) from None
+
+
+def params_changes(base: str, root: Path) -> list[tuple[str, object, object]]:
+    """(param, old, new) for every param whose value differs from `base` (`dvc params diff`), sorted."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        changed = repo.params.diff(a_rev=base)["diff"]
+    return sorted(
+        (name, values["old"], values["new"]) for file in changed.values() for name, values in file.items()
+    )
+
+
+def _value(value: object) -> str:
+    return "-" if value is None else f"`{value}`"
+
+
+def params_markdown(changes: list[tuple[str, object, object]]) -> str:
+    if not changes:
+        return "No params changed."
+    rows = [f"| {name} | {_value(old)} | {_value(new)} |" for name, old, new in changes]
+    return "\n".join(["| param | old | new |", "|---|---|---|", *rows])
+
+
+def curve_png(curve: Curve, base: pd.DataFrame | None, head: pd.DataFrame | None, base_label: str) -> bytes:
+    """The base curve (dashed) under this change's: how the trade-off moved, at a glance."""
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    for table, label, style in ((base, f"base ({base_label})", "--"), (head, "this change", "-")):
+        if table is not None and not table.empty:
+            axes.plot(table[curve.x], table[curve.y], style, label=label)
+    if curve.name == "roc":
+        axes.plot([0, 1], [0, 1], ":", color="grey", linewidth=1)
+    axes.set(xlabel=curve.x, ylabel=curve.y, title=curve.title, xlim=(0, 1), ylim=(0, 1.02))
+    axes.legend(loc="lower right" if curve.name == "roc" else "lower left")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def write_diff_report(base: str, root: Path, out_dir: Path) -> Path:
+    """out_dir/report.md (+ roc.png, pr.png): this workspace against git revision `base`."""
+    new_metrics = read_at(paths.METRICS, None, root)
+    if new_metrics is None:
+        raise FileNotFoundError(f"{root / paths.METRICS} not found: run the pipeline first (`dvc repro`)")
+    old_metrics = read_at(paths.METRICS, base, root)
+    figures = []
+    for curve in CURVES:
+        png = curve_png(curve, curve.read(base, root), curve.read(None, root), base)
+        atomic_write_bytes(out_dir / f"{curve.name}.png", png)
+        figures.append(f"![{curve.title}]({curve.name}.png)")
+    metrics_note = "" if old_metrics else f"\n\n`{base}` has no metrics.json: old values are `-`."
+    text = f"""## Model report against `{base}`
+
+### Params changed
+
+{params_markdown(params_changes(base, root))}
+
+### Metrics (old = `{base}`, new = this change){metrics_note}
+
+{diff_markdown(json.loads(old_metrics) if old_metrics else None, json.loads(new_metrics))}
+
+### Curves (dashed: `{base}`)
+
+{" ".join(figures)}
+"""
+    report = out_dir / "report.md"
+    atomic_write_text(report, text)
+    return report

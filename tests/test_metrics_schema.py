@@ -1,0 +1,36 @@
+"""metrics.json keys are an interface: `dvc metrics diff` and every past PR comment line up on them.
+
+Renaming, removing or reordering a key breaks comparisons with older commits: it needs a migration note
+in docs/architecture.md ("metrics.json keys") and this pin updated in the same change.
+"""
+
+import json
+from pathlib import Path
+
+import yaml
+
+from skincancer.metrics import METRIC_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+PINNED = (
+    "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "pr_auc", "sensitivity", "specificity",
+    "precision", "f1", "accuracy", "balanced_accuracy", "specificity_at_95_sensitivity",
+    "pauc_above_80_tpr", "brier", "n", "n_malignant",
+)
+
+
+def test_metric_keys_are_the_pinned_ones_in_the_pinned_order():
+    assert METRIC_KEYS == PINNED
+
+
+def test_the_committed_metrics_json_has_exactly_those_keys():
+    metrics = json.loads((ROOT / "metrics.json").read_text())
+    assert list(metrics) == ["threshold", "val", "test"]
+    assert list(metrics["val"]) == list(PINNED) and list(metrics["test"]) == list(PINNED)
+
+
+def test_the_pr_workflow_renders_the_report_with_the_project_script():
+    workflow = yaml.safe_load((ROOT / ".github/workflows/model-report.yml").read_text())
+    steps = " ".join(step.get("run", "") for step in workflow["jobs"]["report"]["steps"])
+    assert "skincancer diff-report --base" in steps and "cml comment update" in steps
+    assert "dvc pull" in steps and "flows/pipeline.py" in steps
