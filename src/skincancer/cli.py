@@ -67,5 +67,68 @@ def diff_report(
     typer.echo(report)
 
 
+@app.command()
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="image files and/or folders (walked recursively)", show_default=False)],
+    model: Annotated[Path, typer.Option(help="the trained classifier")] = Path("models/model.keras"),
+    metrics: Annotated[Path, typer.Option(help="metrics.json holding the evaluated threshold")] = Path("metrics.json"),
+    threshold: Annotated[float | None, typer.Option(min=0, max=1, help="decide at this probability instead")] = None,
+    output: Annotated[Path | None, typer.Option(help="out.csv or out.json (default: CSV on stdout)")] = None,
+    params: Annotated[Path, typer.Option(help="params.yaml: shard resize/quality and evaluate.tta, as trained")] = Path("params.yaml"),
+    explain: Annotated[Path | None, typer.Option(help="folder for one Grad-CAM overlay PNG per image")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+) -> None:
+    """P(malignant) per image and the decision at the evaluated threshold; exit 1 if any image failed."""
+    from skincancer.params import Params, ParamsError, load_params
+    from skincancer.predict import NoThreshold, decision_threshold, image_files, load_model, write_predictions
+    from skincancer.predict import predict as classify
+
+    try:
+        chosen = decision_threshold(metrics, threshold)
+        settings = load_params(params) if params.is_file() else Params()
+        classifier = load_model(model)
+    except (NoThreshold, ParamsError, FileNotFoundError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    files = image_files(inputs)
+    if not files:
+        typer.echo(f"error: no images found in {', '.join(map(str, inputs))}", err=True)
+        raise typer.Exit(2)
+    frame = classify(files, classifier, chosen, settings.shard, tta=settings.evaluate.tta, batch_size=batch_size)
+    if explain is not None:
+        from skincancer.predict import write_explanations
+
+        write_explanations(frame, classifier, settings.shard, explain)
+    text = write_predictions(frame, output)
+    if text is not None:
+        typer.echo(text, nl=False)
+    failed = int((frame["error"] != "").sum())
+    if failed:
+        typer.echo(f"{failed} of {len(frame)} images could not be classified (see the error column)", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    format: Annotated[str, typer.Option("--format", help="savedmodel | tflite")] = "savedmodel",
+    model: Annotated[Path, typer.Option(help="the trained classifier")] = Path("models/model.keras"),
+    output: Annotated[Path | None, typer.Option(help="where to write (default: exports/<model_savedmodel|model.tflite>)")] = None,
+) -> None:
+    """Export for serving: takes raw uint8 RGB images at the model's size, returns P(malignant)."""
+    from skincancer.export import EXPORTERS
+    from skincancer.predict import load_model
+
+    if format not in EXPORTERS:
+        typer.echo(f"error: unknown --format {format!r}; known: {sorted(EXPORTERS)}", err=True)
+        raise typer.Exit(2)
+    try:
+        classifier = load_model(model)
+    except FileNotFoundError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    exporter, default_name = EXPORTERS[format]
+    typer.echo(exporter(classifier, output or Path("exports") / default_name))
+
+
 if __name__ == "__main__":
     app()

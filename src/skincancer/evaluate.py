@@ -53,11 +53,16 @@ def check_model_fits_shards(model: keras.Model, shards_dir: Path, model_path: Pa
         )
 
 
-def predict_split(model: keras.Model, shards_dir: Path, split: str, tta: int = 1, batch_size: int = 64) -> np.ndarray:
-    """P(malignant) per image in manifest order, averaged over the first `tta` dihedral views."""
-    images = eval_dataset(shards_dir, split, batch_size).map(lambda x, _: x)
+def predict_images(model: keras.Model, images: tf.data.Dataset, tta: int = 1) -> np.ndarray:
+    """P(malignant) for batches of uint8 images, averaged over the first `tta` dihedral views; what
+    evaluate and `skincancer predict` both call, so their numbers agree."""
     views = [model.predict(images.map(view), verbose=0).reshape(-1) for view in DIHEDRAL[:tta]]
     return np.mean(views, axis=0, dtype=np.float64)
+
+
+def predict_split(model: keras.Model, shards_dir: Path, split: str, tta: int = 1, batch_size: int = 64) -> np.ndarray:
+    """P(malignant) per image of a split, in manifest order."""
+    return predict_images(model, eval_dataset(shards_dir, split, batch_size).map(lambda x, _: x), tta)
 
 
 def _predictions(model: keras.Model, shards_dir: Path, tta: int) -> pd.DataFrame:

@@ -116,7 +116,7 @@ def chunked(jobs: list[EncodeJob], size: int) -> list[list[EncodeJob]]:
 
 def encode_chunk(jobs: list[EncodeJob]) -> list[Encoded]:
     """One unit of parallel work (a thread's, or a Prefect task run's): a chunk of images, in order."""
-    return [_encode_file(job) for job in jobs]
+    return [encode_file(job) for job in jobs]
 
 
 def in_threads(workers: int) -> ChunkMapper:
@@ -202,7 +202,7 @@ def _job(split_root: Path, row: dict[str, Any], params: ShardParams) -> EncodeJo
     return EncodeJob(path, params.image_size, params.resize, params.jpeg_quality, params.max_pixels)
 
 
-def _encode_file(job: EncodeJob) -> Encoded:
+def encode_file(job: EncodeJob) -> Encoded:
     """The resized image, or why it was skipped (returned, so one bad file never stops its chunk)."""
     data = Path(job.path).read_bytes()
     try:
