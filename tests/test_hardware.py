@@ -44,3 +44,38 @@ def test_mixed_precision_only_where_a_gpu_runs_it():
     assert precision_policy("auto", gpus=[]) == "float32"
     assert precision_policy("float32", gpus=["/gpu:0"]) == "float32"
     assert precision_policy("mixed_float16", gpus=[]) == "mixed_float16"
+
+
+def test_a_model_built_while_other_threads_draw_random_numbers_gets_the_seeds_weights():
+    """Under Prefect, websockets draws ping payloads from Python's global `random` on its own thread, at
+    moments nobody controls; the model's initial weights must not depend on them."""
+    import random
+    import threading
+
+    import numpy as np
+
+    from skincancer.hardware import seeded_construction
+    from skincancer.models import build_classifier
+    from skincancer.params import TrainParams
+
+    params = TrainParams(backbone="small_cnn", weights=None, seed=7)
+
+    def draw_until(stop: threading.Event) -> None:
+        while not stop.is_set():
+            random.getrandbits(32)
+
+    def weights(*, noise: bool) -> list[np.ndarray]:
+        stop = threading.Event()
+        drawer = threading.Thread(target=draw_until, args=(stop,))
+        if noise:
+            drawer.start()
+        random.seed(7)
+        with seeded_construction(params.seed):
+            model = build_classifier(params, 32).model
+        stop.set()
+        if noise:
+            drawer.join()
+        return [w.numpy() for w in model.weights]
+
+    quiet, noisy = weights(noise=False), weights(noise=True)
+    assert len(quiet) == len(noisy) and all(np.array_equal(a, b) for a, b in zip(quiet, noisy, strict=True))

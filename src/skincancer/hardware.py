@@ -6,10 +6,12 @@ described by TF_CONFIG run the same code; 'auto' picks the widest one the machin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
 
 import keras
 import tensorflow as tf
@@ -88,3 +90,19 @@ def make_deterministic(seed: int) -> None:
     keras.utils.set_random_seed(seed)
     if not _gpus():
         tf.config.experimental.enable_op_determinism()
+
+
+@contextlib.contextmanager
+def seeded_construction(seed: int) -> Iterator[None]:
+    """Keras gives every initializer and SeedGenerator created without a seed one drawn from Python's
+    global `random`, which other threads draw from too, whenever they like (under Prefect: websockets'
+    ping payloads for the events client). A model built meanwhile would get other weights; built here,
+    its seeds come from a private stream of ``seed``."""
+    from keras.src.random import seed_generator  # where Keras draws them (keras 3.x)
+
+    shared = seed_generator.python_random
+    seed_generator.python_random = random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared

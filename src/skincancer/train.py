@@ -21,7 +21,7 @@ from skincancer.data import (
     split_labels,
     training_dataset,
 )
-from skincancer.hardware import make_deterministic, pick_strategy, set_precision
+from skincancer.hardware import make_deterministic, pick_strategy, seeded_construction, set_precision
 from skincancer.models import Classifier, build_classifier, unfreeze_top
 from skincancer.params import TrainParams
 from skincancer.train_state import TrainState
@@ -179,7 +179,8 @@ def train(
     log.info("precision %s, global batch %d (%d per replica)", policy, batch_size, params.batch_size)
     state = TrainState.open(model_path.parent / ".train-state", params, manifest)
     with strategy.scope():
-        classifier = build_classifier(params, manifest["image_size"])
+        with seeded_construction(params.seed):
+            classifier = build_classifier(params, manifest["image_size"])
         phases = [1, 2] if params.fine_tune_epochs and classifier.pretrained else [1]
         for phase in phases:
             if phase == 2:
