@@ -8,9 +8,6 @@ from prefect.cache_policies import NO_CACHE
 from skincancer import paths
 from skincancer.params import Params
 
-# what the report prints as "the params that produced it" (dvc.yaml declares the same keys)
-SHOWN_PARAMS = {"fetch": {"datasets"}, "labels": True, "split": True, "shard": True, "train": True, "evaluate": True}
-
 
 @flow(name="evaluate")
 def evaluate_flow(params: Params) -> dict:
@@ -18,7 +15,7 @@ def evaluate_flow(params: Params) -> dict:
 
     metrics = task(evaluate, name="evaluate-model", cache_policy=NO_CACHE)(
         params.evaluate, paths.MODEL, paths.SHARDS, paths.METRICS, paths.REPORTS,
-        history_path=paths.HISTORY, shown_params=params.model_dump(mode="json", include=SHOWN_PARAMS),
+        history_path=paths.HISTORY, shown_params=params.reported(),
     )
     create_markdown_artifact(
         key="skincancer-report", markdown=(paths.REPORTS / "report.md").read_text(), description="reports/report.md"

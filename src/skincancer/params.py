@@ -201,6 +201,10 @@ class OrchestrationParams(_Section):
     dask_workers: int = Field(0, ge=0, description="without an address: a local Dask cluster of this many processes")
 
 
+# what the evaluation report prints as the params that produced it (dvc.yaml's evaluate stage declares the same keys)
+REPORTED_PARAMS = {"fetch": {"datasets"}, "labels": True, "split": True, "shard": True, "train": True, "evaluate": True}
+
+
 class Params(_Section):
     fetch: FetchParams = FetchParams()
     labels: LabelParams = LabelParams()
@@ -230,6 +234,10 @@ class Params(_Section):
                 f"shard.image_size {self.shard.image_size} is below {self.train.backbone}'s minimum {spec.min_size}"
             )
         return self
+
+    def reported(self) -> dict:
+        """The sections the evaluation report shows, as plain JSON values."""
+        return self.model_dump(mode="json", include=REPORTED_PARAMS)
 
 
 def _describe(error: ValidationError, path: Path) -> str:
