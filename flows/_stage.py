@@ -12,6 +12,7 @@ from collections.abc import Callable
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "skincancer")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: E402
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
 
 from skincancer.params import OrchestrationParams, Params, ParamsError, load_params  # noqa: E402
@@ -31,6 +32,9 @@ def task_runner(orchestration: OrchestrationParams, threads: int) -> TaskRunner:
 
 
 def run_stage(stage: str, flow: Callable[[Params], object]) -> None:
+    """Stage flows send no heartbeats unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set: a stage that dies
+    fails its `dvc repro` (and the pipeline flow run, which keeps Prefect's heartbeats), and the heartbeat
+    thread holds every stage's exit for up to a second."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         params = load_params(os.environ.get("SKINCANCER_PARAMS", "params.yaml"))
@@ -38,4 +42,5 @@ def run_stage(stage: str, flow: Callable[[Params], object]) -> None:
     except (ParamsError, MissingInput) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    flow(params)
+    with temporary_settings(set_defaults={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        flow(params)

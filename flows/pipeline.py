@@ -3,17 +3,16 @@ deployment in prefect.yaml and for `python flows/pipeline.py [TARGET...] [--forc
 
 Each stage is still DVC's subprocess `python flows/<stage>.py`; they inherit PREFECT_API_URL, so
 their stage flow runs land on the same API as this one. Without a configured API this process
-starts Prefect's temporary server once and hands its URL down, instead of one server per stage.
+starts Prefect's temporary server once and hands its URL down, instead of one server per stage
+(skincancer.prefect_server.shared_api).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -22,10 +21,10 @@ from dvc.exceptions import ReproductionError  # noqa: E402
 from dvc.repo import Repo  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
-from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
 
 from skincancer import paths  # noqa: E402
 from skincancer.metrics_diff import diff_markdown, flatten  # noqa: E402
+from skincancer.prefect_server import shared_api  # noqa: E402
 
 
 class StageFailed(RuntimeError):
@@ -100,28 +99,6 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, pull: b
     after = read_metrics()
     publish(before, after, ran)
     return after
-
-
-@contextlib.contextmanager
-def shared_api() -> Iterator[None]:
-    """One Prefect API for this flow and every stage subprocess: the configured one, or a temporary
-    server started here once (each stage would otherwise start its own, ~6 s each)."""
-    if PREFECT_API_URL.value():
-        yield
-        return
-    from prefect.logging.handlers import APILogWorker
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by dvc's stage subprocesses
-    try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield
-    finally:
-        APILogWorker.drain_all(timeout=5)  # the last log lines, before their server goes away
-        del os.environ["PREFECT_API_URL"]
-        server.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

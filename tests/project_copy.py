@@ -14,6 +14,14 @@ BIN = Path(sys.executable).parent  # the venv's bin: stage commands say `python`
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "prefect.yaml", "flows", "src", "data/.gitignore", ".dvc/config", ".dvcignore")
 
 
+TINY_PARAMS = {  # small enough for CI, big enough that every split holds both classes
+    "fetch": {"sample": {"n_images": 240}},
+    "shard": {"image_size": 32},
+    "train": {"epochs": 2, "batch_size": 32},
+    "evaluate": {"bootstrap": 50},
+}
+
+
 def project_env(tmp: Path) -> dict[str, str]:
     """Subprocess environment: the venv first on PATH, Prefect state under tmp, no telemetry."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
@@ -40,6 +48,28 @@ def copy_project(target: Path) -> Path:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
     return target
+
+
+def merge(base: dict, change: dict) -> dict:
+    return {key: merge(base[key], change[key]) if isinstance(change.get(key), dict) else change.get(key, base.get(key))
+            for key in base.keys() | change.keys()}
+
+
+def set_params(project: Path, change: dict) -> None:
+    """Apply ``change`` (nested sections) to the project's params.yaml."""
+    import yaml
+
+    path = project / "params.yaml"
+    path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), change), sort_keys=False))
+
+
+def committed_project(target: Path, env: dict[str, str], change: dict) -> Path:
+    """The project with ``change`` applied to params.yaml, committed to a new git repository: a user's clone."""
+    project = copy_project(target)
+    set_params(project, change)
+    for command in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "project"]):
+        run(command, project, env)
+    return project
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ import pytest
 from project_copy import ROOT
 from skincancer.data import ShardSpecMismatch, eval_dataset
 from skincancer.models import build_backbone
-from skincancer.params import AugmentParams, LabelParams, ShardParams, SplitParams, TrainParams
+from skincancer.params import AugmentParams, ShardParams, TrainParams
 from skincancer.train import HISTORY_COLUMNS, SingleClassSplit, class_weights, train
 
 FAST = TrainParams(epochs=3, batch_size=16, early_stopping_patience=3, augment=AugmentParams(rotation=0.1))
