@@ -24,7 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from project_copy import BIN, copy_project, project_env, run, stages_run  # noqa: E402,F401  (re-exported)
+from project_copy import (  # noqa: E402,F401  (re-exported)
+    BIN, TINY_PARAMS, committed_project, copy_project, merge, project_env, run, stages_run,
+)
 
 CORPUS_VERSION = 1  # bump when the generated corpus changes, so cached copies are not reused
 CLI_FOLDER = "isic-download"  # `isic image download OUT` writes OUT/<isic_id>.jpg + OUT/metadata.csv
