@@ -17,6 +17,7 @@ import pytest
 
 from project_copy import ROOT
 from skincancer.data import ShardSpecMismatch, eval_dataset
+from skincancer.hardware import seeded_construction
 from skincancer.models import build_backbone
 from skincancer.params import AugmentParams, ShardParams, TrainParams
 from skincancer.train import HISTORY_COLUMNS, SingleClassSplit, class_weights, train
@@ -33,7 +34,8 @@ def val_predictions(model_path: Path, shards: Path) -> np.ndarray:
 def pretrained_weights(tmp_path: Path) -> str:
     """A small_cnn backbone's weights file standing in for downloaded ImageNet weights (offline)."""
     path = tmp_path / "backbone.weights.h5"
-    build_backbone("small_cnn", 32, None).save_weights(path)
+    with seeded_construction(0):  # the same file whichever tests ran before
+        build_backbone("small_cnn", 32, None).save_weights(path)
     return str(path)
 
 
@@ -67,9 +69,12 @@ def test_reduce_lr_on_plateau_lowers_the_rate(tiny_shards, tmp_path):
 
 def test_fine_tuning_keeps_batchnorm_statistics_and_follows_phase_one(tiny_shards, tmp_path):
     weights = pretrained_weights(tmp_path)
-    params = FAST.model_copy(update={"weights": weights, "epochs": 2, "fine_tune_epochs": 2, "fine_tune_layers": 6})
+    params = FAST.model_copy(update={"weights": weights, "epochs": 2, "fine_tune_epochs": 2, "fine_tune_layers": 6,
+                                     "fine_tune_learning_rate": 1e-3, "seed": 1})
     history = train(params, tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv")
     assert history["phase"].tolist() == [1, 1, 2, 2] and history["epoch"].tolist() == [0, 1, 2, 3]
+    # the saved model is the best epoch's; these params (deterministic on CPU) make it a fine-tuned one
+    assert history.loc[history["val_auc"].idxmax(), "phase"] == 2, history
     assert history["learning_rate"].iloc[2] == pytest.approx(params.fine_tune_learning_rate)
     backbone = keras.saving.load_model(tmp_path / "model.keras").get_layer("small_cnn")
     original = build_backbone("small_cnn", 32, weights)
