@@ -127,6 +127,19 @@ def warm(corpus: Path, manifest) -> None:
         (corpus / path).read_bytes()
 
 
+def ready_corpus(n: int) -> tuple[Path, object]:
+    """The corpus of n images and its manifest, announced and read once; TensorFlow and pandas imported
+    before any clock starts, for every side."""
+    corpus_s, corpus = timed(lambda: shard_corpus(n))
+    import pandas as pd
+    import tensorflow  # noqa: F401
+
+    manifest = pd.read_parquet(corpus / "manifest.parquet")
+    say(f"corpus: {corpus_summary(corpus, manifest)} at {corpus} (ready in {corpus_s:.1f} s)")
+    warm(corpus, manifest)
+    return corpus, manifest
+
+
 # ---------------------------------------------------------------- the sides
 
 
@@ -265,13 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], argv)
     n = 40 if args.quick else 320
     say_machine()
-    corpus_s, corpus = timed(lambda: shard_corpus(n))
-    import pandas as pd
-    import tensorflow  # noqa: F401  (imported before any clock starts, for every side)
-
-    manifest = pd.read_parquet(corpus / "manifest.parquet")
-    say(f"corpus: {corpus_summary(corpus, manifest)} at {corpus} (ready in {corpus_s:.1f} s)")
-    warm(corpus, manifest)
+    corpus, manifest = ready_corpus(n)
     with bench_tmp("shard", args.keep) as tmp:
         figures = bench_speed(corpus, manifest, tmp, args.quick)
         figures.append(bench_memory(corpus, n, tmp, args.quick))

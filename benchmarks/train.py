@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common import bench_tmp, best_of, figure, machine, parse_args, print_figures, say, say_machine, timed
-from shard import corpus_summary, rate_figure, shard_corpus, warm
+from shard import rate_figure, ready_corpus
 
 if TYPE_CHECKING:  # annotations only: TensorFlow loads after the corpus is ready
     import keras
@@ -188,13 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], argv)
     n, size = (40, 96) if args.quick else (320, 224)
     say_machine()
-    corpus_s, corpus = timed(lambda: shard_corpus(n))
-    import pandas as pd
-    import tensorflow  # noqa: F401  (imported before any clock starts, for every side)
-
-    manifest = pd.read_parquet(corpus / "manifest.parquet")
-    say(f"corpus: {corpus_summary(corpus, manifest)} at {corpus} (ready in {corpus_s:.1f} s)")
-    warm(corpus, manifest)
+    corpus, manifest = ready_corpus(n)
     with bench_tmp("train", args.keep) as tmp:
         shard_once(corpus, manifest, size, tmp / "shards")
         figures = [
