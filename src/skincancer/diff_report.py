@@ -13,15 +13,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from skincancer import paths  # noqa: E402
-from skincancer.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
-from skincancer.metrics_diff import diff_markdown  # noqa: E402
+from skincancer import paths
+from skincancer.atomic import atomic_write_bytes, atomic_write_text
+from skincancer.figures import plt, png_bytes
+from skincancer.metrics_diff import diff_markdown
 
 
 @dataclass(frozen=True)
@@ -102,10 +99,7 @@ def curve_png(curve: Curve, base: pd.DataFrame | None, head: pd.DataFrame | None
         axes.plot([0, 1], [0, 1], ":", color="grey", linewidth=1)
     axes.set(xlabel=curve.x, ylabel=curve.y, title=curve.title, xlim=(0, 1), ylim=(0, 1.02))
     axes.legend(loc="lower right" if curve.name == "roc" else "lower left")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 def write_diff_report(base: str, root: Path, out_dir: Path) -> Path:

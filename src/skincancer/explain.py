@@ -6,15 +6,11 @@ last convolutional feature map, which Grad-CAM weighs by the score's mean gradie
 
 from __future__ import annotations
 
-import io
-
 import keras
-import matplotlib
+import numpy as np
+import tensorflow as tf
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from skincancer.figures import plt, png_bytes
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
@@ -45,7 +41,4 @@ def overlay_png(image: np.ndarray, heat: np.ndarray, title: str) -> bytes:
     axes.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     axes.set_title(title, fontsize=8)
     axes.axis("off")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)

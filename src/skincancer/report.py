@@ -7,21 +7,18 @@ import io
 import re
 from pathlib import Path
 
-import matplotlib
+import markdown
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
 
-matplotlib.use("Agg")
-import markdown  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-from PIL import Image  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
-
-from skincancer.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
-from skincancer.labels import CLASS_NAMES as LABEL_NAMES  # noqa: E402
-from skincancer.params import ThresholdParams  # noqa: E402
+from skincancer.atomic import atomic_write_bytes, atomic_write_text
+from skincancer.figures import plt, png_bytes
+from skincancer.labels import CLASS_NAMES as LABEL_NAMES
+from skincancer.params import ThresholdParams
 
 CLASS_NAMES = np.array(LABEL_NAMES)
 CURVE_SPLITS = ("val", "test")
@@ -69,13 +66,6 @@ def plot_tables(predictions: pd.DataFrame, threshold: float) -> dict[str, pd.Dat
 # ---------------------------------------------------------------- figures
 
 
-def _png(figure: plt.Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    plt.close(figure)
-    return buffer.getvalue()
-
-
 def _auc_label(split: str, auc: float | None) -> str:
     return f"{split} (AUC {auc:.3f})" if auc is not None else f"{split} (undefined)"
 
@@ -90,7 +80,7 @@ def _curves_figure(tables: dict[str, pd.DataFrame], kind: str, x: str, y: str, t
         axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     axes.set(xlabel=x, ylabel=y, title=title, xlim=(0, 1), ylim=(0, 1.02))
     axes.legend(loc="lower right" if kind == "roc" else "lower left")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _calibration_figure(table: pd.DataFrame) -> bytes:
@@ -98,7 +88,7 @@ def _calibration_figure(table: pd.DataFrame) -> bytes:
     axes.plot(table["mean_predicted"], table["fraction_malignant"], marker=".")
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     axes.set(xlabel="mean predicted probability", ylabel="fraction malignant", title="Calibration (test)", xlim=(0, 1), ylim=(0, 1.02))
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _confusion_figure(table: pd.DataFrame) -> bytes:
@@ -108,7 +98,7 @@ def _confusion_figure(table: pd.DataFrame) -> bytes:
     for (row, column), value in np.ndenumerate(counts.to_numpy()):
         axes.text(column, row, str(value), ha="center", va="center")
     axes.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES, xlabel="predicted", ylabel="actual", title="Confusion matrix (test)")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _history_figure(history: pd.DataFrame) -> bytes:
@@ -120,7 +110,7 @@ def _history_figure(history: pd.DataFrame) -> bytes:
             axes.axvline(start - 0.5, color="grey", linestyle=":", linewidth=1)  # fine-tuning starts
         axes.set(xlabel="epoch", title=f"Training {metric}")
         axes.legend()
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def gallery_figure(rows: pd.DataFrame, images: dict[str, bytes], title: str) -> bytes:
@@ -136,7 +126,7 @@ def gallery_figure(rows: pd.DataFrame, images: dict[str, bytes], title: str) -> 
     if rows.empty:
         grid[0, 0].text(0.5, 0.5, "none", ha="center", va="center")
     figure.suptitle(title, fontsize=10)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 # ---------------------------------------------------------------- tables and words
