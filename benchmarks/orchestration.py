@@ -85,7 +85,7 @@ def plain_stage(stage: str) -> None:
         plan = split.plan_split(pd.read_parquet(paths.INDEX), params.split, params.labels,
                                 list(zip(pairs["image_id_1"], pairs["image_id_2"], strict=True)))
         split.materialise(plan.manifest, paths.RAW, paths.SPLIT, plan.removed)
-        summary = split.summary(plan, params.split.group_by)
+        summary = split.summary(plan)
         atomic_write_text(paths.SPLIT_SUMMARY, json.dumps(summary, indent=2) + "\n")
     elif stage == "shard":
         import pandas as pd

@@ -1,4 +1,5 @@
-"""Split stage benchmarks (issue #4 item 6): `split_10k`, `noop_repro_10k`, `split_disk_overhead_10k`.
+"""Split stage benchmarks: `split_10k`, `noop_repro_10k`, `split_disk_overhead_10k` (issue #4 item 6),
+`split_groups_isic2020` (issue #15).
 
     .venv/bin/python benchmarks/split.py [--quick] [--keep]
 
@@ -17,6 +18,16 @@ split_disk_overhead_10k
                  ours: bytes on disk of data/split and .dvc/cache together, each inode once (hardlinks are
                  one file), leaving out cache objects that are data/raw's own files (the fetch stage's
                  output, hardlinked from the cache). baseline: the bytes of the images in data/split.
+split_groups_isic2020
+                 ours: skincancer.split.plan_split with the default params (connected components of patient,
+                 lesion and duplicate links, including the all-pairs near-duplicate pass over every image's
+                 256-bit hash, then the class-share placement) on a generated ISIC 2020-shaped index
+                 (tests/index_shapes.py: 2,056 patients, ~16 images each, 1.6% malignant; random hashes, so
+                 the pass compares every pair and links none). baseline: the split as it was before groups
+                 were components (`plan_split` of commit ca937e2, loaded from git: one grouping column,
+                 patient_id; no near-duplicate pass; midpoint placement) on the same index in the same
+                 process. Best of 3 each, alternating; the near-duplicate pass uses 2 threads, the baseline
+                 has nothing to spread over threads. Target: ours under 10 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from pathlib import Path
 
 from common import (
     BIN,
+    ROOT,
     CLI_FOLDER,
     CLI_ZIP,
     bench_tmp,
@@ -155,6 +167,50 @@ def bench_split(corpus: Path, tmp: Path, n: int, quick: bool) -> dict:
     return figure("split_10k", ours_s, naive_s, "s", quick=quick)
 
 
+# ---------------------------------------------------------------- split_groups_isic2020
+
+GROUPS_LIMIT_S = 10.0  # issue #15: the split of an ISIC 2020-sized index with components under 10 s
+PREVIOUS_SPLIT = "ca937e2"  # the last commit whose split grouped by one column
+
+
+def previous_plan_split():
+    """plan_split as committed at PREVIOUS_SPLIT, loaded from git into its own module."""
+    import subprocess
+    import types
+
+    source = subprocess.run(["git", "show", f"{PREVIOUS_SPLIT}:src/skincancer/split.py"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    module = types.ModuleType("previous_split")
+    exec(compile(source, f"{PREVIOUS_SPLIT}:split.py", "exec"), module.__dict__)  # noqa: S102
+    return module.plan_split
+
+
+def bench_groups(quick: bool) -> dict:
+    import secrets
+    from types import SimpleNamespace
+
+    from index_shapes import isic2020_shaped
+    from skincancer.params import LabelParams, SplitParams
+    from skincancer.split import plan_split
+
+    index = isic2020_shaped(n_patients=300 if quick else 2056)
+    index["image_hash"] = [secrets.token_hex(32) for _ in range(len(index))]
+    previous = previous_plan_split()
+    one_column = SimpleNamespace(seed=SEED, fractions=(0.8, 0.1, 0.1), group_by="patient_id")
+    labels = LabelParams()
+    ours_times, previous_times = [], []
+    for _ in range(REPEATS):
+        ours_times.append(timed(lambda: plan_split(index, SplitParams(), labels))[0])
+        previous_times.append(timed(lambda: previous(index.drop(columns="image_hash"), one_column, labels))[0])
+    ours_s, previous_s = min(ours_times), min(previous_times)
+    say(f"ours: plan_split of {len(index)} images, {index['patient_id'].nunique()} patients (components + "
+        f"near-duplicate pass): {seconds_list(ours_times)} s (best {ours_s:.2f} s)")
+    say(f"baseline: plan_split of {PREVIOUS_SPLIT} (patient_id only, no near-duplicate pass): "
+        f"{seconds_list(previous_times)} s (best {previous_s:.2f} s)")
+    say(f"target < {GROUPS_LIMIT_S:.0f} s on 2 cores: {verdict(ours_s < GROUPS_LIMIT_S)}")
+    return figure("split_groups_isic2020", ours_s, previous_s, "s", quick=quick)
+
+
 # ---------------------------------------------------------------- noop_repro_10k, split_disk_overhead_10k
 
 
@@ -216,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus_s, corpus = timed(lambda: isic_cli_corpus(n))
     say(f"corpus: {n} images at {corpus} (ready in {corpus_s:.1f} s)")
     with bench_tmp("split", args.keep) as tmp:
-        figures = [bench_split(corpus, tmp, n, args.quick)]
+        figures = [bench_groups(args.quick), bench_split(corpus, tmp, n, args.quick)]
         figures += bench_repro(corpus, tmp, n, args.quick)
     print_figures(figures)
     return 0

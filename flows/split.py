@@ -26,9 +26,13 @@ def split_flow(params: Params) -> dict:
         index, params.split, params.labels, official_duplicate_pairs()
     )
     task(split.materialise, name="materialise-folders", cache_policy=NO_CACHE)(plan.manifest, paths.RAW, paths.SPLIT, plan.removed)
-    summary = split.summary(plan, params.split.group_by)
+    summary = split.summary(plan)
     atomic_write_text(paths.SPLIT_SUMMARY, json.dumps(summary, indent=2) + "\n")
-    get_run_logger().info("split: %s", {name: summary[name]["images"] for name in paths.SPLITS} | summary["removed"])
+    get_run_logger().info(
+        "split: %s; %d groups; ids in two splits: %s",
+        {name: summary[name]["images"] for name in paths.SPLITS} | summary["removed"], summary["groups"],
+        summary["spanning_splits"],
+    )
     return summary
 
 

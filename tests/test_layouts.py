@@ -65,7 +65,7 @@ def test_index_schema_and_order(raw_root, layout):
     assert index["image_id"].is_unique and list(index["image_id"]) == sorted(index["image_id"])
     assert (index["source"] == "sample").all()
     assert index["uri"].str.startswith(f"sample/{layout}/").all()
-    assert index[["image_id", "uri", "diagnosis", "sha256"]].notna().all().all()
+    assert index[["image_id", "uri", "diagnosis", "sha256", "image_hash"]].notna().all().all()
 
 
 @pytest.mark.parametrize("layout", ["isic2017-udacity", "isic2020"])

@@ -62,6 +62,13 @@ def json_like(value):
         ("fetch", "sources", [{"name": "x", "url": "https://h/", "layout": "isic2020", "files": ["a.zip"],
                                "sha256": {"b.csv": "0" * 64}}], "sha256 pins files not listed"),
         ("fetch", "datasets", [], "nothing to fetch"),
+        ("labels", "malignant", ["melanom"], "'melanom' is not a diagnosis of the vocabulary (skincancer.labels); did you mean 'melanoma'?"),
+        ("labels", "malignant", ["MEL"], "write it as 'melanoma'"),
+        ("split", "group_by", ["patient_id", "doctor_id"], "split.group_by.1"),
+        ("fetch", "metadata", [{"url": "file:///HAM10000_metadata.csv", "layout": "ham"}], "unknown metadata layout 'ham'"),
+        ("fetch", "metadata", [{"url": "file:///a/m.csv", "layout": "isic-cli"}, {"url": "https://h/m.csv", "layout": "isic2020"}],
+         "fetch.metadata lists two tables named ['m.csv']"),
+        ("fetch", "sources", [{"name": "metadata", "url": "file:///a.zip", "layout": "isic-cli"}], "'metadata' is the folder"),
     ],
 )
 def test_bad_value_names_the_key(tmp_path, section, key, value, names):
@@ -97,3 +104,12 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ParamsError, match="expected a mapping"):
         load_params(bad)
+
+
+@pytest.mark.parametrize(("written", "keys"), [
+    ("patient_id", ("patient_id",)), (None, ()), ("none", ()), ([], ()), (["lesion_id", "patient_id"], ("lesion_id", "patient_id")),
+])
+def test_group_by_takes_a_list_of_keys(tmp_path, written, keys):
+    data = project_params()
+    data["split"]["group_by"] = written
+    assert load_params(write(tmp_path, data)).split.group_by == keys

@@ -89,9 +89,10 @@ def test_unlabellable_diagnoses_are_named_with_counts_or_dropped():
     plan = plan_split(index, SplitParams(), LabelParams(unknown="drop"))
     assert len(plan.manifest) == 293 and not {"unknown", "blue_nevus"} & set(plan.manifest["diagnosis"])
     assert sorted(plan.removed.loc[plan.removed["reason"] == "unlabelled", "image_id"]) == sorted(index["image_id"][:7])
-    # listing it as malignant, or a published verdict, makes it labellable
-    listed = plan_split(index.iloc[5:], SplitParams(), LabelParams(malignant=["melanoma", "blue_nevus"]))
-    assert (listed.manifest.loc[listed.manifest["diagnosis"] == "blue_nevus", "label"] == 1).all()
+    # a published verdict makes it labellable
+    index.loc[5:6, "benign_malignant"] = "malignant"
+    published = plan_split(index.iloc[5:], SplitParams(), LabelParams())
+    assert (published.manifest.loc[published.manifest["diagnosis"] == "blue_nevus", "label"] == 1).all()
 
 
 def test_duplicates_across_sources_keep_one_and_say_which():
@@ -235,7 +236,7 @@ def test_summary_counts_split_class_and_diagnosis(tmp_path):
     index = make_index(400)
     copies = index.iloc[:5].assign(image_id=lambda f: f["image_id"] + "_copy", source="test/other")
     plan = plan_split(pd.concat([index, copies]), SplitParams(), LABELS)
-    numbers = summary(plan, "patient_id")
+    numbers = summary(plan)
     assert numbers["images"] == 400 and numbers["removed"] == {"duplicate": 5, "label_conflict": 0, "unlabelled": 0}
     assert sum(numbers[s]["images"] for s in ("train", "val", "test")) == 400
     assert sum(numbers[s]["groups"] for s in ("train", "val", "test")) == numbers["groups"] == index["patient_id"].nunique()

@@ -23,7 +23,8 @@ from skincancer import paths
 from skincancer.catalog import CATALOG
 from skincancer.download import Downloaded, download
 from skincancer.layouts import DUPLICATE_READERS, read_layout
-from skincancer.params import FetchParams, SourceParams
+from skincancer.metadata import join_metadata, read_metadata_table
+from skincancer.params import METADATA_FOLDER, FetchParams, SourceParams
 from skincancer.sample import write_sample
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 CHECKSUMS = "checksums.json"  # under data/raw: {"<folder>/<file>": {"url", "size", "sha256"}}
 INDEX = paths.INDEX.name
 DUPLICATES = paths.DUPLICATES.name
+METADATA_CONFLICTS = paths.METADATA_CONFLICTS.name
 
 
 # how to run one function over the file jobs, results in job order
@@ -91,9 +93,13 @@ def source_jobs(source: SourceParams) -> list[FileJob]:
     ]
 
 
+def metadata_jobs(params: FetchParams) -> list[FileJob]:
+    return [FileJob(METADATA_FOLDER, table.file_name, table.url, table.sha256, table.auth_env) for table in params.metadata]
+
+
 def plan(params: FetchParams) -> list[FileJob]:
     jobs = [job for name in params.datasets for job in catalog_jobs(name, params.mirror)]
-    return jobs + [job for source in params.sources for job in source_jobs(source)]
+    return jobs + [job for source in params.sources for job in source_jobs(source)] + metadata_jobs(params)
 
 
 def read_checksums(raw_root: Path) -> dict[str, dict]:
@@ -141,9 +147,13 @@ LOCAL_DATASETS: dict[str, Callable[[str, Path, FetchParams], None]] = {"sample":
 def prune(raw_root: Path, params: FetchParams) -> None:
     """Folders of datasets no longer configured would bloat the DVC output: remove them."""
     keep = set(params.datasets) | {source.name for source in params.sources} | {CHECKSUMS, INDEX, DUPLICATES}
-    for child in raw_root.iterdir() if raw_root.is_dir() else ():
-        if child.name not in keep and not child.name.startswith("."):
-            log.info("removing %s: no longer in fetch.datasets / fetch.sources", child)
+    keep |= {METADATA_FOLDER, METADATA_CONFLICTS} if params.metadata else set()
+    tables = {table.file_name for table in params.metadata}
+    stale = [child for child in raw_root.iterdir() if child.name not in keep] if raw_root.is_dir() else []
+    stale += [child for child in (raw_root / METADATA_FOLDER).glob("*") if child.name not in tables]
+    for child in stale:
+        if not child.name.startswith("."):
+            log.info("removing %s: no longer in fetch.datasets / fetch.sources / fetch.metadata", child)
             shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
@@ -159,16 +169,35 @@ def layouts_of(params: FetchParams, raw_root: Path) -> list[tuple[str, str, Path
     return found
 
 
+def known_image_hashes(index_path: Path) -> dict[str, str]:
+    """sha256 -> perceptual hash from the previous index: a rerun decodes only images it has not seen."""
+    if not index_path.is_file():
+        return {}
+    previous = pd.read_parquet(index_path)
+    if "image_hash" not in previous:
+        return {}
+    hashed = previous.dropna(subset=["image_hash"])
+    return dict(zip(hashed["sha256"], hashed["image_hash"], strict=True))
+
+
 def build_index(params: FetchParams, raw_root: Path) -> pd.DataFrame:
-    """index.parquet over every layout, straight from the archives, and the official duplicate pairs."""
+    """index.parquet over every layout, straight from the archives, completed from the metadata tables
+    (conflicts listed in metadata_conflicts.csv), and the official duplicate pairs."""
     frames, pairs = [], []
+    known_hashes = known_image_hashes(raw_root / INDEX)
     for source, layout, folder in layouts_of(params, raw_root):
-        frame = read_layout(layout, folder, source=source, raw_root=raw_root, strict=params.strict)
+        frame = read_layout(
+            layout, folder, source=source, raw_root=raw_root, strict=params.strict, known_hashes=known_hashes
+        )
         log.info("%s: %d images indexed (%s layout)", source, len(frame), layout)
         frames.append(frame)
         if layout in DUPLICATE_READERS:
             pairs += [(a, b, source) for a, b in DUPLICATE_READERS[layout](folder)]
-    index = pd.concat(frames, ignore_index=True)
+    tables = [read_metadata_table(raw_root / METADATA_FOLDER / table.file_name, table.layout) for table in params.metadata]
+    index, conflicts = join_metadata(pd.concat(frames, ignore_index=True), tables)
+    if params.metadata:
+        with atomic_path(raw_root / METADATA_CONFLICTS) as tmp:
+            conflicts.to_csv(tmp, index=False)
     with atomic_path(raw_root / INDEX) as tmp:
         index.to_parquet(tmp, index=False)
     with atomic_path(raw_root / DUPLICATES) as tmp:

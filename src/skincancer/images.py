@@ -74,7 +74,7 @@ def _decode(data: bytes, size: int, mode: ResizeMode, name: str, max_pixels: int
         img.draft("RGB", _draft_request(img.width, img.height, size, mode))
         img.load()
         ImageOps.exif_transpose(img, in_place=True)
-        return _to_rgb(img)
+        return to_rgb(img)
 
 
 @contextlib.contextmanager
@@ -97,7 +97,7 @@ def _refuse_bombs(img: Image.Image, name: str, max_pixels: int) -> None:
         raise CorruptImage(name, f"decompression bomb: {img.width} x {img.height} pixels > {max_pixels}")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """8-bit RGB from any mode: 16-bit greyscale scaled (a plain convert clips it), transparency flattened on black."""
     if img.mode in _SIXTEEN_BIT:
         img = _sixteen_bit_to_l(img)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import numbers
 import re
+from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,33 @@ def canonical_diagnosis(raw: str, *, where: str = "") -> str:
 
 # every diagnosis the spelling map knows: benign unless listed in labels.malignant
 VOCABULARY: frozenset[str] = frozenset(_LOOKUP.values())
+# benign unless listed, which surprises readers of the tutorials that count them malignant
+NOTABLY_BENIGN = {"actinic_keratosis": "actinic keratosis (AKIEC, which includes Bowen's disease)"}
+
+
+def is_diagnosis(name: str) -> bool:
+    """A canonical name of the vocabulary (what labels.malignant lists), not a source's spelling."""
+    return name in VOCABULARY
+
+
+def closest_diagnosis(name: str) -> str:
+    """The fix for a name outside the vocabulary: its canonical name, or the closest spelling."""
+    if (canonical := lookup_diagnosis(name)) is not None:
+        return f"write it as {canonical!r}"
+    close = difflib.get_close_matches(snake_case(name), sorted(VOCABULARY), n=1, cutoff=0.75)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return f"known: {sorted(VOCABULARY)}"
+
+
+def mapping_in_words(malignant: Iterable[str]) -> str:
+    """The benign/malignant mapping in force, for the report."""
+    listed = sorted(malignant)
+    benign = [words for name, words in NOTABLY_BENIGN.items() if name not in listed]
+    text = f"Malignant: {', '.join(name.replace('_', ' ') for name in listed)} (`labels.malignant`); every other diagnosis is benign"
+    if benign:
+        text += f", including {' and '.join(benign)} unless listed"
+    return text + ". A published benign/malignant verdict outranks the diagnosis."
 
 
 def is_labellable(diagnosis: str, malignant: frozenset[str] | set[str], published: object = None) -> bool:

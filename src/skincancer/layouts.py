@@ -1,7 +1,8 @@
 """Layout readers: index rows straight from published archives, without extracting them.
 
 Each reader turns one folder of a source's files into rows whose ``uri`` is relative to that folder;
-``read_layout`` makes the uris relative to the raw root, hashes the image bytes and fixes the schema.
+``read_layout`` makes the uris relative to the raw root, hashes the image bytes (sha256 and a perceptual
+hash) and fixes the schema.
 Every published table is checked against the columns its layout promises, so a changed file fails
 naming what it expected instead of mislabelling images.
 """
@@ -9,8 +10,11 @@ naming what it expected instead of mislabelling images.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -19,6 +23,7 @@ import pandas as pd
 
 from skincancer.archives import URI_SEPARATOR, member_uri, read_uris, safe_members, sha256_hex
 from skincancer.labels import canonical_diagnosis, lookup_diagnosis
+from skincancer.near_duplicates import image_hash
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,7 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "age_approx",
     "anatom_site",
     "sha256",
+    "image_hash",
 )
 STRING = pd.StringDtype()
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -55,6 +61,9 @@ UNKNOWN_MARKED = ("sex", "age_approx", "anatom_site")
 VERDICTS = {"benign": "benign", "malignant": "malignant", "0": "benign", "1": "malignant"}
 VERDICTS.update({"0.0": "benign", "1.0": "malignant"})
 _SHOWN_IDS = 5
+# Hashing threads: decoding for the perceptual hash is most of the indexing work, and Pillow releases the GIL.
+_HASH_WORKERS = min(8, os.cpu_count() or 1)
+_HASH_BATCH = 64  # images read ahead for those threads: memory stays at a few dozen images
 
 
 class LayoutError(ValueError):
@@ -110,7 +119,7 @@ def _folder_files(root: Path) -> list[SourceFile]:
     return files
 
 
-def _ids_preview(ids: Iterable[str]) -> str:
+def ids_preview(ids: Iterable[str]) -> str:
     ordered = sorted(ids)
     more = f" and {len(ordered) - _SHOWN_IDS} more" if len(ordered) > _SHOWN_IDS else ""
     return f"{ordered[:_SHOWN_IDS]}{more}"
@@ -125,7 +134,7 @@ def _image_uris(files: Iterable[SourceFile], where: Path) -> dict[str, str]:
             twice.update({file.path.stem} & uris.keys())
             uris[file.path.stem] = file.uri
     if twice:
-        raise LayoutError(f"{where}: {len(twice)} image id(s) appear more than once: {_ids_preview(twice)}")
+        raise LayoutError(f"{where}: {len(twice)} image id(s) appear more than once: {ids_preview(twice)}")
     return uris
 
 
@@ -154,7 +163,7 @@ def _table_bytes(root: Path, name: str) -> bytes | None:
         return None
 
 
-def _csv(data: bytes, path: Path, header: bool = True) -> pd.DataFrame:
+def read_csv_cells(data: bytes, path: Path, header: bool = True) -> pd.DataFrame:
     """All cells as strings, an empty cell as an empty string (NA comes after the column checks)."""
     try:
         return pd.read_csv(
@@ -184,7 +193,7 @@ def _load(root: Path, spec: Table) -> pd.DataFrame | None:
     if data is None:
         return None
     path = root / spec.name
-    return _with_columns(_csv(data, path, spec.header), spec, path).replace("", pd.NA)
+    return _with_columns(read_csv_cells(data, path, spec.header), spec, path).replace("", pd.NA)
 
 
 def _require(root: Path, spec: Table) -> pd.DataFrame:
@@ -201,7 +210,7 @@ def _ages(values: pd.Series, path: Path) -> pd.Series:
         raise LayoutError(f"{path}: age_approx is not numeric: {error}") from None
 
 
-def _metadata(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+def index_metadata(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     """The table's index columns under their index names, "unknown" as NA and ages as numbers."""
     renamed = table.rename(columns=COLUMN_RENAMES)
     meta = renamed[[column for column in renamed.columns if column in INDEX_COLUMNS]].copy()
@@ -232,11 +241,11 @@ def _unmatched(table_ids: set[str], image_ids: set[str], table: Path, images: Pa
     problems = []
     if missing := table_ids - image_ids:
         problems.append(
-            f"{len(missing)} image(s) listed in {table.name} are missing from {images.name}: {_ids_preview(missing)}"
+            f"{len(missing)} image(s) listed in {table.name} are missing from {images.name}: {ids_preview(missing)}"
         )
     if unlisted := image_ids - table_ids:
         problems.append(
-            f"{len(unlisted)} image(s) in {images.name} have no row in {table.name}: {_ids_preview(unlisted)}"
+            f"{len(unlisted)} image(s) in {images.name} have no row in {table.name}: {ids_preview(unlisted)}"
         )
     return problems
 
@@ -244,7 +253,7 @@ def _unmatched(table_ids: set[str], image_ids: set[str], table: Path, images: Pa
 def _unique_ids(ids: pd.Series, path: Path) -> None:
     """An image with two rows has two possibly different labels; neither can be trusted."""
     if twice := set(ids[ids.duplicated()]):
-        raise LayoutError(f"{path}: {len(twice)} image id(s) have more than one row: {_ids_preview(twice)}")
+        raise LayoutError(f"{path}: {len(twice)} image id(s) have more than one row: {ids_preview(twice)}")
 
 
 def _matched(rows: pd.DataFrame, images: dict[str, str], table: Path, archive: Path, strict: bool) -> pd.DataFrame:
@@ -328,7 +337,7 @@ def _with_extras(rows: pd.DataFrame, root: Path, extras: tuple[Table, ...]) -> p
         if table is None:
             log.warning("%s not found: the metadata it holds stays unknown", path)
             continue
-        meta = _metadata(table, path)
+        meta = index_metadata(table, path)
         _unique_ids(meta["image_id"], path)
         rows = rows.merge(meta, on="image_id", how="left")
     return rows
@@ -460,7 +469,7 @@ def read_isic2020(root: Path, *, strict: bool = True) -> pd.DataFrame:
     if not zip_path.is_file():
         raise LayoutError(f"{root}: {ISIC2020_ZIP} not found")
     csv_path, table = _isic2020_truth(root)
-    rows = _metadata(table, csv_path).assign(diagnosis=_canonical(table["diagnosis"].fillna(""), csv_path))
+    rows = index_metadata(table, csv_path).assign(diagnosis=_canonical(table["diagnosis"].fillna(""), csv_path))
     return _matched(rows, _image_uris(_zip_files(zip_path, ISIC2020_ZIP), zip_path), csv_path, zip_path, strict)
 
 
@@ -570,9 +579,9 @@ def _cli_verdicts(table: pd.DataFrame) -> pd.Series:
 def _read_cli_download(root: Path, metadata: SourceFile, files: list[SourceFile], strict: bool) -> pd.DataFrame:
     """One ``isic image download`` folder: its metadata.csv and the images beside it."""
     path = root / metadata.uri
-    table = _csv(next(read_uris(root, [metadata.uri]))[1], path)
+    table = read_csv_cells(next(read_uris(root, [metadata.uri]))[1], path)
     _cli_columns(table, path)
-    rows = _metadata(table.replace("", pd.NA), path)
+    rows = index_metadata(table.replace("", pd.NA), path)
     rows = rows.assign(diagnosis=_cli_diagnoses(table, path), benign_malignant=_cli_verdicts(table))
     beside = [f for f in files if (f.container, f.path.parent) == (metadata.container, metadata.path.parent)]
     folder = metadata.container / metadata.path.parent
@@ -614,18 +623,33 @@ def _conform(rows: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
-def _hashes(raw_root: Path, uris: pd.Series) -> pd.Series:
-    """sha256 of each image's bytes, reading uris in sorted order so each zip is opened once."""
-    ordered = sorted(uris)
-    digests = {uri: sha256_hex(data) for uri, data in read_uris(raw_root, ordered)}
-    return uris.map(digests)
+def _hashes(raw_root: Path, uris: pd.Series, known_hashes: Mapping[str, str]) -> pd.DataFrame:
+    """sha256 and perceptual hash (``near_duplicates.image_hash``) of each image's bytes, in one read of
+    the uris in sorted order so each zip is opened once; a batch at a time is hashed on threads. Decoding
+    for the perceptual hash is most of indexing's work, so bytes hashed before (``known_hashes``: sha256 ->
+    image_hash) are not decoded again."""
+
+    def digests(data: bytes) -> tuple[str, str | None]:
+        digest = sha256_hex(data)
+        return digest, known_hashes[digest] if digest in known_hashes else image_hash(data)
+
+    found: dict[str, tuple[str, str | None]] = {}
+    members = read_uris(raw_root, sorted(uris))
+    with ThreadPoolExecutor(_HASH_WORKERS) as pool:
+        while batch := list(itertools.islice(members, _HASH_BATCH)):
+            found.update(zip((uri for uri, _ in batch), pool.map(digests, (data for _, data in batch)), strict=True))
+    return pd.DataFrame([found[uri] for uri in uris], columns=["sha256", "image_hash"], index=uris.index)
 
 
-def read_layout(layout: str, root: Path, *, source: str, raw_root: Path, strict: bool = True) -> pd.DataFrame:
+def read_layout(
+    layout: str, root: Path, *, source: str, raw_root: Path, strict: bool = True,
+    known_hashes: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
     """Index rows (INDEX_COLUMNS) for the folder ``root`` of ``source``, uris relative to ``raw_root``.
 
     ``strict=False`` keeps the images a table and its archive agree on, warning about the rest, where the
-    default refuses a source whose tables and images disagree.
+    default refuses a source whose tables and images disagree. ``known_hashes`` (sha256 -> image_hash, from
+    the previous index) spares decoding images already hashed.
     """
     reader = LAYOUT_READERS.get(layout)
     if reader is None:
@@ -639,5 +663,5 @@ def read_layout(layout: str, root: Path, *, source: str, raw_root: Path, strict:
     if rows.empty:
         raise LayoutError(f"{root}: no images found for layout {layout!r}")
     rows = rows.assign(source=source, uri=[f"{prefix}/{uri}" if prefix != "." else uri for uri in rows["uri"]])
-    rows["sha256"] = _hashes(raw_root, rows["uri"])
+    rows[["sha256", "image_hash"]] = _hashes(raw_root, rows["uri"], known_hashes or {})
     return _conform(rows)

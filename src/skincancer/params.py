@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from skincancer.backbones import BACKBONES
+
+
+METADATA_FOLDER = "metadata"  # data/raw/metadata/: fetch.metadata tables
 
 
 class ParamsError(ValueError):
@@ -32,22 +36,24 @@ class SampleParams(_Section):
     seed: int = 0
 
 
+def _download_url(value: str) -> str:
+    if not value.startswith(("http://", "https://", "file://")):
+        raise ValueError(f"must start with http://, https:// or file://, got {value!r}")
+    return value
+
+
+DownloadUrl = Annotated[str, AfterValidator(_download_url)]
+
+
 class SourceParams(_Section):
     """A user source: an archive or folder at `url`, read by the layout reader `layout`."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="folder under data/raw")
-    url: str = Field(description="http(s):// or file:// to an archive, a folder, or (with `files`) a base")
+    url: DownloadUrl = Field(description="http(s):// or file:// to an archive, a folder, or (with `files`) a base")
     layout: str
     files: list[str] = Field(default_factory=list, description="file names under `url`, fetched one by one")
     sha256: str | dict[str, str] | None = Field(None, description="pin: one digest, or file name -> digest")
     auth_env: str | None = Field(None, description="environment variable holding a bearer token")
-
-    @field_validator("url")
-    @classmethod
-    def _supported_scheme(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://", "file://")):
-            raise ValueError(f"must start with http://, https:// or file://, got {value!r}")
-        return value
 
     @field_validator("layout")
     @classmethod
@@ -65,9 +71,31 @@ class SourceParams(_Section):
         return self
 
 
+class MetadataParams(_Section):
+    """A published metadata table (HAM10000_metadata.csv, an isic-cli metadata.csv, the ISIC 2020 ground
+    truth) joined to every source by image id, filling patient/lesion ids, sex, age and site they lack."""
+
+    url: DownloadUrl = Field(description="http(s):// or file:// to the CSV; it lands in data/raw/metadata/")
+    layout: str
+    sha256: str | None = Field(None, description="pin of the file's digest")
+    auth_env: str | None = Field(None, description="environment variable holding a bearer token")
+
+    @field_validator("layout")
+    @classmethod
+    def _known_layout(cls, value: str) -> str:
+        from skincancer.metadata import METADATA_LAYOUTS
+
+        return _registered("metadata layout", value, METADATA_LAYOUTS)
+
+    @property
+    def file_name(self) -> str:
+        return Path(urlsplit(self.url).path).name
+
+
 class FetchParams(_Section):
     datasets: list[str] = Field(default_factory=lambda: ["sample"])
     sources: list[SourceParams] = Field(default_factory=list)
+    metadata: list[MetadataParams] = Field(default_factory=list)
     sample: SampleParams = SampleParams()
     mirror: str | None = Field(None, description="base URL serving the catalog files under their original paths")
     strict: bool = Field(False, description="images missing from an archive or its table are an error")
@@ -91,6 +119,11 @@ class FetchParams(_Section):
             raise ValueError("nothing to fetch: list catalog `datasets` or user `sources`")
         if duplicated := sorted({name for name in names if names.count(name) > 1}):
             raise ValueError(f"names used twice across datasets and sources: {duplicated}")
+        if METADATA_FOLDER in names:
+            raise ValueError(f"{METADATA_FOLDER!r} is the folder of fetch.metadata tables: name the source otherwise")
+        tables = [table.file_name for table in self.metadata]
+        if twice := sorted({name for name in tables if tables.count(name) > 1}):
+            raise ValueError(f"fetch.metadata lists two tables named {twice}: each lands as data/raw/metadata/<name>")
         return self
 
 
@@ -101,11 +134,36 @@ class LabelParams(_Section):
     )
     unknown: Literal["error", "drop"] = "error"
 
+    @field_validator("malignant")
+    @classmethod
+    def _known_diagnoses(cls, value: list[str]) -> list[str]:
+        """A misspelt name would silently label that diagnosis benign."""
+        from skincancer.labels import closest_diagnosis, is_diagnosis
+
+        for name in value:
+            if not is_diagnosis(name):
+                raise ValueError(f"{name!r} is not a diagnosis of the vocabulary (skincancer.labels); {closest_diagnosis(name)}")
+        return value
+
+
+GroupKey = Literal["patient_id", "lesion_id"]
+
 
 class SplitParams(_Section):
     seed: int = 42
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    group_by: Literal["patient_id", "lesion_id", "none"] | None = "patient_id"
+    group_by: tuple[GroupKey, ...] = Field(
+        ("patient_id", "lesion_id"),
+        description="images sharing any of these ids (or duplicates of each other) are one group, kept in one split",
+    )
+
+    @field_validator("group_by", mode="before")
+    @classmethod
+    def _keys_as_list(cls, value: object) -> object:
+        """`none`/null: every image is its own group (duplicates still go together); one name is a list of one."""
+        if value is None or value == "none":
+            return ()
+        return (value,) if isinstance(value, str) else value
 
     @field_validator("fractions")
     @classmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 RAW = Path("data/raw")
 INDEX = RAW / "index.parquet"
 DUPLICATES = RAW / "duplicates.parquet"  # official duplicate pairs: image_id_1, image_id_2, source
+METADATA_CONFLICTS = RAW / "metadata_conflicts.csv"  # source values a fetch.metadata table disagrees with
 SPLIT = Path("data/split")
 SPLIT_MANIFEST = SPLIT / "manifest.parquet"
 SHARDS = Path("data/shards")
@@ -18,6 +19,7 @@ TENSORBOARD = Path("logs/train")  # train.tensorboard: true
 METRICS = Path("metrics.json")
 REPORTS = Path("reports")
 SPLIT_SUMMARY = REPORTS / "split.json"
+PREDICTIONS = REPORTS / "predictions.csv"  # DVC-cached: read at another revision through dvc.api
 SPLITS = ("train", "val", "test")
 
 

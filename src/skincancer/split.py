@@ -13,9 +13,12 @@ import pandas as pd
 
 from skincancer.archives import read_uris, sha256_hex
 from skincancer.atomic import atomic_dir
+from skincancer.image_ids import canonical_image_ids
 from skincancer.labels import CLASS_NAMES, is_labellable, label_of
 from skincancer.params import LabelParams, SplitParams
+from skincancer.near_duplicates import near_duplicate_pairs
 from skincancer.paths import SPLITS
+from skincancer.union_find import DisjointSet, equal_value_pairs
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +27,7 @@ class SplitError(ValueError):
     """The index cannot be split as asked (too few images of a class, unknown labels)."""
 
 
-REMOVED_COLUMNS = ("image_id", "source", "diagnosis", "reason", "kept_image_id")
+REMOVED_COLUMNS = ("image_id", "source", "diagnosis", "reason", "kept_image_id", "linked_by")
 
 
 @dataclass(frozen=True)
@@ -35,13 +38,16 @@ class SplitPlan:
     removed: pd.DataFrame
 
 
-def _removed(rows: pd.DataFrame, reason: str, kept: pd.Series | None = None) -> pd.DataFrame:
+def _removed(
+    rows: pd.DataFrame, reason: str, kept: pd.Series | None = None, linked_by: pd.Series | None = None
+) -> pd.DataFrame:
     return pd.DataFrame({
         "image_id": rows["image_id"].to_numpy(),
         "source": rows["source"].to_numpy(),
         "diagnosis": rows["diagnosis"].to_numpy(),
         "reason": reason,
         "kept_image_id": None if kept is None else kept.to_numpy(),
+        "linked_by": None if linked_by is None else linked_by.to_numpy(),
     })
 
 
@@ -65,72 +71,138 @@ def assign_labels(index: pd.DataFrame, labels: LabelParams) -> tuple[pd.DataFram
     return kept.assign(label=np.asarray(label, dtype="int64")), _removed(unlabelled, "unlabelled")
 
 
-def duplicate_components(frame: pd.DataFrame, pairs: Iterable[tuple[str, str]] = ()) -> np.ndarray:
-    """Component id per row: rows are linked by equal bytes, equal image id, or an official duplicate pair."""
-    parent = np.arange(len(frame))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def link(a: int, b: int) -> None:
-        parent[root(a)] = root(b)
-
-    for column in ("sha256", "image_id"):
-        for members in frame.groupby(column, sort=False).indices.values():
-            for other in members[1:]:
-                link(members[0], other)
-    first_row_of = {image_id: rows[0] for image_id, rows in frame.groupby("image_id", sort=False).indices.items()}
-    for a, b in pairs:
-        if a in first_row_of and b in first_row_of:
-            link(first_row_of[a], first_row_of[b])
-    return np.array([root(i) for i in range(len(frame))])
+# The rules that make two index rows one image; removed.csv names the ones that linked each duplicate.
+DUPLICATE_RULES = ("same_bytes", "same_id", "official_pair", "near_duplicate")
 
 
-def drop_duplicates(frame: pd.DataFrame, pairs: Iterable[tuple[str, str]] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Keep one image per duplicate group (first by source, id); groups whose labels disagree go entirely."""
-    ordered = frame.sort_values(["source", "image_id"], kind="stable").reset_index(drop=True)
-    component = pd.Series(duplicate_components(ordered, pairs), index=ordered.index)
+def _official_pairs(frame: pd.DataFrame, pairs: Iterable[tuple[str, str]]) -> np.ndarray:
+    """Published pairs of image ids as row positions (every row of either id)."""
+    rows_of = frame.groupby("image_id", sort=False).indices
+    linked = [(rows_of[a][0], rows_of[b][0]) for a, b in pairs if a in rows_of and b in rows_of]
+    return np.asarray(linked, dtype=np.int64).reshape(-1, 2)
+
+
+def _near_duplicate_pairs(frame: pd.DataFrame) -> np.ndarray:
+    if "image_hash" not in frame:  # an index written before fetch hashed images
+        return np.empty((0, 2), dtype=np.int64)
+    return near_duplicate_pairs(frame["image_hash"])
+
+
+def duplicate_links(frame: pd.DataFrame, pairs: Iterable[tuple[str, str]] = ()) -> dict[str, np.ndarray]:
+    """Row-position pairs showing one image twice, per rule: equal bytes, equal id once copy suffixes are
+    stripped (`_downsampled`), an official duplicate pair, or a near-identical perceptual hash."""
+    return {
+        "same_bytes": equal_value_pairs(frame["sha256"]),
+        "same_id": equal_value_pairs(canonical_image_ids(frame["image_id"])),
+        "official_pair": _official_pairs(frame, pairs),
+        "near_duplicate": _near_duplicate_pairs(frame),
+    }
+
+
+def _rules_by_component(component: np.ndarray, links: dict[str, np.ndarray]) -> pd.Series:
+    """'+'-joined names of the rules whose links fall in each row's component ('' when alone)."""
+    found: dict[int, list[str]] = {}
+    for rule in DUPLICATE_RULES:
+        for root in np.unique(component[links[rule][:, 0]]).tolist():
+            found.setdefault(root, []).append(rule)
+    return pd.Series(["+".join(found.get(root, [])) for root in component.tolist()])
+
+
+def drop_duplicates(ordered: pd.DataFrame, links: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep one image per duplicate component (the first row: by source, id); a component whose labels
+    disagree goes entirely, never kept with one label at random."""
+    duplicates = DisjointSet(len(ordered))
+    for pairs in links.values():
+        duplicates.link_pairs(pairs)
+    component = pd.Series(duplicates.components(), index=ordered.index)
     conflict = ordered.groupby(component)["label"].transform("nunique") > 1
     first_id = ordered.groupby(component)["image_id"].transform("first")
     repeat = component.duplicated() & ~conflict
+    linked_by = _rules_by_component(component.to_numpy(), links)
     removed = pd.concat(
-        [_removed(ordered[repeat], "duplicate", first_id[repeat]), _removed(ordered[conflict], "label_conflict")],
+        [
+            _removed(ordered[repeat], "duplicate", first_id[repeat], linked_by[repeat]),
+            _removed(ordered[conflict], "label_conflict", None, linked_by[conflict]),
+        ],
         ignore_index=True,
     )
     if repeat.any() or conflict.any():
-        log.info("removed %d duplicate image(s); %d image(s) excluded for conflicting labels", repeat.sum(), conflict.sum())
+        by_rule = removed["linked_by"].str.split("+").explode().value_counts().sort_index()
+        log.info(
+            "removed %d duplicate image(s); %d image(s) excluded for conflicting labels; linked by %s",
+            repeat.sum(), conflict.sum(), ", ".join(f"{rule} ({n})" for rule, n in by_rule.items()),
+        )
     return ordered[~repeat & ~conflict], removed
 
 
-def _group_keys(index: pd.DataFrame, group_by: str | None) -> pd.Series:
-    """One key per image group; images with no group value stand alone."""
-    if group_by in (None, "none"):
-        return index["image_id"]
-    return index[group_by].astype("string").fillna("image:" + index["image_id"].astype("string"))
+def group_names(ordered: pd.DataFrame, group_by: Iterable[str], links: dict[str, np.ndarray]) -> pd.Series:
+    """Connected components of images sharing any `group_by` id or a duplicate link, each named by its first
+    image id (rows ordered by source, id). Built before duplicates go, so a removed copy still joins the
+    kept one's group to the groups of its own ids (an ISIC 2019 lesion id reaching an ISIC 2020 patient)."""
+    groups = DisjointSet(len(ordered))
+    for pairs in links.values():
+        groups.link_pairs(pairs)
+    for column in group_by:
+        groups.link_pairs(equal_value_pairs(ordered[column]))
+    names = ordered["image_id"].to_numpy()[groups.components()]
+    return pd.Series(names, index=ordered.index, name="group", dtype="string")
 
 
-def assign_splits(index: pd.DataFrame, params: SplitParams) -> pd.Series:
-    """Place whole groups, stratified by the group's label, at seeded random positions.
+def _placement_order(sizes: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Groups with the most malignant images first (the scarce class is placed while every split can take
+    it); otherwise in seeded random order, so each seed draws another split."""
+    shuffled = sizes.iloc[np.random.default_rng(seed).permutation(len(sizes))]
+    return shuffled.sort_values("malignant", ascending=False, kind="stable")
 
-    Within each stratum the groups are shuffled and laid end to end; a group goes to the split
-    whose fraction interval holds its midpoint. Same inputs and seed => same assignment.
+
+def _check_group_sizes(sizes: pd.DataFrame, targets: np.ndarray) -> None:
+    """A group larger than a split's share can only go elsewhere; larger than every share, nowhere."""
+    largest = sizes["images"].idxmax()
+    size = int(sizes.loc[largest, "images"])
+    if size > targets.max():
+        raise SplitError(
+            f"group {largest!r} holds {size} of {int(sizes['images'].sum())} images, more than any split's share "
+            f"(largest {targets.max():.0f}): list fewer keys in split.group_by, or check the ids that join it"
+        )
+    if size > targets.min():
+        log.warning(
+            "group %r holds %d images, more than the smallest split's share (%.0f): it goes to a larger split",
+            largest, size, targets.min(),
+        )
+
+
+def _squared_misses(counts: np.ndarray, targets: np.ndarray, shortfall_counts: np.ndarray) -> np.ndarray:
+    """Per split, squared relative misses of its class targets; a class whose shortfall later groups will
+    still fill (benign, while groups holding malignant images are placed) counts only its excess."""
+    miss = (counts - targets) / targets
+    return (np.where(shortfall_counts, miss, np.maximum(miss, 0.0)) ** 2).sum(axis=-1)
+
+
+def assign_splits(groups: pd.Series, labels: pd.Series, params: SplitParams) -> pd.Series:
+    """Place whole groups so each split holds its fraction of the benign and of the malignant images.
+
+    Groups are placed one by one, those holding malignant images first (most first; ties in seeded
+    order), each into the split where it most lowers the squared misses of every split's class
+    counts relative to that split's own targets, so small splits' shares hold as tightly as large ones'
+    (ISIC 2020 is 1.8% malignant: a one-point tolerance would mean nothing). Same groups, labels and seed
+    => same assignment, whatever the row order.
     """
-    groups = _group_keys(index, params.group_by)
-    group_frame = pd.DataFrame({"group": groups.to_numpy(), "label": index["label"].to_numpy()})
-    per_group = group_frame.groupby("group", sort=True)["label"].agg(["max", "size"])
-    edges = np.cumsum(params.fractions)[:-1]
+    frame = pd.DataFrame({"group": groups.to_numpy(), "malignant": labels.to_numpy()})
+    sizes = frame.groupby("group", sort=True)["malignant"].agg(images="size", malignant="sum")
+    fractions = np.asarray(params.fractions)
+    _check_group_sizes(sizes, fractions * len(frame))
+    class_totals = np.array([len(frame) - sizes["malignant"].sum(), sizes["malignant"].sum()], dtype=np.float64)
+    targets = np.maximum(fractions[:, None] * class_totals, 1e-9)  # (split, [benign, malignant]); none of a class: 0
+    placed = np.zeros_like(targets)
     split_of_group: dict[str, str] = {}
-    for stratum, members in per_group.groupby("max", sort=True):
-        rng = np.random.default_rng([params.seed, int(stratum)])
-        order = members.iloc[rng.permutation(len(members))]
-        sizes = order["size"].to_numpy()
-        midpoints = (np.cumsum(sizes) - sizes / 2) / sizes.sum()
-        for key, position in zip(order.index, np.searchsorted(edges, midpoints, side="right"), strict=True):
-            split_of_group[key] = SPLITS[position]
-    return pd.Series([split_of_group[key] for key in groups], index=index.index, name="split")
+    for name, images, malignant in _placement_order(sizes, params.seed).itertuples(name=None):
+        group = np.array([images - malignant, malignant], dtype=np.float64)
+        shortfall_counts = np.array([malignant == 0, True])
+        candidates = placed[None, :, :] + np.eye(len(SPLITS))[:, :, None] * group  # one row per choice
+        best = int(np.argmin(_squared_misses(candidates, targets, shortfall_counts).sum(axis=1)))
+        placed[best] += group
+        split_of_group[name] = SPLITS[best]
+    return pd.Series([split_of_group[name] for name in groups], index=groups.index, name="split")
 
 
 def check_every_split_has_both_classes(manifest: pd.DataFrame) -> None:
@@ -148,10 +220,13 @@ def check_every_split_has_both_classes(manifest: pd.DataFrame) -> None:
 def plan_split(
     index: pd.DataFrame, split: SplitParams, labels: LabelParams, duplicate_pairs: Iterable[tuple[str, str]] = ()
 ) -> SplitPlan:
-    """index.parquet rows -> manifest rows (split, label, path under data/split) and the removed rows."""
+    """index.parquet rows -> manifest rows (split, label, group, path under data/split) and the removed rows."""
     labelled, unlabelled = assign_labels(index, labels)
-    unique, duplicates = drop_duplicates(labelled, duplicate_pairs)
-    manifest = unique.assign(split=assign_splits(unique, split))
+    ordered = labelled.sort_values(["source", "image_id"], kind="stable").reset_index(drop=True)
+    links = duplicate_links(ordered, duplicate_pairs)
+    ordered = ordered.assign(group=group_names(ordered, split.group_by, links))
+    unique, duplicates = drop_duplicates(ordered, links)
+    manifest = unique.assign(split=assign_splits(unique["group"], unique["label"], split))
     check_every_split_has_both_classes(manifest)
     class_name = np.asarray(CLASS_NAMES)[manifest["label"].to_numpy()]
     manifest = manifest.assign(path=manifest["split"] + "/" + class_name + "/" + manifest["image_id"] + ".jpg")
@@ -195,15 +270,22 @@ def materialise(manifest: pd.DataFrame, raw_root: Path, split_root: Path, remove
         removed.to_csv(staging / "removed.csv", index=False)
 
 
-def summary(plan: SplitPlan, group_by: str | None) -> dict:
+def ids_spanning_splits(manifest: pd.DataFrame, column: str) -> int:
+    """How many patients (or lesions) have images in more than one split: 0 unless grouping was off."""
+    known = manifest[[column, "split"]].dropna()
+    return int((known.groupby(column)["split"].nunique() > 1).sum())
+
+
+def summary(plan: SplitPlan) -> dict:
     """Numbers only, so `dvc metrics show` can display and diff them: per split x class x diagnosis."""
     manifest = plan.manifest
-    groups = _group_keys(manifest, group_by)
+    groups = manifest["group"]
     removed = plan.removed["reason"].value_counts()
     result: dict = {
         "images": len(manifest),
         "groups": int(groups.nunique()),
         "removed": {reason: int(removed.get(reason, 0)) for reason in ("duplicate", "label_conflict", "unlabelled")},
+        "spanning_splits": {column: ids_spanning_splits(manifest, column) for column in ("patient_id", "lesion_id")},
     }
     for split in SPLITS:
         part = manifest["split"] == split

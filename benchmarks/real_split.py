@@ -1,0 +1,84 @@
+"""Lesion leakage of the split on real ISIC images (opt-in: needs the real-data folder, default ../shared/real).
+
+    .venv/bin/python benchmarks/real_split.py [--real ../shared/real] [--keep]
+
+Fetches the Kaggle 9-class zip (class folders, no patient or lesion ids) and the `isic image download`
+zip (UDA-1) as `file://` sources, then splits the index twice on the same images:
+
+real_test_images_sharing_a_lesion
+    ours: the default split (group_by [patient_id, lesion_id]) of the index completed by the HAM10000
+    metadata table (`fetch.metadata`), near-duplicate links included. baseline: the split as it was
+    before lesion-safe groups: grouping by patient_id, no lesion ids (no metadata join), no near-duplicate
+    links. Both are scored against the true lesions (HAM10000's lesion_id): the share of test images whose
+    lesion also has an image in train or val. No ratio: ours is 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from common import ROOT, bench_tmp, figure, print_figures, say, say_machine
+
+HAM = "HAM10000_metadata.csv"
+SOURCES = (("isic-9class", "skin-cancer-9-classes.zip", "class-folders"), ("isic-uda1", "isic-archive-uda1.zip", "isic-cli"))
+
+
+def fetch_real(real: Path, raw: Path) -> pd.DataFrame:
+    from skincancer.fetch import fetch
+    from skincancer.params import FetchParams
+
+    params = FetchParams.model_validate({
+        "datasets": [],
+        "sources": [{"name": name, "url": (real / file).as_uri(), "layout": layout} for name, file, layout in SOURCES],
+        "metadata": [{"url": (real / HAM).as_uri(), "layout": "ham10000"}],
+    })
+    return fetch(params, raw)
+
+
+def share_sharing_a_lesion(manifest: pd.DataFrame, lesion_of: pd.Series) -> tuple[int, int]:
+    """Test images whose true lesion has an image in train or val, and the test images."""
+    lesion = manifest["image_id"].map(lesion_of)
+    test = manifest["split"] == "test"
+    return int(lesion[test].isin(set(lesion[~test].dropna())).sum()), int(test.sum())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "real")
+    parser.add_argument("--quick", action="store_true", help="no effect: the real data has one size")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    if not all((args.real / name).is_file() for name in (HAM, *(file for _, file, _ in SOURCES))):
+        say(f"{args.real}: no real data here; nothing measured")
+        return 0
+    from skincancer.metadata import read_metadata_table
+    from skincancer.params import LabelParams, SplitParams
+    from skincancer.split import plan_split
+
+    say_machine()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    lesion_of = read_metadata_table(args.real / HAM, "ham10000").rows["lesion_id"]
+    with bench_tmp("real-split", args.keep) as tmp:
+        index = fetch_real(args.real, tmp / "raw")
+    labels = LabelParams(unknown="drop")
+    results = {}
+    for side, frame, params in (
+        ("baseline", index.assign(lesion_id=pd.NA).drop(columns="image_hash"), SplitParams(group_by="patient_id")),
+        ("ours", index, SplitParams()),
+    ):
+        plan = plan_split(frame, params, labels)
+        shared, test = share_sharing_a_lesion(plan.manifest, lesion_of)
+        results[side] = shared / test
+        removed = plan.removed["reason"].value_counts().to_dict()
+        say(f"{side}: {shared} of {test} test images share a lesion with train/val ({shared / test:.1%}); "
+            f"{len(plan.manifest)} images split, removed {removed}")
+    print_figures([figure("real_test_images_sharing_a_lesion", results["ours"], results["baseline"], "share")])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
