@@ -175,8 +175,8 @@ def naive(manifest, corpus: Path, out: Path) -> int:
             img.save(buffer, "JPEG", quality=92, subsampling="4:4:4")
             writer.write(tfrecords.serialize_example(
                 encoded=buffer.getvalue(), height=IMAGE_SIZE, width=IMAGE_SIZE, image_id=row.image_id,
-                label=int(row.label), diagnosis=row.diagnosis, source=row.source, patient_id=row.patient_id,
-                sex=row.sex, age_approx=row.age_approx, anatom_site=row.anatom_site,
+                label=int(row.label), diagnosis=row.diagnosis, source=row.source, group=row.image_id,
+                patient_id=row.patient_id, sex=row.sex, age_approx=row.age_approx, anatom_site=row.anatom_site,
             ))
             written += 1
     return written

@@ -75,6 +75,18 @@ def test_predictions_csv_rows_and_columns(evaluated, tiny_shards):
     assert ((predictions["probability"] >= metrics["threshold"]).astype(int) == predictions["prediction"]).all()
 
 
+def test_predictions_carry_the_split_group_from_the_shards(evaluated, tiny_shards):
+    """The group travels split manifest -> shard record -> predictions.csv, where the bootstrap reads it."""
+    from skincancer.tfrecords import read_examples
+
+    out, _ = evaluated
+    predictions = pd.read_csv(out / "reports/predictions.csv", dtype=str).set_index("image_id")
+    records = read_examples(sorted(tiny_shards.glob("*.tfrecord")))
+    shard_groups = {record["image/id"]: record["image/group"] for record in records}
+    assert predictions["group"].notna().all()
+    assert predictions["group"].to_dict() == {image_id: shard_groups[image_id] for image_id in predictions.index}
+
+
 def test_report_html_is_self_contained_and_carries_the_report(evaluated):
     out, _ = evaluated
     html = (out / "reports/report.html").read_text()

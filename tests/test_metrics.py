@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 from sklearn import metrics as skm
 
 from skincancer import metrics
@@ -51,12 +52,15 @@ def test_known_small_case():
     assert values["specificity_at_95_sensitivity"] == 0.75
 
 
-def test_rank_auc_equals_sklearn_with_ties():
+def test_weighted_auc_equals_sklearn_with_sample_weights_and_ties():
     rng = np.random.default_rng(3)
-    y = rng.integers(0, 2, size=(5, 50))
-    p = rng.integers(0, 5, size=(5, 50)) / 4  # many ties
-    expected = [skm.roc_auc_score(row_y, row_p) for row_y, row_p in zip(y, p)]
-    assert metrics._auc_from_ranks(y, p) == pytest.approx(expected)
+    y = rng.integers(0, 2, 50)
+    p = rng.integers(0, 5, 50) / 4  # many ties
+    weights = rng.integers(0, 4, size=(5, 50))  # times each image is drawn, 0 included
+    expected = [skm.roc_auc_score(y, p, sample_weight=row) for row in weights]
+    assert metrics.weighted_auc(y, p, weights) == pytest.approx(expected)
+    assert metrics.weighted_auc(y, p, np.ones(50)) == pytest.approx([skm.roc_auc_score(y, p)])
+    assert np.isnan(metrics.weighted_auc(y, p, (y == 1)[None])).all()  # a resample of one class: no AUC
 
 
 def test_bootstrap_ci_is_seeded():
@@ -65,6 +69,97 @@ def test_bootstrap_ci_is_seeded():
     p = rng.random(100)
     assert metrics.bootstrap_auc_ci(y, p, 300, seed=2) == metrics.bootstrap_auc_ci(y, p, 300, seed=2)
     assert metrics.bootstrap_auc_ci(y, p, 300, seed=2) != metrics.bootstrap_auc_ci(y, p, 300, seed=3)
+
+
+def test_group_bootstrap_draws_whole_groups():
+    groups = np.array(["c", "a", "b", "a", "c", "c", "d"])  # sizes a 2, b 1, c 3, d 1
+    weights = metrics.group_bootstrap_weights(groups, 200, seed=4)
+    assert weights.shape == (200, 7)
+    for name in np.unique(groups):  # every image of a group is drawn as often as its group
+        members = weights[:, groups == name]
+        assert (members == members[:, :1]).all(), name
+    first_of_each = [list(groups).index(name) for name in "abcd"]
+    assert (weights[:, first_of_each].sum(axis=1) == 4).all()  # 4 groups drawn per resample
+    assert len({row.tobytes() for row in weights}) > 20  # and they vary (35 ways to draw 4 of 4 groups)
+
+
+def test_one_image_per_group_is_the_image_bootstrap():
+    """Groups of one draw exactly what drawing images does: the same rows, so the same interval."""
+    rng = np.random.default_rng(6)
+    y, p = rng.integers(0, 2, 80), rng.random(80)
+    rows = np.random.default_rng(1).integers(0, 80, size=(500, 80))
+    image_aucs = np.array([skm.roc_auc_score(y[r], p[r]) if 0 < y[r].sum() < 80 else np.nan for r in rows])
+    expected = np.quantile(image_aucs[np.isfinite(image_aucs)], [0.025, 0.975])
+    assert metrics.bootstrap_auc_ci(y, p, 500, seed=1) == pytest.approx(tuple(expected))
+    image_ids = np.array([f"ISIC_{i:07d}" for i in rng.permutation(80)])  # any names, in any order
+    assert metrics.bootstrap_auc_ci(y, p, 500, seed=1, groups=image_ids) == metrics.bootstrap_auc_ci(y, p, 500, seed=1)
+
+
+def test_copies_of_an_image_in_its_group_add_no_evidence():
+    """Five copies of each image, grouped: the group interval is the one of the originals, the image
+    interval pretends five times the evidence and comes out narrower."""
+    rng = np.random.default_rng(7)
+    y, p = rng.integers(0, 2, 60), rng.random(60) * 0.6 + rng.integers(0, 2, 60) * 0.2
+    groups = np.array([f"patient{i}" for i in range(60)])
+    copies = (np.repeat(y, 5), np.repeat(p, 5))
+    original = metrics.bootstrap_auc_ci(y, p, 400, seed=3, groups=groups)
+    assert metrics.bootstrap_auc_ci(*copies, 400, seed=3, groups=np.repeat(groups, 5)) == pytest.approx(original, abs=1e-12)
+    image_low, image_high = metrics.bootstrap_auc_ci(*copies, 400, seed=3)
+    assert image_high - image_low < 0.6 * (original[1] - original[0])
+
+
+def test_group_interval_is_wider_where_groups_hold_correlated_images():
+    """Patients with many images that share a patient-level score shift: resampling images ignores that
+    the images of one patient move together."""
+    rng = np.random.default_rng(8)
+    patients, per_patient = 40, 12
+    patient_label = rng.integers(0, 2, patients)
+    patient_shift = rng.normal(0, 0.25, patients)
+    y = np.repeat(patient_label, per_patient)
+    p = 0.3 * y + np.repeat(patient_shift, per_patient) + rng.normal(0, 0.05, patients * per_patient)
+    groups = np.repeat(np.arange(patients), per_patient)
+    group_low, group_high = metrics.bootstrap_auc_ci(y, p, 1000, seed=0, groups=groups)
+    image_low, image_high = metrics.bootstrap_auc_ci(y, p, 1000, seed=0)
+    assert group_high - group_low > 2 * (image_high - image_low)
+    assert group_low < skm.roc_auc_score(y, p) < group_high
+
+
+@pytest.mark.parametrize(("successes", "trials"), [(21, 24), (0, 10), (10, 10), (1, 3), (57, 400), (1, 1)])
+def test_wilson_interval_matches_scipy(successes, trials):
+    expected = binomtest(successes, trials).proportion_ci(confidence_level=0.95, method="wilson")
+    assert metrics.wilson_interval(successes, trials) == pytest.approx((expected.low, expected.high), abs=1e-12)
+
+
+def test_wilson_interval_known_case_and_empty():
+    low, high = metrics.wilson_interval(21, 24)  # 87.5%: the textbook 69.0%-95.7%
+    assert (round(low, 3), round(high, 3)) == (0.690, 0.957)
+    assert metrics.wilson_interval(0, 0) == (None, None)
+
+
+def test_proportions_carry_wilson_intervals_over_image_counts():
+    y = np.array([1] * 24 + [0] * 76)
+    p = np.array([0.9] * 21 + [0.1] * 3 + [0.8] * 6 + [0.2] * 70)  # 21 of 24 caught, 70 of 76 cleared
+    values = binary_metrics(y, p, 0.5, resamples=0)
+    for key, (successes, trials) in {"sensitivity": (21, 24), "specificity": (70, 76), "precision": (21, 27)}.items():
+        expected = binomtest(successes, trials).proportion_ci(method="wilson")
+        assert values[key] == pytest.approx(successes / trials, abs=1e-6)
+        assert (values[f"{key}_ci_low"], values[f"{key}_ci_high"]) == pytest.approx((expected.low, expected.high), abs=1e-6)
+
+
+def test_paired_difference_tells_a_real_gain_from_noise():
+    rng = np.random.default_rng(11)
+    patients, per_patient = 150, 3
+    y = np.repeat(rng.integers(0, 2, patients), per_patient)
+    groups = np.repeat(np.arange(patients), per_patient)
+    base = 0.15 * y + rng.normal(0.4, 0.2, len(y))
+    better = 0.45 * y + rng.normal(0.4, 0.2, len(y))  # clearly separates the classes better
+    jittered = base + rng.normal(0, 0.01, len(y))  # the base model, slightly perturbed
+    gain = metrics.paired_auc_difference(y, base, better, groups, 1000, seed=0)
+    assert gain.difference == pytest.approx(skm.roc_auc_score(y, better) - skm.roc_auc_score(y, base))
+    assert 0 < gain.low < gain.difference < gain.high
+    noise = metrics.paired_auc_difference(y, base, jittered, groups, 1000, seed=0)
+    assert noise.low < 0 < noise.high
+    assert metrics.paired_auc_difference(y, base, better, groups, 1000, seed=0) == gain  # seeded
 
 
 def test_partial_auc_bounds_and_reference():
@@ -112,9 +207,10 @@ def test_threshold_never_depends_on_test_data(scored):
 def test_undefined_metrics_are_null_with_a_warning_never_a_made_up_number(caplog):
     y, p = np.zeros(6, dtype=int), np.array([0.1, 0.2, 0.3, 0.4, 0.7, 0.9])
     values = binary_metrics(y, p, 0.5, resamples=20, split="test")
-    for key in ("roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "pr_auc", "sensitivity", "balanced_accuracy",
-                "specificity_at_95_sensitivity", "pauc_above_80_tpr"):
+    for key in ("roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "pr_auc", "sensitivity", "sensitivity_ci_low",
+                "sensitivity_ci_high", "balanced_accuracy", "specificity_at_95_sensitivity", "pauc_above_80_tpr"):
         assert values[key] is None, key
+    assert values["specificity_ci_low"] < values["specificity"] < values["specificity_ci_high"]
     assert values["specificity"] == pytest.approx(4 / 6, abs=1e-6) and values["precision"] == 0.0
     assert values["brier"] == pytest.approx(skm.brier_score_loss(y, p, labels=[0, 1]), abs=1e-6)
     assert "test split (6 benign, 0 malignant, 2 called malignant): roc_auc" in caplog.text
@@ -126,6 +222,8 @@ def test_undefined_metrics_are_null_with_a_warning_never_a_made_up_number(caplog
 def test_no_malignant_calls_leaves_precision_undefined():
     values = binary_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4]), 0.9, resamples=0)
     assert values["precision"] is None and values["sensitivity"] == 0.0 and values["roc_auc"] == 1.0
+    assert values["precision_ci_low"] is None and values["precision_ci_high"] is None
+    assert values["sensitivity_ci_low"] == 0.0 and 0 < values["sensitivity_ci_high"] < 1  # 0 of 2: still an interval
     assert values["roc_auc_ci_low"] is None  # bootstrap: 0 resamples asked
 
 

@@ -6,6 +6,7 @@ import json
 import re
 
 import httpx
+import pandas as pd
 import pytest
 
 from project_copy import BIN, TINY_PARAMS, committed_project, project_env, run, set_params, stages_run
@@ -118,6 +119,20 @@ def test_diff_report_shows_the_changed_param_and_every_metric_against_the_base(r
         if isinstance(new[name], float) and old[name] is not None:
             assert row == f"| {name} | {old[name]:.4f} | {new[name]:.4f} | {new[name] - old[name]:+.4f} |"
     assert (root / "diff-report/roc.png").read_bytes().startswith(b"\x89PNG") and (root / "diff-report/pr.png").is_file()
+    # the paired comparison: the same split on both sides, so every test image is paired, base read from the DVC cache
+    test = pd.read_csv(root / "reports/predictions.csv", dtype=str).query("split == 'test'")
+    paired = report.split("### Paired comparison (test)\n")[1]
+    assert f"ROC AUC difference (this change - `HEAD`) on the {len(test)} test images both scored" in paired
+    assert f"resampling {test['group'].nunique()} groups" in paired
+    noise = f"includes 0: not distinguishable from noise on {len(test)} test images"
+    assert ("The interval excludes 0" in paired) != (noise in paired)
+
+
+def test_diff_report_against_a_base_without_predictions_says_why_there_is_no_paired_comparison(repo):
+    root, env = repo
+    run([str(BIN / "skincancer"), "diff-report", "--base", "HEAD~1", "--out", "diff-report-first"], root, env)
+    paired = (root / "diff-report-first/report.md").read_text().split("### Paired comparison (test)\n")[1]
+    assert "No paired comparison: `HEAD~1` has no reports/predictions.csv in git or in the DVC cache" in paired
 
 
 def test_a_failing_stage_fails_the_flow_naming_it_and_records_nothing(repo, prefect_api):

@@ -10,7 +10,15 @@ from sklearn import metrics as skm
 
 from skincancer.metrics import evaluation_metrics
 from skincancer.params import EvaluateParams, ThresholdParams
-from skincancer.report import confident_mistakes, operating_point, per_source, render_markdown, write_report
+from skincancer.report import (
+    confident_mistakes,
+    intervals_note,
+    operating_point,
+    per_source,
+    render_markdown,
+    split_scores,
+    write_report,
+)
 
 
 def predictions_frame(sources=("isic2020",), seed=0, n=200) -> pd.DataFrame:
@@ -24,14 +32,13 @@ def predictions_frame(sources=("isic2020",), seed=0, n=200) -> pd.DataFrame:
         "diagnosis": np.where(label == 1, "melanoma", rng.choice(["nevus", "seborrheic_keratosis"], n)),
         "probability": probability,
         "source": rng.choice(list(sources), n),
+        "group": [f"patient{i // 4}" for i in range(n)],  # four images per patient, never across splits
     })
     return frame
 
 
 def scored(frame: pd.DataFrame, params: EvaluateParams = EvaluateParams(bootstrap=20)) -> tuple[dict, pd.DataFrame]:
-    val, test = frame[frame["split"] == "val"], frame[frame["split"] == "test"]
-    metrics = evaluation_metrics((val["label"].to_numpy(), val["probability"].to_numpy()),
-                                 (test["label"].to_numpy(), test["probability"].to_numpy()), params)
+    metrics = evaluation_metrics(split_scores(frame, "val"), split_scores(frame, "test"), params)
     return metrics, frame.assign(prediction=(frame["probability"] >= metrics["threshold"]).astype(int))
 
 
@@ -42,10 +49,44 @@ def test_operating_point_in_words_gives_the_counts_behind_each_share():
     cleared = int((test.loc[test["label"] == 0, "prediction"] == 0).sum())
     malignant, benign = int(test["label"].sum()), int((test["label"] == 0).sum())
     text = operating_point(metrics, frame, ThresholdParams(target=0.9))
-    assert f"At threshold **{metrics['threshold']:.4f}** (chosen on the validation split to catch 90% of malignant lesions)" in text
-    assert f"**{caught / malignant:.0%}** of malignant lesions in the test split are caught ({caught} of {malignant})" in text
-    assert f"**{cleared / benign:.0%}** of benign lesions are correctly cleared ({cleared} of {benign})" in text
-    assert f"{caught / malignant:.0%}" == f"{metrics['test']['sensitivity']:.0%}"
+    test_metrics = metrics["test"]
+    sensitivity = f"{test_metrics['sensitivity_ci_low']:.0%}-{test_metrics['sensitivity_ci_high']:.0%}"
+    specificity = f"{test_metrics['specificity_ci_low']:.0%}-{test_metrics['specificity_ci_high']:.0%}"
+    chosen = "chosen on the validation split to catch 90% of its malignant images"
+    assert f"At threshold **{metrics['threshold']:.4f}** ({chosen})" in text
+    assert (f"the model catches **{caught / malignant:.0%}** (95% CI {sensitivity}) of the malignant test images "
+            f"({caught} of {malignant})") in text
+    assert (f"clears **{cleared / benign:.0%}** (95% CI {specificity}) of the benign test images "
+            f"({cleared} of {benign})") in text
+    assert f"{caught / malignant:.0%}" == f"{test_metrics['sensitivity']:.0%}"
+    assert "lesion" not in text  # it counts images, and says so
+
+
+def test_headline_shows_intervals_and_says_what_they_resample():
+    metrics, frame = scored(predictions_frame())
+    report = render_markdown(metrics, frame, ThresholdParams(), {}, 4, with_history=False)
+    test = metrics["test"]
+    for key, label in (("roc_auc", "ROC AUC (95% CI, groups resampled)"), ("sensitivity", "sensitivity (95% CI, images)"),
+                       ("specificity", "specificity (95% CI, images)")):
+        assert f"| {test[key]:.3f} ({test[key + '_ci_low']:.3f}-{test[key + '_ci_high']:.3f}) |" in report, key
+        assert f"| {label} |" in report
+    assert "| groups (patients, lesions, duplicates) | 25 | 25 |" in report  # 100 images per split, 4 per patient
+    note = intervals_note(metrics, frame)
+    assert "resample the split's groups" in note and "the test split holds 100 images in 25 groups" in note
+    assert "Wilson score intervals that count images as independent" in note and note in report
+
+
+def test_auc_interval_resamples_the_patients_of_the_predictions():
+    """Four images per patient sharing the patient's score: the report's interval is the group one."""
+    frame = predictions_frame()
+    frame["probability"] = frame.groupby("group")["probability"].transform("first")
+    frame["label"] = frame.groupby("group")["label"].transform("first")
+    grouped, _ = scored(frame, EvaluateParams(bootstrap=500))
+    by_image, _ = scored(frame.assign(group=frame["image_id"]), EvaluateParams(bootstrap=500))
+    def width(metrics: dict) -> float:
+        return metrics["test"]["roc_auc_ci_high"] - metrics["test"]["roc_auc_ci_low"]
+
+    assert width(grouped) > 1.5 * width(by_image)
 
 
 def test_per_source_metrics_match_sklearn_and_appear_only_for_several_sources():
@@ -81,6 +122,17 @@ def test_a_single_class_test_split_reports_nulls_and_still_writes_the_report(tmp
     images = dict.fromkeys(frame["image_id"], pixel.getvalue())
     write_report(tmp_path, metrics, frame, policy=ThresholdParams(), params={}, history=None, images=images, mistakes=4)
     report = (tmp_path / "report.md").read_text()
-    assert "ROC AUC (95% CI) |" in report and "n/a" in report
+    assert "| ROC AUC (95% CI, groups resampled) | " in report and "| sensitivity (95% CI, images) |" in report
+    assert "n/a" in report
     assert pd.read_csv(tmp_path / "plots/roc_test.csv").empty  # undefined curve: headers, no points
     assert not (tmp_path / "figures/history.png").exists() and "history.png" not in report
+
+
+def test_the_report_states_the_benign_malignant_mapping_in_force():
+    metrics, frame = scored(predictions_frame())
+    shown = {"labels": {"malignant": ["melanoma", "basal_cell_carcinoma"], "unknown": "error"}}
+    report = render_markdown(metrics, frame, ThresholdParams(), shown, 4, with_history=False)
+    assert ("## Labels\n\nMalignant: basal cell carcinoma, melanoma (`labels.malignant`); every other diagnosis is "
+            "benign, including actinic keratosis (AKIEC, which includes Bowen's disease) unless listed.") in report
+    listed = {"labels": {"malignant": ["melanoma", "actinic_keratosis"], "unknown": "error"}}
+    assert "Bowen" not in render_markdown(metrics, frame, ThresholdParams(), listed, 4, with_history=False)

@@ -52,6 +52,7 @@ def _row(number: int, split: str, label: int) -> dict[str, object]:
         "split": split,
         "label": label,
         "path": f"{split}/{'malignant' if label else 'benign'}/ISIC_{number:07d}.jpg",
+        "group": f"G{number // 2}",  # the split's connected component: here pairs of images
     }
 
 
@@ -69,7 +70,7 @@ def split_root(tmp_path: Path) -> Path:
                 (root / str(row["path"])).write_bytes(_jpeg(rng))
                 rows.append(row)
     frame = pd.DataFrame(rows).astype({"age_approx": "float64", "label": "int64"})
-    for name in ("patient_id", "lesion_id", "sex", "anatom_site", "benign_malignant"):
+    for name in ("patient_id", "lesion_id", "sex", "anatom_site", "benign_malignant", "group"):
         frame[name] = frame[name].astype("string")
     frame.to_parquet(root / "manifest.parquet")
     return root
@@ -122,12 +123,25 @@ def test_records_carry_the_manifest_metadata_and_resized_images(split_root: Path
         assert (record["image/height"], record["image/width"]) == (SIZE, SIZE)
         assert record["image/label"] == row["label"]
         assert record["image/diagnosis"] == row["diagnosis"] and record["image/source"] == "sample"
+        assert record["image/group"] == row["group"]
         for column in ("patient_id", "sex", "anatom_site"):
             assert record[f"image/{column}"] == ("" if pd.isna(row[column]) else row[column])
         if pd.isna(row["age_approx"]):
             assert math.isnan(record["image/age_approx"])
         else:
             assert record["image/age_approx"] == row["age_approx"]
+
+
+def test_a_manifest_without_groups_makes_each_image_its_group_with_one_warning(
+    split_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = _manifest(split_root).drop(columns="group")
+    with caplog.at_level(logging.WARNING, logger="skincancer.shard"):
+        write_shards(manifest, split_root, tmp_path / "shards", _params())
+    records = list(tfrecords.read_examples(sorted((tmp_path / "shards").glob("*.tfrecord"))))
+    assert len(records) == len(manifest)
+    assert all(record["image/group"] == record["image/id"] for record in records)
+    assert caplog.text.count("split manifest has no group column") == 1
 
 
 def test_order_is_a_seeded_shuffle_mixing_classes(split_root: Path, tmp_path: Path) -> None:

@@ -24,9 +24,11 @@ KNOWN = {
     "sex": "female",
     "age_approx": 45.0,
     "anatom_site": "torso",
+    "group": "IP_7279968",
 }
 UNKNOWN = {**KNOWN, "image_id": "ISIC_0000002", "label": 0, "diagnosis": "nevus", "patient_id": None,
-           "sex": None, "age_approx": None, "anatom_site": None}
+           "sex": None, "age_approx": None, "anatom_site": None,
+           "group": "ISIC_0000002"}
 
 EXPECTED_KNOWN = {
     "image/encoded": KNOWN["encoded"],
@@ -40,9 +42,11 @@ EXPECTED_KNOWN = {
     "image/sex": "female",
     "image/age_approx": 45.0,
     "image/anatom_site": "torso",
+    "image/group": "IP_7279968",
 }
 EXPECTED_UNKNOWN = {**EXPECTED_KNOWN, "image/id": "ISIC_0000002", "image/label": 0, "image/diagnosis": "nevus",
-                    "image/patient_id": "", "image/sex": "", "image/age_approx": math.nan, "image/anatom_site": ""}
+                    "image/patient_id": "", "image/sex": "", "image/age_approx": math.nan, "image/anatom_site": "",
+                    "image/group": "ISIC_0000002"}
 
 
 def _same(actual: dict[str, object], expected: dict[str, object]) -> None:

@@ -56,7 +56,8 @@ def diff_report(
     base: Annotated[str, typer.Option(help="git revision to compare with (a branch, tag or commit)")] = "main",
     out: Annotated[Path, typer.Option(help="folder for report.md and its images")] = Path("diff-report"),
 ) -> None:
-    """Params changed, every metric (old, new, delta) and ROC/PR curves against BASE: a PR comment's body."""
+    """Params changed, every metric (old, new, delta), the paired test AUC difference and ROC/PR curves
+    against BASE: a PR comment's body."""
     from skincancer.diff_report import BaseUnreadable, write_diff_report
 
     try:

@@ -150,14 +150,15 @@ def split_labels(shards_dir: Path, split: str) -> np.ndarray:
 
 
 def split_records(shards_dir: Path, split: str) -> pd.DataFrame:
-    """Per-image metadata in the same order as `eval_dataset` yields images."""
+    """Per-image metadata (with the split's group, which evaluation resamples) in `eval_dataset` order."""
     rows = [
         {
             "image_id": example["image/id"],
             "source": example["image/source"],
             "diagnosis": example["image/diagnosis"],
             "label": example["image/label"],
+            "group": example["image/group"],
         }
         for example in read_examples(shard_paths(shards_dir, split))
     ]
-    return pd.DataFrame(rows, columns=["image_id", "source", "diagnosis", "label"])
+    return pd.DataFrame(rows, columns=["image_id", "source", "diagnosis", "label", "group"])

@@ -1,15 +1,18 @@
 """What a change did to the model, for a reviewer: params changed, every metric with old, new and delta,
-and the ROC and PR curves of the base drawn over this change's. One markdown file plus its images, the
-body of the pull-request comment (`skincancer diff-report`), equally readable on a workstation.
+the ROC AUC difference on the test images both models scored with a paired bootstrap interval, and the
+ROC and PR curves of the base drawn over this change's. One markdown file plus its images, the body of
+the pull-request comment (`skincancer diff-report`), equally readable on a workstation.
 
-Everything compared is git-tracked (params.yaml, metrics.json, reports/plots/*.csv are `cache: false`),
-so the base side is read from git at `base` without checking anything out.
+params.yaml, metrics.json and reports/plots/*.csv are git-tracked (`cache: false`); reports/predictions.csv
+is a DVC-cached output. Both are read at `base` through `dvc.api` without checking anything out: git
+files from git, the predictions from the DVC cache of that revision (the PR workflow pulls it first).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,14 @@ import pandas as pd
 from skincancer import paths
 from skincancer.atomic import atomic_write_bytes, atomic_write_text
 from skincancer.figures import plt, png_bytes
+from skincancer.metrics import PairedDifference, paired_auc_difference
 from skincancer.metrics_diff import diff_markdown
+
+log = logging.getLogger(__name__)
+
+# The paired bootstrap: evaluate's default resamples, a fixed seed, so a rerun gives the same verdict.
+PAIRED_RESAMPLES = 1000
+PAIRED_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,65 @@ def curve_png(curve: Curve, base: pd.DataFrame | None, head: pd.DataFrame | None
     return png_bytes(figure)
 
 
+def read_predictions(rev: str | None, root: Path) -> pd.DataFrame | None:
+    """reports/predictions.csv at `rev` (None: the workspace); None where it is neither in git nor in the
+    DVC cache. Predictions written before groups were recorded count one group per image, said once."""
+    text = read_at(paths.PREDICTIONS, rev, root)
+    if text is None:
+        return None
+    predictions = pd.read_csv(io.StringIO(text), dtype={"image_id": str, "group": str})
+    if "group" in predictions.columns:
+        return predictions
+    log.warning("%s at %s has no group column (written before the split recorded groups): each image counts as "
+                "its own group in the paired bootstrap", paths.PREDICTIONS, rev or "the workspace")
+    return predictions.assign(group=predictions["image_id"])
+
+
+def shared_test_images(base: pd.DataFrame, head: pd.DataFrame) -> pd.DataFrame:
+    """Test images both models scored, with the same label: image_id, label, group (this change's),
+    probability_base, probability_head."""
+    columns = ["image_id", "label", "probability"]
+    base_test = base.loc[base["split"] == "test", columns]
+    head_test = head.loc[head["split"] == "test", [*columns, "group"]]
+    return head_test.merge(base_test, on=["image_id", "label"], suffixes=("_head", "_base"))
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.4f}"
+
+
+def paired_verdict(result: PairedDifference, images: int, groups: int, base_label: str) -> str:
+    """The difference and whether its interval tells it apart from resampling noise, in words."""
+    measured = (
+        f"ROC AUC difference (this change - `{base_label}`) on the {images} test images both scored: "
+        f"**{_signed(result.difference)}** (95% paired bootstrap CI {_signed(result.low)} to {_signed(result.high)}, "
+        f"resampling {groups} groups with both models scored on the same draws)."
+    )
+    if result.low > 0 or result.high < 0:
+        direction = "better" if result.low > 0 else "worse"
+        return f"{measured} The interval excludes 0: this change ranks the test images {direction} than `{base_label}`."
+    return f"{measured} The interval includes 0: not distinguishable from noise on {images} test images in {groups} groups."
+
+
+def paired_markdown(base: pd.DataFrame | None, head: pd.DataFrame | None, base_label: str) -> str:
+    """The paired comparison, or why there is none."""
+    if head is None:
+        return f"No paired comparison: this workspace has no {paths.PREDICTIONS} (run the pipeline first)."
+    if base is None:
+        return (f"No paired comparison: `{base_label}` has no {paths.PREDICTIONS} in git or in the DVC cache "
+                "(`dvc pull` at the base restores it).")
+    shared = shared_test_images(base, head)
+    if shared.empty:
+        return f"No paired comparison: `{base_label}` and this change share no test image (did the split change?)."
+    if shared["label"].nunique() < 2:
+        return f"No paired comparison: the {len(shared)} test images both scored hold one class only (AUC undefined)."
+    result = paired_auc_difference(
+        shared["label"].to_numpy(), shared["probability_base"].to_numpy(), shared["probability_head"].to_numpy(),
+        shared["group"].to_numpy(), PAIRED_RESAMPLES, PAIRED_SEED,
+    )
+    return paired_verdict(result, len(shared), shared["group"].nunique(), base_label)
+
+
 def write_diff_report(base: str, root: Path, out_dir: Path) -> Path:
     """out_dir/report.md (+ roc.png, pr.png): this workspace against git revision `base`."""
     new_metrics = read_at(paths.METRICS, None, root)
@@ -123,6 +192,10 @@ def write_diff_report(base: str, root: Path, out_dir: Path) -> Path:
 ### Metrics (old = `{base}`, new = this change){metrics_note}
 
 {diff_markdown(json.loads(old_metrics) if old_metrics else None, json.loads(new_metrics))}
+
+### Paired comparison (test)
+
+{paired_markdown(read_predictions(base, root), read_predictions(None, root), base)}
 
 ### Curves (dashed: `{base}`)
 

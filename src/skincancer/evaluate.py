@@ -16,11 +16,11 @@ from skincancer.atomic import atomic_write_text
 from skincancer.data import ShardSpecMismatch, eval_dataset, read_shard_manifest, shard_paths, split_records
 from skincancer.metrics import DECIMALS, evaluation_metrics
 from skincancer.params import EvaluateParams
-from skincancer.report import confident_mistakes, write_report
+from skincancer.report import confident_mistakes, split_scores, write_report
 from skincancer.tfrecords import read_examples
 
 
-PREDICTION_COLUMNS = ["image_id", "split", "label", "diagnosis", "probability", "prediction", "source"]
+PREDICTION_COLUMNS = ["image_id", "split", "label", "diagnosis", "probability", "prediction", "source", "group"]
 
 
 def _transpose(images: tf.Tensor) -> tf.Tensor:
@@ -99,12 +99,7 @@ def evaluate(
     model = keras.saving.load_model(model_path)
     check_model_fits_shards(model, shards_dir, model_path)
     predictions = _predictions(model, shards_dir, params.tta)
-    val, test = (predictions[predictions["split"] == split] for split in ("val", "test"))
-    metrics = evaluation_metrics(
-        (val["label"].to_numpy(), val["probability"].to_numpy()),
-        (test["label"].to_numpy(), test["probability"].to_numpy()),
-        params,
-    )
+    metrics = evaluation_metrics(split_scores(predictions, "val"), split_scores(predictions, "test"), params)
     predictions["prediction"] = (predictions["probability"] >= metrics["threshold"]).astype(int)
     predictions = predictions[PREDICTION_COLUMNS]
     missed, alarms = confident_mistakes(predictions, params.gallery)

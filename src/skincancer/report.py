@@ -18,18 +18,37 @@ from sklearn.calibration import calibration_curve
 from skincancer.atomic import atomic_write_bytes, atomic_write_text
 from skincancer.figures import plt, png_bytes
 from skincancer.labels import CLASS_NAMES as LABEL_NAMES
+from skincancer.labels import mapping_in_words
+from skincancer.metrics import Scores
 from skincancer.params import ThresholdParams
 
 CLASS_NAMES = np.array(LABEL_NAMES)
 CURVE_SPLITS = ("val", "test")
+WITH_INTERVAL = {  # headline rows shown with their 95% interval, and what the interval resamples or counts
+    "roc_auc": "ROC AUC (95% CI, groups resampled)",
+    "sensitivity": "sensitivity (95% CI, images)",
+    "specificity": "specificity (95% CI, images)",
+}
 HEADLINE = {
-    "sensitivity": "sensitivity",
-    "specificity": "specificity",
     "specificity_at_95_sensitivity": "specificity at 95% sensitivity",
     "pauc_above_80_tpr": "partial AUC above 80% TPR (max 0.2)",
     "pr_auc": "PR AUC",
     "brier": "Brier score (lower is better)",
 }
+
+
+# ---------------------------------------------------------------- scores and groups
+
+
+def split_scores(predictions: pd.DataFrame, split: str) -> Scores:
+    """One split's labels, probabilities and groups, as the metrics take them."""
+    rows = predictions[predictions["split"] == split]
+    return Scores(rows["label"].to_numpy(), rows["probability"].to_numpy(), rows["group"].to_numpy())
+
+
+def group_counts(predictions: pd.DataFrame) -> dict[str, int]:
+    """Groups per split: how many independent units the AUC intervals resample."""
+    return {split: predictions.loc[predictions["split"] == split, "group"].nunique() for split in CURVE_SPLITS}
 
 
 # ---------------------------------------------------------------- plot data (dvc plots)
@@ -176,26 +195,46 @@ def _percent(part: int, whole: int) -> str:
     return f"{part / whole:.0%}" if whole else "n/a"
 
 
+def _percent_interval(metrics: dict, key: str) -> str:
+    """' (95% CI 69%-96%)' after a share in words; nothing where the share is undefined."""
+    low, high = metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"]
+    return "" if low is None else f" (95% CI {low:.0%}-{high:.0%})"
+
+
 def _how_chosen(policy: ThresholdParams) -> str:
     return {
-        "sensitivity": f"chosen on the validation split to catch {policy.target:.0%} of malignant lesions",
+        "sensitivity": f"chosen on the validation split to catch {policy.target:.0%} of its malignant images",
         "youden": "chosen on the validation split to maximise sensitivity + specificity (Youden's J)",
         "fixed": "fixed in params.yaml (evaluate.threshold.value)",
     }[policy.policy]
 
 
 def operating_point(metrics: dict, predictions: pd.DataFrame, policy: ThresholdParams) -> str:
-    """The chosen operating point in words, with the counts behind each percentage."""
+    """The chosen operating point in words, with the counts and the interval behind each percentage."""
     test = predictions[predictions["split"] == "test"]
     malignant, benign = test[test["label"] == 1], test[test["label"] == 0]
     caught, cleared = int(malignant["prediction"].sum()), int((benign["prediction"] == 0).sum())
     called = int(test["prediction"].sum())
     return (
-        f"At threshold **{metrics['threshold']:.4f}** ({_how_chosen(policy)}), "
-        f"**{_percent(caught, len(malignant))}** of malignant lesions in the test split are caught "
-        f"({caught} of {len(malignant)}) and **{_percent(cleared, len(benign))}** of benign lesions are "
-        f"correctly cleared ({cleared} of {len(benign)}); {_percent(int(malignant['prediction'].sum()), called)} "
-        f"of the {called} lesions called malignant are malignant."
+        f"At threshold **{metrics['threshold']:.4f}** ({_how_chosen(policy)}), the model catches "
+        f"**{_percent(caught, len(malignant))}**{_percent_interval(metrics['test'], 'sensitivity')} of the "
+        f"malignant test images ({caught} of {len(malignant)}) and correctly clears "
+        f"**{_percent(cleared, len(benign))}**{_percent_interval(metrics['test'], 'specificity')} of the benign "
+        f"test images ({cleared} of {len(benign)}); **{_percent(caught, called)}**"
+        f"{_percent_interval(metrics['test'], 'precision')} of the {called} test images it calls malignant are malignant."
+    )
+
+
+def intervals_note(metrics: dict, predictions: pd.DataFrame) -> str:
+    """What each interval resamples or counts, and on how many independent units it rests."""
+    groups = group_counts(predictions)
+    return (
+        "Intervals are 95%. ROC AUC intervals are percentile bootstraps that resample the split's groups "
+        "(patients, lesions and duplicate links, as the split placed them), each drawn group with all its "
+        f"images: the test split holds {metrics['test']['n']} images in {groups['test']} groups (val: "
+        f"{metrics['val']['n']} images in {groups['val']} groups). Sensitivity, specificity and precision "
+        "intervals are Wilson score intervals that count images as independent: where a patient contributes "
+        "several images, they are narrower than the evidence warrants."
     )
 
 
@@ -204,14 +243,18 @@ def _table(header: list[str], rows: list[list[str]], align: str) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def _headline(metrics: dict) -> str:
-    rows = [[
-        "ROC AUC (95% CI)",
-        *(f"{_number(m['roc_auc'])} ({_number(m['roc_auc_ci_low'])}-{_number(m['roc_auc_ci_high'])})"
-          for m in (metrics["val"], metrics["test"])),
-    ]]
-    rows += [[label, _number(metrics["val"][key]), _number(metrics["test"][key])] for key, label in HEADLINE.items()]
-    rows.append(["images (malignant)", *(f"{m['n']} ({m['n_malignant']})" for m in (metrics["val"], metrics["test"]))])
+def _with_interval(metrics: dict, key: str) -> str:
+    low = metrics[f"{key}_ci_low"]
+    interval = "" if low is None else f" ({_number(low)}-{_number(metrics[f'{key}_ci_high'])})"
+    return _number(metrics[key]) + interval
+
+
+def _headline(metrics: dict, groups: dict[str, int]) -> str:
+    splits = [metrics[split] for split in CURVE_SPLITS]
+    rows = [[label, *(_with_interval(m, key) for m in splits)] for key, label in WITH_INTERVAL.items()]
+    rows += [[label, *(_number(m[key]) for m in splits)] for key, label in HEADLINE.items()]
+    rows.append(["images (malignant)", *(f"{m['n']} ({m['n_malignant']})" for m in splits)])
+    rows.append(["groups (patients, lesions, duplicates)", *(str(groups[split]) for split in CURVE_SPLITS)])
     return _table(["", "val", "test"], rows, "lrr")
 
 
@@ -228,6 +271,13 @@ def _mistakes_table(rows: pd.DataFrame) -> str:
         [[row.image_id, row.diagnosis, row.source, f"{row.probability:.4f}"] for row in rows.itertuples()],
         "lllr",
     )
+
+
+def labels_section(params: dict) -> str:
+    """The benign/malignant mapping in force, where the shown params carry it (`labels.malignant`)."""
+    if "labels" not in params:
+        return ""
+    return f"\n## Labels\n\n{mapping_in_words(params['labels']['malignant'])}\n"
 
 
 def render_markdown(
@@ -254,8 +304,10 @@ def render_markdown(
 
 {operating_point(metrics, predictions, policy)}
 
-{_headline(metrics)}
+{_headline(metrics, group_counts(predictions))}
 
+{intervals_note(metrics, predictions)}
+{labels_section(params)}
 ## Per diagnosis (test)
 
 Share of images called malignant: the sensitivity for malignant diagnoses, the false-positive rate for benign ones.

@@ -167,6 +167,9 @@ def _flatten(chunks: list[list[EncodeJob]], per_chunk: Iterable[list[Encoded]]) 
 def _plan(manifest: pd.DataFrame, split_root: Path, seed: int) -> dict[str, list[dict[str, Any]]]:
     """Rows per split, checked, sorted by id then shuffled by seed: independent of input row order."""
     _check_inputs(manifest, split_root)
+    if "group" not in manifest.columns:
+        log.warning("split manifest has no group column (written before the split recorded groups): "
+                    "each image is its own group; rerun `dvc repro split` to record them")
     # Every kind of missing (None, NaN, pd.NA) becomes None, whatever the column dtypes.
     frame = manifest.astype(object).where(manifest.notna(), None)
     plan = {}
@@ -220,6 +223,7 @@ def _serialize(tfrecords: ModuleType, row: dict[str, Any], image: Resized) -> by
         label=int(row["label"]),
         diagnosis=_text(row["diagnosis"]) or "",
         source=_text(row["source"]) or "",
+        group=_text(row.get("group")) or str(row["image_id"]),
         patient_id=_text(row["patient_id"]),
         sex=_text(row["sex"]),
         age_approx=_number(row["age_approx"]),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: image/group
 
 # Per-record framing on disk: uint64 length, masked crc32c of the length, masked crc32c of the data.
 RECORD_OVERHEAD = 16
@@ -28,9 +28,12 @@ FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
     "image/sex": tf.io.FixedLenFeature([], tf.string),
     "image/age_approx": tf.io.FixedLenFeature([], tf.float32),
     "image/anatom_site": tf.io.FixedLenFeature([], tf.string),
+    "image/group": tf.io.FixedLenFeature([], tf.string),
 }
 
-_TEXT_FEATURES = ("image/id", "image/diagnosis", "image/source", "image/patient_id", "image/sex", "image/anatom_site")
+_TEXT_FEATURES = (
+    "image/id", "image/diagnosis", "image/source", "image/patient_id", "image/sex", "image/anatom_site", "image/group",
+)
 
 
 def serialize_example(
@@ -42,12 +45,16 @@ def serialize_example(
     label: int,
     diagnosis: str,
     source: str,
+    group: str,
     patient_id: str | None = None,
     sex: str | None = None,
     age_approx: float | None = None,
     anatom_site: str | None = None,
 ) -> bytes:
-    """One tf.train.Example; unknown text is "" and unknown age NaN, so every record has every feature."""
+    """One tf.train.Example; unknown text is "" and unknown age NaN, so every record has every feature.
+
+    `group` is the split's group (patient, lesion, duplicate links): evaluation resamples whole groups.
+    """
     features = {
         "image/encoded": _bytes(encoded),
         "image/height": _int(height),
@@ -60,6 +67,7 @@ def serialize_example(
         "image/sex": _text(sex),
         "image/age_approx": _float(math.nan if age_approx is None else age_approx),
         "image/anatom_site": _text(anatom_site),
+        "image/group": _text(group),
     }
     example = tf.train.Example(features=tf.train.Features(feature=features))
     # Protobuf map order is otherwise unspecified; shards must be byte-identical across runs.
