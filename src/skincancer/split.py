@@ -76,7 +76,7 @@ DUPLICATE_RULES = ("same_bytes", "same_id", "official_pair", "near_duplicate")
 
 
 def _official_pairs(frame: pd.DataFrame, pairs: Iterable[tuple[str, str]]) -> np.ndarray:
-    """Published pairs of image ids as row positions (every row of either id)."""
+    """Published pairs of image ids as row positions (each id's first row; same_id links its other rows)."""
     rows_of = frame.groupby("image_id", sort=False).indices
     linked = [(rows_of[a][0], rows_of[b][0]) for a, b in pairs if a in rows_of and b in rows_of]
     return np.asarray(linked, dtype=np.int64).reshape(-1, 2)
