@@ -64,6 +64,9 @@ def test_only_test_images_both_scored_with_the_same_label_are_paired(scored_base
     shared = shared_test_images(relabelled, head)
     assert len(shared) == len(base) - 30 - 1
     assert list(shared.columns) == ["image_id", "label", "probability_head", "group", "probability_base"]
+    assert ". 30 of this change's test images are left out" in paired_markdown(base.iloc[30:], base, "main")
+    assert ". 1 of this change's test images are left out" in paired_markdown(base, relabelled, "main")
+    assert "left out" not in paired_markdown(base, base, "main")
 
 
 def test_sides_sharing_no_test_image_or_without_predictions_say_why(scored_base):

@@ -168,7 +168,12 @@ def paired_markdown(base: pd.DataFrame | None, head: pd.DataFrame | None, base_l
         shared["label"].to_numpy(), shared["probability_base"].to_numpy(), shared["probability_head"].to_numpy(),
         shared["group"].to_numpy(), PAIRED_RESAMPLES, PAIRED_SEED,
     )
-    return paired_verdict(result, len(shared), shared["group"].nunique(), base_label)
+    verdict = paired_verdict(result, len(shared), shared["group"].nunique(), base_label)
+    unpaired = int((head["split"] == "test").sum()) - len(shared)
+    if unpaired:
+        verdict += (f" {unpaired} of this change's test images are left out: `{base_label}` did not score them, "
+                    "or scored them under another label.")
+    return verdict
 
 
 def write_diff_report(base: str, root: Path, out_dir: Path) -> Path:
