@@ -107,3 +107,17 @@ def test_seed_moves_groups_and_the_same_seed_reproduces_them():
     other = plan_split(index, SplitParams(seed=2), LABELS).manifest.set_index("image_id")["split"]
     assert first.equals(again)
     assert (first.set_index("image_id")["split"] != other.loc[first["image_id"]]).mean() > 0.05
+
+
+def test_every_split_gets_a_like_mix_of_large_and_single_image_groups():
+    """Groups holding several malignant images are placed first; val and test must not be filled with them
+    (and the single-image groups left to train): each source keeps its share of every split's malignant."""
+    ham = ham10000_shaped()
+    singles = ham[ham["diagnosis"] == "melanoma"].drop_duplicates("lesion_id").head(400)
+    singles = singles.assign(source="isic-archive", image_id=singles["image_id"].str.replace("ISIC_", "ARCH_"),
+                             lesion_id=pd.NA, sha256=singles["sha256"].str[::-1])
+    manifest = plan_split(pd.concat([ham, singles], ignore_index=True), SplitParams(), LABELS).manifest
+    malignant = manifest[manifest["label"] == 1]
+    for split, fraction in FRACTIONS.items():
+        share = (malignant.loc[malignant["source"] == "isic-archive", "split"] == split).mean()
+        assert abs(share - fraction) <= 0.05, (split, share)
