@@ -33,6 +33,20 @@ CLI_FOLDER = "isic-download"  # `isic image download OUT` writes OUT/<isic_id>.j
 CLI_ZIP = f"{CLI_FOLDER}.zip"
 
 
+PREVIOUS_SPLIT = "ca937e2"  # the last commit whose split grouped by one column: the split benchmarks' baseline
+
+
+def plan_split_at(rev: str):
+    """skincancer.split.plan_split as committed at `rev`, loaded from git into a module of its own."""
+    import types
+
+    source = subprocess.run(["git", "show", f"{rev}:src/skincancer/split.py"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    module = types.ModuleType(f"split_at_{rev}")
+    exec(compile(source, f"{rev}:src/skincancer/split.py", "exec"), module.__dict__)  # noqa: S102
+    return module.plan_split
+
+
 # ---------------------------------------------------------------- arguments, timing, figures
 
 

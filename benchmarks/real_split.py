@@ -8,8 +8,8 @@ zip (UDA-1) as `file://` sources, then splits the index twice on the same images
 real_test_images_sharing_a_lesion
     ours: the default split (group_by [patient_id, lesion_id]) of the index completed by the HAM10000
     metadata table (`fetch.metadata`), near-duplicate links included. baseline: the split as it was
-    before lesion-safe groups: grouping by patient_id, no lesion ids (no metadata join), no near-duplicate
-    links. Both are scored against the true lesions (HAM10000's lesion_id): the share of test images whose
+    before lesion-safe groups (`plan_split` of commit ca937e2, loaded from git: grouping by patient_id,
+    no near-duplicate links) on the same images without the metadata join's lesion ids. Both are scored against the true lesions (HAM10000's lesion_id): the share of test images whose
     lesion also has an image in train or val. No ratio: ours is 0.
 """
 
@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 
-from common import ROOT, bench_tmp, figure, print_figures, say, say_machine
+from common import PREVIOUS_SPLIT, ROOT, bench_tmp, figure, plan_split_at, print_figures, say, say_machine
 
 HAM = "HAM10000_metadata.csv"
 SOURCES = (("isic-9class", "skin-cancer-9-classes.zip", "class-folders"), ("isic-uda1", "isic-archive-uda1.zip", "isic-cli"))
@@ -55,7 +56,7 @@ def main() -> int:
     if not all((args.real / name).is_file() for name in (HAM, *(file for _, file, _ in SOURCES))):
         say(f"{args.real}: no real data here; nothing measured")
         return 0
-    from skincancer.metadata import read_metadata_table
+    from skincancer.metadata import ORIGIN_COLUMNS, read_metadata_table
     from skincancer.params import LabelParams, SplitParams
     from skincancer.split import plan_split
 
@@ -66,11 +67,13 @@ def main() -> int:
         index = fetch_real(args.real, tmp / "raw")
     labels = LabelParams(unknown="drop")
     results = {}
-    for side, frame, params in (
-        ("baseline", index.assign(lesion_id=pd.NA).drop(columns="image_hash"), SplitParams(group_by="patient_id")),
-        ("ours", index, SplitParams()),
+    previous = SimpleNamespace(seed=SplitParams().seed, fractions=SplitParams().fractions, group_by="patient_id")
+    for side, split, frame, params in (
+        ("baseline", plan_split_at(PREVIOUS_SPLIT), index.drop(columns=["image_hash", *ORIGIN_COLUMNS]).assign(
+            lesion_id=pd.NA), previous),
+        ("ours", plan_split, index, SplitParams()),
     ):
-        plan = plan_split(frame, params, labels)
+        plan = split(frame, params, labels)
         shared, test = share_sharing_a_lesion(plan.manifest, lesion_of)
         results[side] = shared / test
         removed = plan.removed["reason"].value_counts().to_dict()

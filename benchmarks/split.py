@@ -38,7 +38,7 @@ from pathlib import Path
 
 from common import (
     BIN,
-    ROOT,
+    PREVIOUS_SPLIT,
     CLI_FOLDER,
     CLI_ZIP,
     bench_tmp,
@@ -49,6 +49,7 @@ from common import (
     isic_cli_corpus,
     machine,
     parse_args,
+    plan_split_at,
     print_figures,
     project_env,
     run,
@@ -170,19 +171,6 @@ def bench_split(corpus: Path, tmp: Path, n: int, quick: bool) -> dict:
 # ---------------------------------------------------------------- split_groups_isic2020
 
 GROUPS_LIMIT_S = 10.0  # issue #15: the split of an ISIC 2020-sized index with components under 10 s
-PREVIOUS_SPLIT = "ca937e2"  # the last commit whose split grouped by one column
-
-
-def previous_plan_split():
-    """plan_split as committed at PREVIOUS_SPLIT, loaded from git into its own module."""
-    import subprocess
-    import types
-
-    source = subprocess.run(["git", "show", f"{PREVIOUS_SPLIT}:src/skincancer/split.py"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout
-    module = types.ModuleType("previous_split")
-    exec(compile(source, f"{PREVIOUS_SPLIT}:split.py", "exec"), module.__dict__)  # noqa: S102
-    return module.plan_split
 
 
 def bench_groups(quick: bool) -> dict:
@@ -195,7 +183,7 @@ def bench_groups(quick: bool) -> dict:
 
     index = isic2020_shaped(n_patients=300 if quick else 2056)
     index["image_hash"] = [secrets.token_hex(32) for _ in range(len(index))]
-    previous = previous_plan_split()
+    previous = plan_split_at(PREVIOUS_SPLIT)
     one_column = SimpleNamespace(seed=SEED, fractions=(0.8, 0.1, 0.1), group_by="patient_id")
     labels = LabelParams()
     ours_times, previous_times = [], []
