@@ -70,7 +70,7 @@ def test_reduce_lr_on_plateau_lowers_the_rate(tiny_shards, tmp_path):
 def test_fine_tuning_keeps_batchnorm_statistics_and_follows_phase_one(tiny_shards, tmp_path):
     weights = pretrained_weights(tmp_path)
     params = FAST.model_copy(update={"weights": weights, "epochs": 2, "fine_tune_epochs": 2, "fine_tune_layers": 6,
-                                     "fine_tune_learning_rate": 1e-3, "seed": 1})
+                                     "fine_tune_learning_rate": 1e-3, "seed": 3})
     history = train(params, tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv")
     assert history["phase"].tolist() == [1, 1, 2, 2] and history["epoch"].tolist() == [0, 1, 2, 3]
     # the saved model is the best epoch's; these params (deterministic on CPU) make it a fine-tuned one
