@@ -211,11 +211,11 @@ def index_rates(raw: Path, uris: list[str], passes: int) -> tuple[float, float]:
     from skincancer import layouts
 
     series = pd.Series(uris)
-    ours = best_of(passes, lambda: layouts._hashes(raw, series))
+    ours = best_of(passes, lambda: layouts._hashes(raw, series, {}))  # nothing hashed before: the first fetch
     real_hash = layouts.image_hash
     layouts.image_hash = lambda data: None
     try:
-        baseline = best_of(passes, lambda: layouts._hashes(raw, series))
+        baseline = best_of(passes, lambda: layouts._hashes(raw, series, {}))
     finally:
         layouts.image_hash = real_hash
     return len(uris) / ours, len(uris) / baseline
