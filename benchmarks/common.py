@@ -28,7 +28,7 @@ from project_copy import (  # noqa: E402,F401  (re-exported)
     BIN, TINY_PARAMS, committed_project, copy_project, merge, project_env, run, stages_run,
 )
 
-CORPUS_VERSION = 1  # bump when the generated corpus changes, so cached copies are not reused
+CORPUS_VERSION = 2  # bump when the generated corpus changes, so cached copies are not reused
 CLI_FOLDER = "isic-download"  # `isic image download OUT` writes OUT/<isic_id>.jpg + OUT/metadata.csv
 CLI_ZIP = f"{CLI_FOLDER}.zip"
 
@@ -168,7 +168,6 @@ def _inodes(roots: Iterable[Path]) -> Iterable[tuple[tuple[int, int], int]]:
 # ---------------------------------------------------------------- generated ISIC-like corpus
 
 WIDTH, HEIGHT = 400, 300
-N_BASES = 16
 # (diagnosis as the ISIC archive spells it in isic-cli's flat `diagnosis` field, benign_malignant, weight)
 DIAGNOSES = (
     ("nevus", "benign", 0.62),
@@ -182,51 +181,40 @@ METADATA_COLUMNS = ("isic_id", "patient_id", "lesion_id", "sex", "age_approx", "
                     "benign_malignant", "diagnosis")
 
 
-def _base_images(seed: int):
-    """A few smooth skin-and-lesion pictures; every corpus image is one of them, moved and noised."""
+def _lesion_picture(rng, yy, xx):
+    """One smooth skin-and-lesion picture with its own skin tone, texture, lesion place, size and colour:
+    every corpus image gets one, so no two are near-duplicates that the split would rightly drop."""
     import numpy as np
 
-    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
-    bases = []
-    for k in range(N_BASES):
-        rng = np.random.default_rng([seed, k])
-        skin = rng.uniform([170, 120, 100], [230, 180, 160])
-        wave = np.sin(xx / rng.uniform(20, 60) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(20, 60))
-        image = skin[None, None, :] + 20 * wave[..., None]
-        cy, cx, radius = rng.uniform(100, 200), rng.uniform(130, 270), rng.uniform(50, 110)
-        lesion = np.clip(1.2 - np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / radius, 0, 1)[..., None]
-        image = image * (1 - 0.6 * lesion) + lesion * rng.uniform([60, 30, 20], [120, 80, 60])
-        bases.append(image.astype(np.float32))
-    return bases
+    skin = rng.uniform([170, 120, 100], [230, 180, 160])
+    wave = np.sin(xx / rng.uniform(20, 60) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(20, 60))
+    image = skin[None, None, :] + 20 * wave[..., None]
+    for _ in range(int(rng.integers(2, 5))):  # a lesion of a few overlapping lobes, each its own colour
+        cy, cx, radius = rng.uniform(40, HEIGHT - 40), rng.uniform(60, WIDTH - 60), rng.uniform(25, 90)
+        stretch = rng.uniform(0.6, 1.6)
+        distance = np.sqrt(((yy - cy) * stretch) ** 2 + ((xx - cx) / stretch) ** 2)
+        lobe = np.clip(1.2 - distance / radius, 0, 1)[..., None]
+        image = image * (1 - 0.6 * lobe) + lobe * rng.uniform([40, 20, 10], [140, 90, 70])
+    return image
 
 
 def _jpegs(n: int, seed: int) -> Iterable[bytes]:
-    """``n`` distinct 400x300 JPEGs at quality 90, ~40-80 KB each: base image + shift + per-image noise."""
-    import hashlib
+    """``n`` distinct 400x300 JPEGs at quality 90, ~40-80 KB each: a picture of its own + per-image noise."""
     import io
 
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    bases = _base_images(seed)
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     margin = 64
     noise = rng.normal(0, 1, (HEIGHT + margin, WIDTH + margin, 3)).astype(np.float32)
-    seen: set[bytes] = set()
-    for i in range(n):
+    for _ in range(n):
         dy, dx = (int(v) for v in rng.integers(0, margin, 2))
-        image = bases[i % N_BASES] + float(rng.uniform(12, 30)) * noise[dy:dy + HEIGHT, dx:dx + WIDTH]
-        pixels = np.clip(np.roll(image, int(rng.integers(-40, 40)), axis=1), 0, 255).astype(np.uint8)
-        while True:
-            buffer = io.BytesIO()
-            Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-            data = buffer.getvalue()
-            digest = hashlib.sha256(data).digest()
-            if digest not in seen:  # every image unique: the split would drop byte duplicates
-                seen.add(digest)
-                break
-            pixels[0, 0] = (pixels[0, 0] + 1) % 256
-        yield data
+        image = _lesion_picture(rng, yy, xx) + float(rng.uniform(12, 30)) * noise[dy:dy + HEIGHT, dx:dx + WIDTH]
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+        yield buffer.getvalue()
 
 
 def _metadata_rows(n: int, seed: int) -> list[tuple[str, ...]]:
