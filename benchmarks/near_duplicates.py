@@ -274,13 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     import tempfile
 
-    from skincancer.near_duplicates import THRESHOLD, image_hashes
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skincancer.near_duplicates import THRESHOLD, image_hash
 
     say_machine()
     rows = originals(args.real, args.quick)
     say(f"{len(rows)} distinct images ({sum(r['source'] == 'uda1' for r in rows)} UDA-1), "
         f"{len({r['key'] for r in rows})} lesions; threshold {THRESHOLD} bits")
-    hashes = image_hashes((row["data"] for row in rows), workers=2)
+    with ThreadPoolExecutor(2) as pool:  # Pillow and scipy release the GIL
+        hashes = list(pool.map(image_hash, (row["data"] for row in rows)))
     figures = bench_recall(rows, hashes, args.quick) + bench_false_links(rows, hashes, args.quick)
     with tempfile.TemporaryDirectory(prefix="skincancer-bench-near-dup-") as tmp:
         figures += bench_cost(rows, args.real, Path(tmp), args.quick)

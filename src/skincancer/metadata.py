@@ -79,7 +79,7 @@ def read_metadata_table(path: Path, layout: str) -> MetadataTable:
         rows["diagnosis"] = rows["diagnosis"].map(_known_diagnosis, na_action="ignore").astype("string")
     if not set(FILLED) & set(rows.columns):
         raise MetadataError(f"{path}: none of {list(FILLED)} found (columns {list(table.columns)}): nothing to join")
-    rows["image_id"] = canonical_image_ids(rows["image_id"].str.strip())
+    rows["image_id"] = canonical_image_ids(rows["image_id"])
     if twice := set(rows.loc[rows["image_id"].duplicated(), "image_id"]):
         raise MetadataError(
             f"{path}: {len(twice)} image id(s) have more than one row: {ids_preview(twice)}; "

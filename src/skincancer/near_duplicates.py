@@ -69,14 +69,6 @@ def image_hash(data: bytes) -> str | None:
     return np.packbits(np.concatenate(bits)).tobytes().hex()
 
 
-def image_hashes(datas: Iterable[bytes], workers: int = 1) -> list[str | None]:
-    """image_hash of each, in order; Pillow and scipy release the GIL, so threads use several cores."""
-    if workers <= 1:
-        return [image_hash(data) for data in datas]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(image_hash, datas))
-
-
 def hash_words(hashes: Iterable[str | None]) -> tuple[np.ndarray, np.ndarray]:
     """Hex hashes (None or NA for none) -> (n, 4) uint64 words and a bool mask of the rows that have a hash."""
     values = [h if isinstance(h, str) and len(h) == HEX_CHARS else None for h in hashes]

@@ -92,6 +92,10 @@ class MetadataParams(_Section):
         return Path(urlsplit(self.url).path).name
 
 
+def _used_twice(names: list[str]) -> list[str]:
+    return sorted({name for name in names if names.count(name) > 1})
+
+
 class FetchParams(_Section):
     datasets: list[str] = Field(default_factory=lambda: ["sample"])
     sources: list[SourceParams] = Field(default_factory=list)
@@ -117,12 +121,12 @@ class FetchParams(_Section):
         names = self.datasets + [source.name for source in self.sources]
         if not names:
             raise ValueError("nothing to fetch: list catalog `datasets` or user `sources`")
-        if duplicated := sorted({name for name in names if names.count(name) > 1}):
+        if duplicated := _used_twice(names):
             raise ValueError(f"names used twice across datasets and sources: {duplicated}")
         if METADATA_FOLDER in names:
             raise ValueError(f"{METADATA_FOLDER!r} is the folder of fetch.metadata tables: name the source otherwise")
         tables = [table.file_name for table in self.metadata]
-        if twice := sorted({name for name in tables if tables.count(name) > 1}):
+        if twice := _used_twice(tables):
             raise ValueError(f"fetch.metadata lists two tables named {twice}: each lands as data/raw/metadata/<name>")
         return self
 
