@@ -204,3 +204,44 @@ def test_default_pixel_limit_is_pillows_own_and_the_most_allowed() -> None:
     assert PILLOW_MAX_PIXELS == 2 * Image.MAX_IMAGE_PIXELS == ShardParams().max_pixels
     with pytest.raises(ValidationError, match="max_pixels"):
         ShardParams(max_pixels=PILLOW_MAX_PIXELS + 1)  # Image.open would refuse such images anyway
+
+
+def _skin_under_a_cast(cast: tuple[float, float, float], size: tuple[int, int] = (80, 60)) -> Image.Image:
+    """A textured skin-and-lesion picture photographed under a coloured light (per-channel gains)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[: size[1], : size[0]]
+    skin = np.array([200.0, 150.0, 130.0]) + rng.normal(0, 8, (size[1], size[0], 3))
+    lesion = (((yy - size[1] / 2) / 15) ** 2 + ((xx - size[0] / 2) / 20) ** 2 < 1)[..., None]
+    picture = np.where(lesion, skin * 0.45, skin) * np.asarray(cast)
+    return Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad"])
+def test_shades_of_gray_takes_the_light_out_of_an_image(mode: str) -> None:
+    """Two photographs of one lesion under different lights come out alike, and differ without the correction."""
+    warm, cool = _skin_under_a_cast((1.15, 1.0, 0.8)), _skin_under_a_cast((0.85, 1.0, 1.2))
+
+    def pixels(img: Image.Image, correction: str) -> np.ndarray:
+        return np.asarray(_open(resize_jpeg(_jpeg(img), 32, mode, 95, color_constancy=correction)), dtype=np.float64)
+
+    picture = slice(5, 27) if mode == "pad" else slice(None)  # the pad bands stay black either way
+    assert np.abs(pixels(warm, "none")[picture] - pixels(cool, "none")[picture]).mean() > 20
+    assert np.abs(pixels(warm, "shades_of_gray")[picture] - pixels(cool, "shades_of_gray")[picture]).mean() < 4
+    if mode == "pad":
+        assert pixels(warm, "shades_of_gray")[:3].max() < 12  # bands are not part of the estimate or the output
+
+
+def test_shades_of_gray_leaves_a_grey_lit_image_as_it_was() -> None:
+    from skincancer.images import shades_of_gray
+
+    neutral = Image.fromarray(np.full((16, 16, 3), 120, dtype=np.uint8))
+    assert np.array_equal(np.asarray(shades_of_gray(neutral)), np.asarray(neutral))
+
+
+def test_colour_constancy_is_a_shard_param_that_predict_applies_too() -> None:
+    from skincancer.shard import encode_job
+
+    job = encode_job("x.jpg", ShardParams(color_constancy="shades_of_gray"), size=64)
+    assert job.color_constancy == "shades_of_gray" and job.size == 64
+    with pytest.raises(ValidationError, match="color_constancy"):
+        ShardParams(color_constancy="grey_world")

@@ -89,8 +89,10 @@ def test_fine_tuning_keeps_batchnorm_statistics_and_follows_phase_one(tiny_shard
     np.testing.assert_array_equal(first_conv.kernel.numpy(), original.layers[1].kernel.numpy())  # below: frozen
 
 
-def test_frozen_phase_without_augmentation_trains_the_head_on_cached_features(tiny_shards, tmp_path, caplog):
-    params = FAST.model_copy(update={"weights": pretrained_weights(tmp_path), "augment": NO_AUGMENT})
+def test_frozen_phase_trains_the_head_on_cached_features_of_unaugmented_images(tiny_shards, tmp_path, caplog):
+    """Linear probe, then fine-tuning (LP-FT): augmentation applies to the phase that trains the backbone."""
+    params = FAST.model_copy(update={"weights": pretrained_weights(tmp_path)})
+    assert params.augment.active
     with caplog.at_level(logging.INFO, logger="skincancer"):
         history = train(params, tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv")
     assert "cached features" in caplog.text
@@ -100,8 +102,8 @@ def test_frozen_phase_without_augmentation_trains_the_head_on_cached_features(ti
     assert auc == pytest.approx(history["val_auc"].max(), abs=1e-3)  # the head trained on the cache is in the model
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="skincancer"):
-        train(params.model_copy(update={"augment": FAST.augment}), tiny_shards, tmp_path / "m2.keras", tmp_path / "h2.csv")
-    assert "cached features" not in caplog.text  # augmented images change every epoch: nothing to cache
+        train(params.model_copy(update={"cache_features": False}), tiny_shards, tmp_path / "m2.keras", tmp_path / "h2.csv")
+    assert "cached features" not in caplog.text  # the backbone runs on augmented images every epoch
 
 
 def test_imbalance_policies(tiny_shards, tmp_path):

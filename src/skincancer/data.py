@@ -11,6 +11,7 @@ import pandas as pd
 import tensorflow as tf
 
 from skincancer.augment import augmenter
+from skincancer.diagnosis_classes import DiagnosisClasses
 from skincancer.params import AugmentParams
 from skincancer.tfrecords import FEATURE_SPEC, SPEC_VERSION, parse_example, read_examples
 
@@ -55,12 +56,41 @@ def check_image_size(shards_dir: Path, expected: int) -> dict:
     return manifest
 
 
-def _image_and_label(image_size: int):
+Target = Callable[[dict[str, tf.Tensor]], tf.Tensor]
+
+
+def binary_target(features: dict[str, tf.Tensor]) -> tf.Tensor:
+    return tf.cast(features["image/label"], tf.float32)
+
+
+def class_target(classes: DiagnosisClasses) -> Target:
+    """Parsed features -> the index of the image's diagnosis class (its label's `other` class when train
+    did not hold the diagnosis often enough)."""
+    keys = list(classes.keys)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(keys, tf.range(len(keys), dtype=tf.int64)), default_value=-1
+    )
+    other = tf.constant([classes.other(0), classes.other(1)], dtype=tf.int64)
+
+    def target(features: dict[str, tf.Tensor]) -> tf.Tensor:
+        label = features["image/label"]
+        found = table.lookup(tf.strings.join([tf.strings.as_string(label), features["image/diagnosis"]], "/"))
+        return tf.where(found >= 0, found, tf.gather(other, label))
+
+    return target
+
+
+def target_of(classes: DiagnosisClasses | None) -> Target:
+    """What the model learns to output: P(malignant) (binary head), or the diagnosis class."""
+    return binary_target if classes is None else class_target(classes)
+
+
+def _image_and_label(image_size: int, target: Target = binary_target):
     def decode(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         features = parse_example(serialized)
         image = tf.io.decode_jpeg(features["image/encoded"], channels=3)
         image = tf.ensure_shape(image, (image_size, image_size, 3))
-        return image, tf.cast(features["image/label"], tf.float32)
+        return image, target(features)
 
     return decode
 
@@ -82,6 +112,7 @@ def training_dataset(
     seed: int,
     augment: AugmentParams | None = None,
     imbalance: str = "class_weight",
+    classes: DiagnosisClasses | None = None,
 ) -> tf.data.Dataset:
     """Shards interleaved, records shuffled, decoded and augmented in parallel: the same seed gives the
     same batches (every random draw is keyed by the seed, none depends on thread timing). Full batches
@@ -98,7 +129,7 @@ def training_dataset(
     if imbalance == "oversample":
         records = oversampled(records, count, seed + 2, _serialized_label)
     records = records.apply(tf.data.experimental.assert_cardinality(count))  # lets Keras count steps per epoch
-    decode = _image_and_label(manifest["image_size"])
+    decode = _image_and_label(manifest["image_size"], target_of(classes))
     if augment is not None and augment.active:
         augment_image = augmenter(augment)
         image_seeds = tf.data.Dataset.random(seed + 3, rerandomize_each_iteration=True).batch(2)
@@ -117,27 +148,37 @@ def _augmented(example: tuple[tf.Tensor, tf.Tensor], image_seed: tf.Tensor, augm
 
 
 def feature_dataset(
-    features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = None, imbalance: str = "none"
+    features: np.ndarray,
+    targets: np.ndarray,
+    batch_size: int,
+    seed: int | None = None,
+    imbalance: str = "none",
+    labels: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """Cached backbone features as a dataset; with a seed, shuffled (and balanced) like the image pipeline."""
-    count = len(labels)
-    examples = tf.data.Dataset.from_tensor_slices((features, labels))
+    """Cached backbone features as a dataset; with a seed, shuffled (and balanced by `labels`, the binary
+    labels, which default to the targets) like the image pipeline."""
+    count = len(targets)
+    labels = targets if labels is None else labels
+    examples = tf.data.Dataset.from_tensor_slices((features, targets, labels))
     if seed is not None:
         examples = examples.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     if imbalance == "oversample":
-        examples = oversampled(examples, count, seed + 2, lambda _, label: label)
+        examples = oversampled(examples, count, seed + 2, lambda _, __, label: label)
+    examples = examples.map(lambda feature, target, _: (feature, target))
     training = seed is not None
     examples = examples.apply(tf.data.experimental.assert_cardinality(count))
     return examples.batch(batch_size, drop_remainder=training and count > batch_size).prefetch(AUTOTUNE)
 
 
-def eval_dataset(shards_dir: Path, split: str, batch_size: int) -> tf.data.Dataset:
-    """(image, label) batches in manifest order, aligned with `split_records`."""
+def eval_dataset(
+    shards_dir: Path, split: str, batch_size: int, classes: DiagnosisClasses | None = None
+) -> tf.data.Dataset:
+    """(image, target) batches in manifest order, aligned with `split_records`."""
     manifest = read_shard_manifest(shards_dir)
     return (
         tf.data.TFRecordDataset(shard_paths(shards_dir, split))
         .apply(tf.data.experimental.assert_cardinality(manifest["splits"][split]["count"]))
-        .map(_image_and_label(manifest["image_size"]), num_parallel_calls=AUTOTUNE, deterministic=True)
+        .map(_image_and_label(manifest["image_size"], target_of(classes)), num_parallel_calls=AUTOTUNE, deterministic=True)
         .batch(batch_size)
         .prefetch(AUTOTUNE)
     )
@@ -147,6 +188,16 @@ def split_labels(shards_dir: Path, split: str) -> np.ndarray:
     """Labels in `eval_dataset` order, without decoding a single image."""
     records = tf.data.TFRecordDataset(shard_paths(shards_dir, split)).map(_serialized_label, num_parallel_calls=AUTOTUNE)
     return np.fromiter(records.as_numpy_iterator(), dtype=np.int64)
+
+
+def split_targets(shards_dir: Path, split: str, classes: DiagnosisClasses | None) -> np.ndarray:
+    """Targets in `eval_dataset` order (labels, or class indices), without decoding a single image."""
+    if classes is None:
+        return split_labels(shards_dir, split)
+    records = split_records(shards_dir, split)
+    return np.array([
+        classes.index(diagnosis, label) for label, diagnosis in zip(records["label"], records["diagnosis"], strict=True)
+    ], dtype=np.int64)
 
 
 def split_records(shards_dir: Path, split: str) -> pd.DataFrame:

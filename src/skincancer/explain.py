@@ -1,7 +1,8 @@
 """Grad-CAM: where in the image the malignancy score came from (Selvaraju et al., 2017).
 
-The classifier is preprocess -> backbone -> pool -> dropout -> malignant; the backbone's output is its
-last convolutional feature map, which Grad-CAM weighs by the score's mean gradient per channel.
+The classifier is preprocess -> backbone -> pool -> dropout -> head (a sigmoid, or a diagnosis softmax
+summed over the malignant classes); the backbone's output is its last convolutional feature map, which
+Grad-CAM weighs by the malignant score's mean gradient per channel.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from skincancer.figures import plt, png_bytes
+from skincancer.models import malignant_score
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
@@ -26,7 +28,7 @@ def grad_cam(model: keras.Model, image: np.ndarray) -> np.ndarray:
         maps = backbone(x, training=False)
         tape.watch(maps)
         pooled = model.get_layer("pool")(maps)
-        score = model.get_layer("malignant")(model.get_layer("dropout")(pooled, training=False))
+        score = malignant_score(model, pooled)
     grads = tape.gradient(score, maps)
     weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(maps, tf.float32), axis=-1))[0]

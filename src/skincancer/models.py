@@ -8,6 +8,7 @@ import keras
 from keras import layers
 
 from skincancer.backbones import BACKBONES
+from skincancer.diagnosis_classes import DiagnosisClasses
 from skincancer.params import TrainParams
 from skincancer.weights import WeightsError, imagenet_backbone, load_weights_file
 
@@ -33,6 +34,23 @@ class PixelPreprocessing(layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="skincancer")
+class MalignantProbability(layers.Layer):
+    """Diagnosis probabilities -> P(malignant): the sum over the malignant classes, so the saved model of a
+    diagnosis head answers what a binary one does. The class names travel in its config."""
+
+    def __init__(self, class_names: list[str], malignant: list[float], **kwargs):
+        super().__init__(**kwargs)
+        self.class_names, self.malignant = list(class_names), list(malignant)
+
+    def call(self, probabilities):
+        mask = keras.ops.convert_to_tensor(self.malignant, dtype=probabilities.dtype)
+        return keras.ops.sum(probabilities * mask, axis=-1, keepdims=True)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "class_names": self.class_names, "malignant": self.malignant}
 
 
 def _conv_bn_relu(x, filters: int):
@@ -70,21 +88,33 @@ def build_backbone(name: str, image_size: int, weights: str | None) -> keras.Mod
 
 @dataclass(frozen=True)
 class Classifier:
-    """The saved model plus the parts training addresses on their own (layers are shared, not copied).
+    """The trained model, the saved one, and the parts training addresses on their own (layers are shared,
+    not copied).
 
+    model: uint8 images -> what the head learns (P(malignant), or diagnosis probabilities);
+    serving: uint8 images -> P(malignant), what is saved (the model itself for a binary head);
     features: uint8 images -> pooled backbone features (what the frozen phase caches);
-    head: pooled features -> P(malignant) (what the frozen phase trains on the cache).
+    head: pooled features -> the model's output (what the frozen phase trains on the cache).
     """
 
     model: keras.Model
+    serving: keras.Model
     backbone: keras.Model
     features: keras.Model
     head: keras.Model
     pretrained: bool
 
 
-def build_classifier(params: TrainParams, image_size: int) -> Classifier:
-    """Raw uint8 RGB in, P(malignant) out. A pretrained backbone starts frozen (phase 1 trains the head)."""
+def _output_layer(classes: DiagnosisClasses | None) -> layers.Layer:
+    # float32 output: under mixed precision a float16 sigmoid saturates and its loss loses precision
+    if classes is None:
+        return layers.Dense(1, activation="sigmoid", dtype="float32", name="malignant")
+    return layers.Dense(len(classes.names), activation="softmax", dtype="float32", name="diagnosis")
+
+
+def build_classifier(params: TrainParams, image_size: int, classes: DiagnosisClasses | None = None) -> Classifier:
+    """Raw uint8 RGB in, P(malignant) out (`classes`: through a diagnosis head). A pretrained backbone starts
+    frozen (phase 1 trains the head)."""
     spec = BACKBONES[params.backbone]
     backbone = build_backbone(params.backbone, image_size, params.weights)
     pretrained = params.weights is not None
@@ -95,12 +125,26 @@ def build_classifier(params: TrainParams, image_size: int) -> Classifier:
     x = backbone(x, training=False if pretrained else None)
     pooled = layers.GlobalAveragePooling2D(name="pool")(x)
     dropout = layers.Dropout(params.dropout, seed=params.seed, name="dropout")
-    # float32 output: under mixed precision a float16 sigmoid saturates and its loss loses precision
-    classify = layers.Dense(1, activation="sigmoid", dtype="float32", name="malignant")
-    model = keras.Model(inputs, classify(dropout(pooled)), name=f"skincancer_{params.backbone}")
+    classify = _output_layer(classes)
+    outputs = classify(dropout(pooled))
+    name = f"skincancer_{params.backbone}"
+    model = keras.Model(inputs, outputs, name=name)
+    serving = model
+    if classes is not None:
+        malignant = MalignantProbability(list(classes.names), classes.malignant_mask, name="malignant")
+        serving = keras.Model(inputs, malignant(outputs), name=name)
     head_input = keras.Input((pooled.shape[-1],), name="features")
     head = keras.Model(head_input, classify(dropout(head_input)), name="head")
-    return Classifier(model, backbone, keras.Model(inputs, pooled, name="features"), head, pretrained)
+    return Classifier(model, serving, backbone, keras.Model(inputs, pooled, name="features"), head, pretrained)
+
+
+def malignant_score(model: keras.Model, pooled):
+    """The saved model's layers after pooling, applied to `pooled` (dropout off): Grad-CAM's score."""
+    names = [layer.name for layer in model.layers]
+    x = model.get_layer("dropout")(pooled, training=False)
+    for layer in model.layers[names.index("dropout") + 1:]:
+        x = layer(x)
+    return x
 def unfreeze_top(backbone: keras.Model, n_layers: int) -> None:
     """Phase 2: fine-tune the top layers; BatchNorm stays frozen so its statistics survive."""
     backbone.trainable = True

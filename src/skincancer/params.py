@@ -185,6 +185,9 @@ _PILLOW_MAX_PIXELS = 178_956_970
 class ShardParams(_Section):
     image_size: int = Field(96, ge=16, le=1024, description="'auto' in params.yaml: the train backbone's own size")
     resize: Literal["crop", "pad"] = "crop"
+    color_constancy: Literal["none", "shades_of_gray"] = Field(
+        "none", description="per-image illuminant correction, applied alike when sharding and predicting"
+    )
     target_shard_mb: float = Field(16.0, gt=0)
     jpeg_quality: int = Field(92, ge=50, le=100)
     workers: int = Field(2, ge=1, description="threads encoding images (Prefect task runs of a chunk each)")
@@ -218,10 +221,15 @@ class TrainParams(_Section):
     fine_tune_layers: int = Field(20, ge=0)
     fine_tune_learning_rate: float = Field(1e-4, gt=0)
     dropout: float = Field(0.3, ge=0, lt=1)
+    head: Literal["binary", "diagnosis"] = Field(
+        "binary", description="diagnosis: learn the diagnoses train holds; P(malignant) sums the malignant ones"
+    )
     imbalance: Literal["class_weight", "oversample", "none"] = "class_weight"
     early_stopping_patience: int = Field(8, ge=1)
     reduce_lr_patience: int = Field(3, ge=1, description="epochs without val AUC gain before halving the rate")
-    cache_features: bool = Field(True, description="frozen phase without augmentation: run the backbone once")
+    cache_features: bool = Field(
+        True, description="pretrained: phase 1 trains the head on features of the unaugmented images, computed once"
+    )
     augment: AugmentParams = AugmentParams()
     precision: Literal["auto", "mixed_float16", "float32"] = "auto"
     distribute: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
@@ -248,8 +256,16 @@ class ThresholdParams(_Section):
     value: float = Field(0.5, ge=0, le=1, description="the threshold (policy: fixed)")
 
 
+class CalibrationParams(_Section):
+    method: Literal["platt", "none"] = Field("platt", description="platt: fitted on val; none: raw scores")
+    prevalence: float | None = Field(
+        None, gt=0, lt=1, description="malignant share to calibrate to (null: val's own, the data's)"
+    )
+
+
 class EvaluateParams(_Section):
     threshold: ThresholdParams = ThresholdParams()
+    calibration: CalibrationParams = CalibrationParams()
     bootstrap: int = Field(1000, ge=0, description="resamples for the ROC AUC confidence interval")
     tta: int = Field(1, ge=1, le=8, description="test-time augmentation: mean over this many flips/transposes")
     gallery: int = Field(8, ge=0, description="most confident false negatives/positives shown in the report")

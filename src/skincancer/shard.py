@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from skincancer.atomic import atomic_dir
-from skincancer.images import CorruptImage, Resized, ResizeMode, resize_jpeg
+from skincancer.images import ColorConstancy, CorruptImage, Resized, ResizeMode, resize_jpeg
 from skincancer.labels import CLASS_NAMES
 from skincancer.paths import SPLITS
 
@@ -56,6 +56,7 @@ class EncodeJob:
     mode: ResizeMode
     quality: int
     max_pixels: int
+    color_constancy: ColorConstancy = "none"
 
 
 Encoded = Resized | str  # the re-encoded image, or why it was skipped
@@ -202,14 +203,25 @@ def _check_inputs(manifest: pd.DataFrame, split_root: Path) -> None:
 
 def _job(split_root: Path, row: dict[str, Any], params: ShardParams) -> EncodeJob:
     path = str((split_root / row["path"]).absolute())  # read by workers that may not share our cwd (Dask)
-    return EncodeJob(path, params.image_size, params.resize, params.jpeg_quality, params.max_pixels)
+    return encode_job(path, params)
+
+
+def encode_job(path: str, params: ShardParams, size: int | None = None) -> EncodeJob:
+    """How one image is encoded under `params` (at `size`, else shard.image_size): the one place shard and
+    predict take it from, so they never prepare an image differently."""
+    return EncodeJob(
+        path, size or params.image_size, params.resize, params.jpeg_quality, params.max_pixels, params.color_constancy
+    )
 
 
 def encode_file(job: EncodeJob) -> Encoded:
     """The resized image, or why it was skipped (returned, so one bad file never stops its chunk)."""
     data = Path(job.path).read_bytes()
     try:
-        return resize_jpeg(data, job.size, job.mode, job.quality, name=job.path, max_pixels=job.max_pixels)
+        return resize_jpeg(
+            data, job.size, job.mode, job.quality,
+            name=job.path, max_pixels=job.max_pixels, color_constancy=job.color_constancy,
+        )
     except CorruptImage as error:
         return error.reason
 
@@ -316,6 +328,7 @@ def _document(params: ShardParams, spec_version: int, shards: list[dict], skippe
         "spec_version": spec_version,
         "image_size": params.image_size,
         "resize": params.resize,
+        "color_constancy": params.color_constancy,
         "shards": shards,
         "splits": splits,
         "skipped": skipped,

@@ -19,8 +19,11 @@ from skincancer.data import (
     feature_dataset,
     read_shard_manifest,
     split_labels,
+    split_records,
+    split_targets,
     training_dataset,
 )
+from skincancer.diagnosis_classes import DiagnosisClasses, diagnosis_classes
 from skincancer.hardware import make_deterministic, pick_strategy, seeded_construction, set_precision
 from skincancer.models import Classifier, build_classifier, unfreeze_top
 from skincancer.params import TrainParams
@@ -57,21 +60,55 @@ def require_both_classes(shards_dir: Path) -> None:
             )
 
 
-def class_weights(shards_dir: Path, imbalance: str) -> dict[int, float] | None:
-    """'class_weight': weight each class by n / (2 n_c), so the rare malignant class counts as much."""
+def class_weights(shards_dir: Path, imbalance: str, classes: DiagnosisClasses | None = None) -> dict[int, float] | None:
+    """'class_weight': weight each label by n / (2 n_c), so the rare malignant class counts as much; a
+    diagnosis class takes its label's weight (the diagnoses within a label keep their natural mix)."""
     if imbalance != "class_weight":
         return None
     counts = class_counts(shards_dir, "train")
     total = sum(counts.values())
-    return {label: total / (2 * count) for label, count in counts.items()}
+    weights = {label: total / (2 * count) for label, count in counts.items()}
+    if classes is None:
+        return weights
+    return {index: weights[label] for index, label in enumerate(classes.labels)}
 
 
-def compile_for_training(model: keras.Model, learning_rate: float) -> None:
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
-    )
+class _OnMalignant:
+    """A binary metric fed P(malignant) and the malignant label of a diagnosis head's output and class index,
+    so a diagnosis head's history (and val AUC, which picks the best epoch) means what a binary head's does."""
+
+    def __init__(self, malignant: list[float], **kwargs):
+        super().__init__(**kwargs)
+        self.malignant = malignant
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        mask = keras.ops.convert_to_tensor(self.malignant, dtype="float32")
+        label = keras.ops.take(mask, keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"))
+        probability = keras.ops.sum(keras.ops.cast(y_pred, "float32") * mask, axis=-1)
+        return super().update_state(label, probability, sample_weight)
+
+
+class MalignantAUC(_OnMalignant, keras.metrics.AUC):
+    pass
+
+
+class MalignantPrecision(_OnMalignant, keras.metrics.Precision):
+    pass
+
+
+class MalignantRecall(_OnMalignant, keras.metrics.Recall):
+    pass
+
+
+def compile_for_training(model: keras.Model, learning_rate: float, classes: DiagnosisClasses | None = None) -> None:
+    if classes is None:
+        loss = keras.losses.BinaryCrossentropy()
+        metrics = [keras.metrics.AUC(name="auc"), keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")]
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        mask = classes.malignant_mask
+        metrics = [MalignantAUC(mask, name="auc"), MalignantPrecision(mask, name="precision"), MalignantRecall(mask, name="recall")]
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
 
 
 class SaveBest(keras.callbacks.Callback):
@@ -111,10 +148,14 @@ def _callbacks(params: TrainParams, state: TrainState, phase: int, classifier: k
     return callbacks
 
 
-def cached_features(classifier: Classifier, shards_dir: Path, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def cached_features(classifier: Classifier, shards_dir: Path, split: str, batch_size: int) -> np.ndarray:
     """The frozen backbone's pooled features, computed once instead of once per epoch."""
-    features = classifier.features.predict(eval_dataset(shards_dir, split, batch_size), verbose=0)
-    return features.astype(np.float32), split_labels(shards_dir, split).astype(np.float32)
+    return classifier.features.predict(eval_dataset(shards_dir, split, batch_size), verbose=0).astype(np.float32)
+
+
+def _targets(shards_dir: Path, split: str, classes: DiagnosisClasses | None) -> np.ndarray:
+    targets = split_targets(shards_dir, split, classes)
+    return targets.astype(np.float32) if classes is None else targets
 
 
 def validation_batch_size(val_count: int, batch_size: int, replicas: int) -> int:
@@ -124,29 +165,30 @@ def validation_batch_size(val_count: int, batch_size: int, replicas: int) -> int
 
 
 def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, state: TrainState, phase: int,
-               batch_size: int, tensorboard_dir: Path | None) -> None:
+               batch_size: int, tensorboard_dir: Path | None, classes: DiagnosisClasses | None) -> None:
     """One phase, resumable from its last finished epoch; leaves the best weights in state.best_model."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync  # called inside the strategy's scope
     val_batch = validation_batch_size(sum(class_counts(shards_dir, "val").values()), batch_size, replicas)
-    uses_cache = phase == 1 and classifier.pretrained and params.cache_features and not params.augment.active
+    uses_cache = phase == 1 and classifier.pretrained and params.cache_features
     epochs, rate = (params.epochs, params.learning_rate) if phase == 1 else (params.fine_tune_epochs, params.fine_tune_learning_rate)
     if done := state.epochs_done(phase):
         log.info("phase %d: resuming after epoch %d of %d (train.resume)", phase, done, epochs)
     if uses_cache:
-        log.info("phase 1 on cached features: the frozen backbone runs once over train and val")
-        train_x, train_y = cached_features(classifier, shards_dir, "train", batch_size)
-        val_x, val_y = cached_features(classifier, shards_dir, "val", batch_size)
+        log.info("phase 1 on cached features of the unaugmented images: the frozen backbone runs once over train and val")
         model = classifier.head
-        train_ds = feature_dataset(train_x, train_y, batch_size, params.seed, params.imbalance)
-        val_ds = feature_dataset(val_x, val_y, val_batch)
+        train_ds = feature_dataset(
+            cached_features(classifier, shards_dir, "train", batch_size), _targets(shards_dir, "train", classes),
+            batch_size, params.seed, params.imbalance, labels=split_labels(shards_dir, "train"),
+        )
+        val_ds = feature_dataset(cached_features(classifier, shards_dir, "val", batch_size), _targets(shards_dir, "val", classes), val_batch)
     else:
         model = classifier.model
-        train_ds = training_dataset(shards_dir, batch_size, params.seed, params.augment, params.imbalance)
-        val_ds = eval_dataset(shards_dir, "val", val_batch)
-    compile_for_training(model, rate)
+        train_ds = training_dataset(shards_dir, batch_size, params.seed, params.augment, params.imbalance, classes)
+        val_ds = eval_dataset(shards_dir, "val", val_batch, classes)
+    compile_for_training(model, rate, classes)
     model.fit(
         train_ds, validation_data=val_ds, epochs=epochs,
-        class_weight=class_weights(shards_dir, params.imbalance), shuffle=False, verbose=2,
+        class_weight=class_weights(shards_dir, params.imbalance, classes), shuffle=False, verbose=2,
         callbacks=_callbacks(params, state, phase, classifier.model, state.best_auc(), tensorboard_dir),
     )
     if not state.best_model.exists():
@@ -178,9 +220,12 @@ def train(
     batch_size = params.batch_size * strategy.num_replicas_in_sync
     log.info("precision %s, global batch %d (%d per replica)", policy, batch_size, params.batch_size)
     state = TrainState.open(model_path.parent / ".train-state", params, manifest)
+    classes = diagnosis_classes(split_records(shards_dir, "train")) if params.head == "diagnosis" else None
+    if classes is not None:
+        log.info("diagnosis head: %d classes (%s)", len(classes.names), ", ".join(classes.names))
     with strategy.scope():
         with seeded_construction(params.seed):
-            classifier = build_classifier(params, manifest["image_size"])
+            classifier = build_classifier(params, manifest["image_size"], classes)
         phases = [1, 2] if params.fine_tune_epochs and classifier.pretrained else [1]
         for phase in phases:
             if phase == 2:
@@ -189,10 +234,10 @@ def train(
                 log.info("phase %d finished in an earlier run: resuming after it", phase)
                 load_best(classifier.model, state.best_model)
                 continue
-            _fit_phase(params, classifier, shards_dir, state, phase, batch_size, tensorboard_dir)
+            _fit_phase(params, classifier, shards_dir, state, phase, batch_size, tensorboard_dir, classes)
     history = state.history_frame(phases)[HISTORY_COLUMNS]
     with atomic_path(model_path) as partial:
-        classifier.model.save(partial)
+        classifier.serving.save(partial)
     atomic_write_text(history_path, history.to_csv(index=False, float_format="%.6g"))
     state.clear()
     return history
