@@ -58,7 +58,7 @@ def test_every_output_is_written(evaluated):
 def test_metrics_json_has_exactly_the_stable_keys_as_plain_rounded_numbers(evaluated):
     out, _ = evaluated
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == ["threshold", "val", "test"]
+    assert list(metrics) == ["threshold", "val", "test", "calibration"]
     for split in ("val", "test"):
         assert list(metrics[split]) == list(METRIC_KEYS)
         for key, value in metrics[split].items():
@@ -73,6 +73,23 @@ def test_predictions_csv_rows_and_columns(evaluated, tiny_shards):
     manifest = json.loads((tiny_shards / "manifest.json").read_text())
     assert len(predictions) == manifest["splits"]["val"]["count"] + manifest["splits"]["test"]["count"]
     assert ((predictions["probability"] >= metrics["threshold"]).astype(int) == predictions["prediction"]).all()
+
+
+def test_probabilities_are_scores_calibrated_on_val_and_the_brier_score_is_theirs(evaluated):
+    from sklearn.metrics import brier_score_loss
+
+    from skincancer.calibration import Calibration
+
+    out, metrics = evaluated
+    predictions = pd.read_csv(out / "reports/predictions.csv")
+    calibration = Calibration.from_json(metrics["calibration"])
+    assert calibration.method == "platt" and calibration.prevalence == calibration.fitted_prevalence
+    val = predictions[predictions["split"] == "val"]
+    assert calibration.fitted_prevalence == pytest.approx(val["label"].mean(), abs=1e-6)
+    np.testing.assert_allclose(predictions["probability"], calibration.apply(predictions["score"]).round(6), atol=1e-9)
+    test = predictions[predictions["split"] == "test"]
+    assert metrics["test"]["brier"] == pytest.approx(brier_score_loss(test["label"], test["probability"]), abs=1e-6)
+    assert "calibrated on val (Platt)" in (out / "reports/report.md").read_text()
 
 
 def test_predictions_carry_the_split_group_from_the_shards(evaluated, tiny_shards):

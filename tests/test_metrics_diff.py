@@ -32,3 +32,12 @@ def test_no_previous_metrics_and_removed_keys():
 def test_only_changed_rows():
     table = diff_markdown(OLD, NEW, only_changed=True)
     assert "val.n" not in table and "test.n" not in table and "threshold" in table
+
+
+def test_calibration_rows_show_words_as_they_are_and_numbers_with_their_delta():
+    old = {"threshold": 0.3, "calibration": {"method": "none"}}
+    new = {"threshold": 0.3, "calibration": {"method": "platt", "slope": 0.9}}
+    table = diff_markdown(old, new)
+    assert "| calibration.method | none | platt | - |" in table
+    assert "| calibration.slope | - | 0.9000 | - |" in table
+    assert [c.delta for c in changes(new, new) if c.name.startswith("calibration")] == [None, 0.0]

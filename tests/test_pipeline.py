@@ -54,7 +54,7 @@ def test_nightly_deployment_runs_the_pipeline_on_a_process_worker(repo, prefect_
     state = httpx.get(f"{prefect_api}/flow_runs/{flow_run_id}").json()["state"]
     assert state["type"] == "COMPLETED", state
     metrics = json.loads((root / "metrics.json").read_text())
-    assert list(metrics) == ["threshold", "val", "test"]
+    assert list(metrics) == ["threshold", "val", "test", "calibration"]
     assert list(metrics["test"]) == list(METRIC_KEYS) and list(metrics["val"]) == list(METRIC_KEYS)
     for path in ("data/raw/index.parquet", "data/split/manifest.parquet", "data/shards/manifest.json",
                  "models/model.keras", "models/history.csv", "reports/report.md", "reports/predictions.csv",

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from skincancer.cli import app
 from skincancer.evaluate import evaluate
 from skincancer.params import AugmentParams, EvaluateParams, ShardParams, TrainParams
-from skincancer.predict import image_files, load_model, predict
+from skincancer.predict import image_files, load_model, predict, read_calibration
 from skincancer.train import train
 
 runner = CliRunner()
@@ -32,13 +32,18 @@ def test_predicting_the_test_split_reproduces_evaluate(evaluated, tiny_shards):
     split_root = tiny_shards.parent / "split"
     files = image_files([split_root / "test"])
     threshold = json.loads((evaluated / "metrics.json").read_text())["threshold"]
-    ours = predict(files, load_model(evaluated / "model.keras"), threshold, ShardParams(), progress=False)
+    calibration = read_calibration(evaluated / "metrics.json")
+    assert calibration.method == "platt"
+    ours = predict(files, load_model(evaluated / "model.keras"), threshold, ShardParams(), calibration=calibration,
+                   progress=False)
     ours["image_id"] = [p.split("/")[-1].removesuffix(".jpg") for p in ours["path"]]
     reference = pd.read_csv(evaluated / "reports/predictions.csv").query("split == 'test'")
     merged = reference.merge(ours, on="image_id", suffixes=("_evaluate", "_predict"))
     assert len(merged) == len(reference) == len(files)
     # the same shard function and JPEG decoder: the same pixels, the same probabilities
+    np.testing.assert_allclose(merged["score_predict"], merged["score_evaluate"], atol=1e-6)
     np.testing.assert_allclose(merged["probability_predict"], merged["probability_evaluate"], atol=1e-6)
+    assert (ours["prevalence"] == calibration.prevalence).all()
     assert (merged["prediction_predict"] == merged["prediction_evaluate"]).all()
 
 
@@ -70,9 +75,11 @@ def test_threshold_flag_overrides_and_csv_goes_to_stdout(evaluated, tiny_shards)
     result = runner.invoke(app, ["predict", str(image), "--model", str(evaluated / "model.keras"),
                                  "--metrics", "missing.json", "--threshold", "0"])
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
-    assert lines[0] == "path,probability,prediction,label,threshold,error"
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "path,probability,prediction,label,threshold,error,score,prevalence"
     assert lines[1].startswith(f"{image},") and ",1,malignant,0.0," in lines[1]
+    # no metrics.json, no calibration: the output says its numbers are scores
+    assert "uncalibrated scores" in result.stderr and lines[1].endswith(",")
 
 
 def test_without_a_threshold_anywhere_it_says_what_to_do(evaluated, tmp_path):

@@ -79,9 +79,11 @@ def predict(
     explain: Annotated[Path | None, typer.Option(help="folder for one Grad-CAM overlay PNG per image")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
-    """P(malignant) per image and the decision at the evaluated threshold; exit 1 if any image failed."""
+    """P(malignant) per image, calibrated as evaluated (column score: the model's raw output; prevalence:
+    the malignant share the probability is calibrated to), and the decision at the evaluated threshold;
+    exit 1 if any image failed."""
     from skincancer.params import Params, ParamsError, load_params
-    from skincancer.predict import NoThreshold, decision_threshold, image_files, load_model, write_predictions
+    from skincancer.predict import NoThreshold, decision_threshold, image_files, load_model, read_calibration, write_predictions
     from skincancer.predict import predict as classify
 
     try:
@@ -95,7 +97,10 @@ def predict(
     if not files:
         typer.echo(f"error: no images found in {', '.join(map(str, inputs))}", err=True)
         raise typer.Exit(2)
-    frame = classify(files, classifier, chosen, settings.shard, tta=settings.evaluate.tta, batch_size=batch_size)
+    calibration = read_calibration(metrics)
+    typer.echo(f"{calibration.in_words()}; malignant at p >= {chosen:.4f}", err=True)
+    frame = classify(files, classifier, chosen, settings.shard, calibration=calibration,
+                     tta=settings.evaluate.tta, batch_size=batch_size)
     if explain is not None:
         from skincancer.predict import write_explanations
 
@@ -115,7 +120,7 @@ def export(
     model: Annotated[Path, typer.Option(help="the trained classifier")] = Path("models/model.keras"),
     output: Annotated[Path | None, typer.Option(help="where to write (default: exports/<model_savedmodel|model.tflite>)")] = None,
 ) -> None:
-    """Export for serving: takes raw uint8 RGB images at the model's size, returns P(malignant)."""
+    """Export for serving: takes raw uint8 RGB images at the model's size, returns its raw score (uncalibrated)."""
     from skincancer.export import EXPORTERS
     from skincancer.predict import load_model
 

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import skincancer.models  # noqa: F401  (registers the custom layers load_model needs)
 from skincancer.atomic import atomic_write_text
+from skincancer.calibration import Calibration, fit_calibration
 from skincancer.data import ShardSpecMismatch, eval_dataset, read_shard_manifest, shard_paths, split_records
 from skincancer.metrics import DECIMALS, evaluation_metrics
 from skincancer.params import EvaluateParams
@@ -20,7 +21,7 @@ from skincancer.report import confident_mistakes, split_scores, write_report
 from skincancer.tfrecords import read_examples
 
 
-PREDICTION_COLUMNS = ["image_id", "split", "label", "diagnosis", "probability", "prediction", "source", "group"]
+PREDICTION_COLUMNS = ["image_id", "split", "label", "diagnosis", "probability", "prediction", "source", "group", "score"]
 
 
 def _transpose(images: tf.Tensor) -> tf.Tensor:
@@ -65,14 +66,17 @@ def predict_split(model: keras.Model, shards_dir: Path, split: str, tta: int = 1
     return predict_images(model, eval_dataset(shards_dir, split, batch_size).map(lambda x, _: x), tta)
 
 
-def _predictions(model: keras.Model, shards_dir: Path, tta: int) -> pd.DataFrame:
-    """Probabilities at metrics.json's precision: the threshold is one of them, so predictions.csv
-    reproduces every decision exactly."""
+def _predictions(model: keras.Model, shards_dir: Path, params: EvaluateParams) -> tuple[pd.DataFrame, Calibration]:
+    """The model's scores, and probabilities calibrated on val, both at metrics.json's precision: the
+    threshold is one of the probabilities, so predictions.csv reproduces every decision exactly."""
     frames = []
     for split in ("val", "test"):
-        probability = predict_split(model, shards_dir, split, tta).round(DECIMALS)
-        frames.append(split_records(shards_dir, split).assign(split=split, probability=probability))
-    return pd.concat(frames, ignore_index=True)
+        score = predict_split(model, shards_dir, split, params.tta).round(DECIMALS)
+        frames.append(split_records(shards_dir, split).assign(split=split, score=score))
+    predictions = pd.concat(frames, ignore_index=True)
+    val = predictions[predictions["split"] == "val"]
+    calibration = fit_calibration(val["label"], val["score"], params.calibration, DECIMALS)
+    return predictions.assign(probability=calibration.apply(predictions["score"]).round(DECIMALS)), calibration
 
 
 def _encoded_images(shards_dir: Path, image_ids: set[str]) -> dict[str, bytes]:
@@ -98,8 +102,9 @@ def evaluate(
     """metrics.json and reports/; `shown_params` are printed in the report (the params that produced it)."""
     model = keras.saving.load_model(model_path)
     check_model_fits_shards(model, shards_dir, model_path)
-    predictions = _predictions(model, shards_dir, params.tta)
+    predictions, calibration = _predictions(model, shards_dir, params)
     metrics = evaluation_metrics(split_scores(predictions, "val"), split_scores(predictions, "test"), params)
+    metrics["calibration"] = calibration.as_json(DECIMALS)
     predictions["prediction"] = (predictions["probability"] >= metrics["threshold"]).astype(int)
     predictions = predictions[PREDICTION_COLUMNS]
     missed, alarms = confident_mistakes(predictions, params.gallery)

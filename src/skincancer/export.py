@@ -1,4 +1,5 @@
-"""Serving exports of the trained classifier: uint8 RGB images in, P(malignant) out, no Python needed.
+"""Serving exports of the trained classifier: uint8 RGB images in, its raw malignant score out (the uncalibrated
+P(malignant); metrics.json's `calibration` maps it to a probability), no Python needed.
 
 The preprocessing is inside the model, so an export takes the same raw pixels `skincancer predict`
 feeds it (shard-sized, as the model's input shape says).

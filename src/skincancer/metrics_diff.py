@@ -13,20 +13,25 @@ DIGITS = 4
 
 @dataclass(frozen=True)
 class MetricChange:
-    name: str  # "threshold", "val.roc_auc", ...
-    old: float | int | None
-    new: float | int | None
+    name: str  # "threshold", "val.roc_auc", "calibration.method", ...
+    old: float | int | str | None
+    new: float | int | str | None
 
     @property
     def delta(self) -> float | None:
-        if self.old is None or self.new is None:
+        """new - old for numbers; None where a side is missing or a value is a word (calibration.method)."""
+        if not (_is_number(self.old) and _is_number(self.new)):
             return None
         return self.new - self.old
 
 
-def flatten(metrics: dict, prefix: str = "") -> dict[str, float | int | None]:
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def flatten(metrics: dict, prefix: str = "") -> dict[str, float | int | str | None]:
     """{"val": {"roc_auc": x}} -> {"val.roc_auc": x}, keeping the file's key order."""
-    flat: dict[str, float | int | None] = {}
+    flat: dict[str, float | int | str | None] = {}
     for key, value in metrics.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -43,9 +48,11 @@ def changes(old: dict | None, new: dict) -> list[MetricChange]:
     return [MetricChange(name, before.get(name), after.get(name)) for name in names]
 
 
-def _cell(value: float | int | None, signed: bool = False) -> str:
+def _cell(value: float | int | str | None, signed: bool = False) -> str:
     if value is None:
         return "-"
+    if not _is_number(value):
+        return str(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:+d}" if signed else str(value)
     return f"{value:+.{DIGITS}f}" if signed else f"{value:.{DIGITS}f}"

@@ -18,17 +18,18 @@ import pandas as pd
 import tensorflow as tf
 from tqdm import tqdm
 
+from skincancer.calibration import Calibration
 from skincancer.evaluate import predict_images
 from skincancer.labels import CLASS_NAMES
 from skincancer.metrics import DECIMALS
 from skincancer.params import ShardParams
-from skincancer.shard import EncodeJob, encode_file
+from skincancer.shard import encode_file, encode_job
 
 log = logging.getLogger(__name__)
 
 # what a folder walk picks up (an explicit file is always tried, whatever its name)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm"}
-COLUMNS = ["path", "probability", "prediction", "label", "threshold", "error"]
+COLUMNS = ["path", "probability", "prediction", "label", "threshold", "error", "score", "prevalence"]
 
 
 class NoThreshold(ValueError):
@@ -65,10 +66,18 @@ def decision_threshold(metrics_path: Path, override: float | None) -> float:
         ) from None
 
 
+def read_calibration(metrics_path: Path) -> Calibration:
+    """The evaluated calibration (metrics.json's `calibration`); without one, scores are printed as they are."""
+    try:
+        return Calibration.from_json(json.loads(metrics_path.read_text()).get("calibration"))
+    except (FileNotFoundError, ValueError):
+        return Calibration("none")
+
+
 def prepare(path: Path, size: int, shard: ShardParams) -> Prepared:
     """The shard stage's own encode_file; an unreadable file becomes an error row, not a crash."""
     try:
-        encoded = encode_file(EncodeJob(str(path), size, shard.resize, shard.jpeg_quality, shard.max_pixels))
+        encoded = encode_file(encode_job(str(path), shard, size))
     except OSError as error:
         return Prepared(path, None, f"unreadable: {error.strerror or error}")
     return Prepared(path, None, encoded) if isinstance(encoded, str) else Prepared(path, encoded.data, None)
@@ -91,11 +100,13 @@ def predict(
     threshold: float,
     shard: ShardParams,
     *,
+    calibration: Calibration = Calibration("none"),
     tta: int = 1,
     batch_size: int = 64,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """One row per file: P(malignant) rounded like predictions.csv, the call at `threshold`, or the error."""
+    """One row per file: P(malignant) (the score calibrated as evaluate did, both rounded like predictions.csv),
+    the call at `threshold`, or the error."""
     size = int(model.inputs[0].shape[1])
     rows = []
     bar = tqdm(total=len(files), unit="image", disable=not progress or len(files) <= batch_size, leave=False)
@@ -106,16 +117,18 @@ def predict(
             images = tf.data.Dataset.from_tensor_slices([item.jpeg for item in good]).map(
                 lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3)
             ).batch(batch_size)
-            probabilities = iter(predict_images(model, images, tta).round(DECIMALS))
+            scores = predict_images(model, images, tta).round(DECIMALS)
+            probabilities = iter(zip(scores, calibration.apply(scores).round(DECIMALS), strict=True))
         for item in batch:
             if item.error is not None:
                 log.warning("%s: %s", item.path, item.error)
                 rows.append({"path": str(item.path), "threshold": threshold, "error": item.error})
                 continue
-            probability = float(next(probabilities))
+            score, probability = (float(value) for value in next(probabilities))
             called = int(probability >= threshold)
             rows.append({"path": str(item.path), "probability": probability, "prediction": called,
-                         "label": CLASS_NAMES[called], "threshold": threshold, "error": ""})
+                         "label": CLASS_NAMES[called], "threshold": threshold, "error": "",
+                         "score": score, "prevalence": calibration.prevalence})
         bar.update(len(batch))
     bar.close()
     frame = pd.DataFrame(rows, columns=COLUMNS)

@@ -225,6 +225,21 @@ def operating_point(metrics: dict, predictions: pd.DataFrame, policy: ThresholdP
     )
 
 
+def calibration_note(metrics: dict) -> str:
+    """What the probabilities (and so the Brier score and calibration plot) mean."""
+    from skincancer.calibration import Calibration
+
+    calibration = Calibration.from_json(metrics.get("calibration"))
+    if calibration.method == "none":
+        return "Probabilities are the model's raw scores (evaluate.calibration.method: none)."
+    return (
+        f"Probabilities are the model's scores {calibration.in_words().removeprefix('probabilities ')}: "
+        f"Platt scaling (slope {calibration.slope:.3f}, intercept {calibration.intercept:+.3f}) fitted on the "
+        "validation split only; the Brier score and the calibration plot are of these probabilities, and "
+        "`skincancer predict` prints them. AUC and the decisions are unchanged by it (the map is monotone)."
+    )
+
+
 def intervals_note(metrics: dict, predictions: pd.DataFrame) -> str:
     """What each interval resamples or counts, and on how many independent units it rests."""
     groups = group_counts(predictions)
@@ -307,6 +322,8 @@ def render_markdown(
 {_headline(metrics, group_counts(predictions))}
 
 {intervals_note(metrics, predictions)}
+
+{calibration_note(metrics)}
 {labels_section(params)}
 ## Per diagnosis (test)
 
