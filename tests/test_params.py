@@ -29,6 +29,30 @@ def test_project_params_are_valid_and_explicit():
     assert project_params()["shard"]["image_size"] == "auto"  # resolved to small_cnn's 96 above
 
 
+def test_the_real_data_recipe_is_a_complete_params_file_that_changes_only_what_its_ablations_back():
+    """params/real.yaml replaces params.yaml as a whole; each value it changes has a row in docs/model-quality.md."""
+    recipe = yaml.safe_load((ROOT / "params" / "real.yaml").read_text())
+    assert keys(recipe) == keys(Params().model_dump())
+    params = load_params(ROOT / "params" / "real.yaml")
+    changed = {key for key in keys(recipe) if _at(recipe, key) != _at(project_params(), key)}
+    assert changed == {
+        ".fetch.datasets", ".labels.unknown", ".shard.resize", ".train.backbone", ".train.weights",
+        ".train.fine_tune_epochs", ".train.fine_tune_layers", ".train.head", ".train.early_stopping_patience",
+        ".evaluate.tta",
+    }
+    assert params.shard.image_size == 224 and params.train.head == "diagnosis"
+    quality = (ROOT / "docs" / "model-quality.md").read_text()
+    for key in ("shard.resize", "train.head", "train.fine_tune_layers", "evaluate.tta", "shard.color_constancy",
+                "train.augment", "train.imbalance"):
+        assert f"`{key}" in quality, key
+
+
+def _at(document: dict, key: str):
+    for part in key.strip(".").split("."):
+        document = document[part]
+    return document
+
+
 def keys(value, prefix=""):
     if not isinstance(value, dict):
         return {prefix}

@@ -1,0 +1,217 @@
+"""The real-data recipe (params/real.yaml) on real ISIC images, with its ablations (opt-in: needs the real-data
+folder, default ../shared/real).
+
+    .venv/bin/python benchmarks/real_recipe.py [--real ../shared/real] [--work DIR] [--only NAME ...] [--skip-ablations]
+
+One throwaway project (a git repository, like a user's clone) gets params/real.yaml with fetch pointed at
+the Kaggle 9-class zip and the `isic image download` zip (UDA-1) as `file://` sources, the HAM10000
+metadata table (lesion-grouped split) and the local MobileNetV2 ImageNet weights. Then, in one run:
+
+recipe
+    `dvc repro` of the whole pipeline in a fresh project, timed (target: under 30 minutes on 2 cores; keep the
+    machine otherwise idle while it runs); its metrics.json and
+    predictions.csv are scored on test as a whole and on the full-size source's test images alone.
+linear probe (baseline)
+    logistic regression on the pooled features of the same frozen ImageNet backbone, computed on the
+    recipe's own shards; C chosen on val. Binary label and diagnosis targets.
+ablations
+    each changes one choice of the recipe (`dvc repro` reruns only the stages it affects); preprocessing
+    choices (resize policy, colour constancy, resolution) are measured by the linear probe on their own
+    shards. Choices are made on val: the test column is reported, never tuned on.
+
+Results go to WORK/results.json (one entry per run, written as each finishes) and are printed as JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from common import ROOT, committed_project, project_env, run, say, say_machine, stages_run
+from project_copy import set_params
+from recipe.linear_probe import frozen_features, probe_probabilities
+from recipe.scores import in_words, split_scores
+
+HAM = "HAM10000_metadata.csv"
+WEIGHTS = "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
+SOURCES = (("isic-9class", "skin-cancer-9-classes.zip", "class-folders"), ("isic-uda1", "isic-archive-uda1.zip", "isic-cli"))
+
+# one change to the recipe each: (name, what it tests, params change)
+TRAINING_ABLATIONS = (
+    ("fine_tune_12_epochs", "12 fine-tuning epochs instead of 18", {"train": {"fine_tune_epochs": 12}}),
+    ("binary_head", "binary head instead of the diagnosis head", {"train": {"head": "binary"}}),
+    ("fine_tune_top_20", "fine-tune the top 20 layers (the old default) instead of 60",
+     {"train": {"fine_tune_layers": 20}}),
+    ("no_augmentation", "no augmentation while fine-tuning",
+     {"train": {"augment": {"flip": False, "rotation": 0.0, "zoom": 0.0, "color": 0.0}}}),
+    ("no_class_weight", "imbalance: none instead of class_weight", {"train": {"imbalance": "none"}}),
+)
+EVALUATION_ABLATIONS = (("tta_1", "no test-time augmentation (tta 1 instead of 8)", {"evaluate": {"tta": 1}}),)
+# preprocessing: linear probe on each variant's own shards (shard params changed one at a time)
+PREPROCESSING_ABLATIONS = (
+    ("crop", "centre crop instead of pad", {"resize": "crop"}),
+    ("shades_of_gray", "Shades of Gray colour constancy", {"color_constancy": "shades_of_gray"}),
+    ("crop_shades_of_gray", "centre crop and Shades of Gray", {"resize": "crop", "color_constancy": "shades_of_gray"}),
+    ("size_160", "160 px instead of 224", {"image_size": 160}),
+    ("size_192", "192 px instead of 224", {"image_size": 192}),
+)
+
+
+def real_fetch(real: Path) -> dict:
+    return {
+        "datasets": [],
+        "sources": [{"name": name, "url": (real / file).as_uri(), "layout": layout} for name, file, layout in SOURCES],
+        "metadata": [{"url": (real / HAM).as_uri(), "layout": "ham10000"}],
+    }
+
+
+def recipe_params(real: Path) -> dict:
+    """params/real.yaml with fetch and weights pointed at the local copies (no network here)."""
+    params = yaml.safe_load((ROOT / "params" / "real.yaml").read_text())
+    params["fetch"] = {**params["fetch"], **real_fetch(real)}
+    params["train"]["weights"] = str(real / WEIGHTS)
+    return params
+
+
+def scored_predictions(project: Path) -> dict:
+    predictions = pd.read_csv(project / "reports" / "predictions.csv")
+    return {split: split_scores(rows, rows["probability"].to_numpy())
+            for split, rows in predictions.groupby("split") if split in ("val", "test")}
+
+
+def record(results: list[dict], out: Path, entry: dict) -> None:
+    results.append(entry)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    scores = entry.get("scores", {})
+    say(f"{entry['name']}: val {in_words(scores['val'])} | test {in_words(scores['test'])}" if scores else entry["name"])
+
+
+def repro(project: Path, env: dict) -> tuple[float, list[str]]:
+    start = time.perf_counter()
+    result = run(["dvc", "repro"], project, env)
+    return time.perf_counter() - start, stages_run(result.stdout)
+
+
+def probe_entries(name: str, description: str, shards: Path, weights: str, seconds: float | None = None) -> list[dict]:
+    start = time.perf_counter()
+    splits = frozen_features(shards, "mobilenet_v2", weights)
+    entries = []
+    for target in ("label", "diagnosis"):
+        p = probe_probabilities(splits, target)
+        entries.append({
+            "name": f"{name}/probe_{'binary' if target == 'label' else 'diagnosis'}", "kind": "linear_probe",
+            "description": description, "features_seconds": round(time.perf_counter() - start, 1),
+            "scores": {split: split_scores(splits[split].records, p[split]) for split in ("val", "test")},
+        })
+    return entries
+
+
+def robustness_entry(project: Path, saved: Path, params: dict, out_dir: Path) -> dict:
+    """The recipe model's probabilities on each test image and on its half-size, JPEG q75 and quarter-turned
+    copies: median |delta p| per perturbation (bar: 0.05), for all test images and the full-size ones alone."""
+    from perturbations import MAX_MEDIAN_DELTA, median_abs_delta, write_perturbed_copies
+    from recipe.scores import FULL_SIZE_SOURCE
+
+    from skincancer.params import Params
+    from skincancer.predict import load_model, predict, read_calibration
+
+    settings = Params.model_validate(params)
+    manifest = pd.read_parquet(project / "data" / "split" / "manifest.parquet").query("split == 'test'")
+    originals = [project / "data" / "split" / path for path in manifest["path"]]
+    full_size = (manifest["source"] == FULL_SIZE_SOURCE).to_numpy()
+    model, calibration = load_model(saved / "models" / "model.keras"), read_calibration(saved / "metrics.json")
+
+    def probabilities(files: list[Path]):
+        return predict(files, model, 0.5, settings.shard, calibration=calibration, tta=settings.evaluate.tta,
+                       progress=False)["probability"].to_numpy()
+
+    base = probabilities(originals)
+    deltas = {}
+    for name, copies in write_perturbed_copies(originals, out_dir).items():
+        copy = probabilities(copies)
+        deltas[name] = {"all": round(median_abs_delta(base, copy), 4),
+                        "full_size": round(median_abs_delta(base[full_size], copy[full_size]), 4)}
+    return {"name": "robustness", "kind": "robustness", "bar": MAX_MEDIAN_DELTA, "n": len(base),
+            "n_full_size": int(full_size.sum()), "median_abs_delta": deltas}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "real")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/skincancer-real-recipe"))
+    parser.add_argument("--only", nargs="*", help="ablation names to run (default: all)")
+    parser.add_argument("--skip-ablations", action="store_true")
+    args = parser.parse_args()
+    if not all((args.real / name).is_file() for name in (HAM, WEIGHTS, *(file for _, file, _ in SOURCES))):
+        say(f"{args.real}: no real data here; nothing measured")
+        return 0
+    say_machine()
+    args.work.mkdir(parents=True, exist_ok=True)
+    env = project_env(args.work)
+    out = args.work / "results.json"
+    results: list[dict] = json.loads(out.read_text()) if out.exists() else []
+    done = {entry["name"] for entry in results}
+    project = args.work / "project"
+    params = recipe_params(args.real.resolve())
+    weights = params["train"]["weights"]
+    if not project.exists():
+        committed_project(project, env, {})
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    wanted = set(args.only) if args.only else None
+
+    if "recipe" not in done:
+        seconds, stages = repro(project, env)
+        record(results, out, {"name": "recipe", "kind": "pipeline", "seconds": round(seconds, 1), "stages": stages,
+                              "metrics": json.loads((project / "metrics.json").read_text()),
+                              "scores": scored_predictions(project)})
+        (args.work / "recipe-reports").mkdir(exist_ok=True)
+        run(["cp", "-r", "reports", "metrics.json", "models", str(args.work / "recipe-reports")], project, env)
+    if "recipe/probe_binary" not in done:
+        for entry in probe_entries("recipe", "linear probe on the recipe's shards", project / "data" / "shards", weights):
+            record(results, out, entry)
+    if "robustness" not in done and (not wanted or "robustness" in wanted):
+        entry = robustness_entry(project, args.work / "recipe-reports", params, args.work / "perturbed")
+        results.append(entry)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        say(f"robustness: median |delta p| {entry['median_abs_delta']} (bar {entry['bar']})")
+    if args.skip_ablations:
+        return 0
+
+    for name, description, change in PREPROCESSING_ABLATIONS:
+        if f"{name}/probe_binary" in done or (wanted and name not in wanted):
+            continue
+        from skincancer.params import ShardParams
+        from skincancer.shard import write_shards
+
+        shard_params = ShardParams.model_validate({**params["shard"], "image_size": 224, **change})
+        shards = args.work / f"shards-{name}"
+        if not (shards / "manifest.json").exists():
+            manifest = pd.read_parquet(project / "data" / "split" / "manifest.parquet")
+            write_shards(manifest, project / "data" / "split", shards, shard_params)
+        for entry in probe_entries(name, description, shards, weights):
+            record(results, out, entry)
+
+    for name, description, change in EVALUATION_ABLATIONS + TRAINING_ABLATIONS:  # the cheap ones first
+        if name in done or (wanted and name not in wanted):
+            continue
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        set_params(project, change)
+        seconds, stages = repro(project, env)
+        record(results, out, {"name": name, "kind": "pipeline", "description": description, "change": change,
+                              "seconds": round(seconds, 1), "stages": stages,
+                              "metrics": json.loads((project / "metrics.json").read_text()),
+                              "scores": scored_predictions(project)})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for entry in results:
+        if "scores" in entry:
+            print(json.dumps({"benchmark": f"real_recipe/{entry['name']}", "test_auc": entry["scores"]["test"]["all"]["roc_auc"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""docs/model-quality.md's tables, from the results.json that benchmarks/real_recipe.py writes.
+
+    .venv/bin/python benchmarks/recipe/table.py /tmp/skincancer-real-recipe/results.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _auc(scores: dict) -> str:
+    if scores.get("roc_auc") is None:
+        return "-"
+    return f"{scores['roc_auc']:.3f} ({scores['ci_low']:.3f}-{scores['ci_high']:.3f})"
+
+
+def _delta(entry: dict, reference: dict | None, split: str) -> str:
+    if reference is None or entry is reference:
+        return ""
+    return f"{entry['scores'][split]['all']['roc_auc'] - reference['scores'][split]['all']['roc_auc']:+.3f}"
+
+
+def row(entry: dict, reference: dict | None) -> str:
+    val, test = entry["scores"]["val"], entry["scores"]["test"]
+    minutes = f"{entry['seconds'] / 60:.1f}" if "seconds" in entry else "-"
+    return (f"| {entry['name']} | {entry.get('description', '')} | {_auc(val['all'])} | {_delta(entry, reference, 'val')} | "
+            f"{_auc(test['all'])} | {_delta(entry, reference, 'test')} | {test['all']['specificity_at_95_sensitivity']:.3f} | "
+            f"{_auc(test['full_size'])} | {minutes} |")
+
+
+HEADER = ("| run | change | val ROC AUC (95% CI) | val delta | test ROC AUC (95% CI) | test delta | test spec @ 95% sens "
+          "| full-size test AUC | minutes |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def tables(results: list[dict]) -> str:
+    by_name = {entry["name"]: entry for entry in results}
+    pipeline = [entry for entry in results if entry["kind"] == "pipeline"]
+    robustness = [entry for entry in results if entry["kind"] == "robustness"]
+    probes = [entry for entry in results if entry["kind"] == "linear_probe"]
+    recipe = by_name.get("recipe")
+    probe_reference = by_name.get("recipe/probe_diagnosis")
+    return "\n".join([
+        "Fine-tuned runs (each one change to the recipe; delta: against the recipe, same split):", "", HEADER,
+        *(row(entry, recipe) for entry in pipeline), "",
+        "Linear probes on frozen ImageNet features (preprocessing ablations; delta: against the probe on the recipe's shards, same target):",
+        "", HEADER,
+        *(row(entry, by_name.get(f"recipe/{entry['name'].split('/')[1]}") or probe_reference) for entry in probes), "",
+        *(robustness_table(entry) for entry in robustness),
+    ])
+
+
+def robustness_table(entry: dict) -> str:
+    lines = [f"Robustness of the recipe model (median |delta p| against the original; bar {entry['bar']}), "
+             f"{entry['n']} test images ({entry['n_full_size']} full-size):", "",
+             "| copy | all test images | full-size test images |", "|---|---|---|"]
+    lines += [f"| {name} | {delta['all']:.4f} | {delta['full_size']:.4f} |" for name, delta in entry["median_abs_delta"].items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(tables(json.loads(Path(sys.argv[1]).read_text())))

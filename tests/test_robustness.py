@@ -1,0 +1,57 @@
+"""The real-data recipe's non-backbone choices (pad, diagnosis head, augmentation, 8-view TTA, calibrated
+output) on the sample: an image and its half-size, JPEG q75 and quarter-turned copies get the same
+probability (median |delta p| <= 0.05), while different images get clearly different ones."""
+
+import itertools
+
+import numpy as np
+import pytest
+import yaml
+
+from perturbations import MAX_MEDIAN_DELTA, median_abs_delta, write_perturbed_copies
+from project_copy import ROOT
+from skincancer.evaluate import evaluate
+from skincancer.fetch import fetch
+from skincancer.params import EvaluateParams, FetchParams, LabelParams, SampleParams, ShardParams, SplitParams, TrainParams
+from skincancer.predict import image_files, load_model, predict, read_calibration
+from skincancer.shard import write_shards
+from skincancer.split import build_manifest, materialise
+from skincancer.train import train
+
+
+@pytest.fixture(scope="module")
+def recipe_model(tmp_path_factory):
+    """A small_cnn trained with params/real.yaml's shard, train and evaluate choices but its own backbone and
+    size, on 400 sample images (val must be big enough for the calibration to keep images apart)."""
+    recipe = yaml.safe_load((ROOT / "params" / "real.yaml").read_text())
+    out = tmp_path_factory.mktemp("robust")
+    index = fetch(FetchParams(sample=SampleParams(n_images=400, seed=2)), out / "raw")
+    manifest = build_manifest(index, SplitParams(), LabelParams())
+    materialise(manifest, out / "raw", out / "split")
+    shard = ShardParams.model_validate({**recipe["shard"], "image_size": 48, "workers": 2})
+    write_shards(manifest, out / "split", out / "shards", shard)
+    chosen = {key: recipe["train"][key] for key in ("head", "imbalance", "augment", "dropout")}
+    params = TrainParams.model_validate({**chosen, "epochs": 12, "batch_size": 16, "early_stopping_patience": 12})
+    train(params, out / "shards", out / "model.keras", out / "history.csv")
+    evaluate_params = EvaluateParams.model_validate({**recipe["evaluate"], "bootstrap": 0, "gallery": 0})
+    evaluate(evaluate_params, out / "model.keras", out / "shards", out / "metrics.json", out / "reports")
+    return out, shard, evaluate_params.tta
+
+
+def test_recipe_predictions_survive_resizing_reencoding_and_rotation(recipe_model, tmp_path):
+    out, shard, tta = recipe_model
+    originals = image_files([out / "split" / "test"])
+    model, calibration = load_model(out / "model.keras"), read_calibration(out / "metrics.json")
+
+    def probabilities(files):
+        frame = predict(files, model, 0.5, shard, calibration=calibration, tta=tta, progress=False)
+        assert (frame["error"] == "").all()
+        return frame["probability"].to_numpy()
+
+    base = probabilities(originals)
+    between_images = np.median([abs(a - b) for a, b in itertools.combinations(base, 2)])
+    assert between_images > 0.1, "the model must tell images apart for its agreement on copies to mean anything"
+    for name, copies in write_perturbed_copies(originals, tmp_path).items():
+        delta = median_abs_delta(base, probabilities(copies))
+        assert delta <= MAX_MEDIAN_DELTA, (name, delta)
+        assert delta < between_images / 4, (name, delta, between_images)
