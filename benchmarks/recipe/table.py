@@ -27,22 +27,26 @@ def row(entry: dict, reference: dict | None) -> str:
     minutes = f"{entry['seconds'] / 60:.1f}" if "seconds" in entry else "-"
     return (f"| {entry['name']} | {entry.get('description', '')} | {_auc(val['all'])} | {_delta(entry, reference, 'val')} | "
             f"{_auc(test['all'])} | {_delta(entry, reference, 'test')} | {test['all']['specificity_at_95_sensitivity']:.3f} | "
-            f"{_auc(test['full_size'])} | {minutes} |")
+            f"{_auc(val['full_size'])} | {_auc(test['full_size'])} | {minutes} |")
 
 
 HEADER = ("| run | change | val ROC AUC (95% CI) | val delta | test ROC AUC (95% CI) | test delta | test spec @ 95% sens "
-          "| full-size test AUC | minutes |\n|---|---|---|---|---|---|---|---|---|")
+          "| full-size val AUC | full-size test AUC | minutes |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def tables(results: list[dict]) -> str:
     by_name = {entry["name"]: entry for entry in results}
-    pipeline = [entry for entry in results if entry["kind"] == "pipeline"]
-    robustness = [entry for entry in results if entry["kind"] == "robustness"]
-    probes = [entry for entry in results if entry["kind"] == "linear_probe"]
+    def recipe_first(kind: str) -> list[dict]:
+        entries = [entry for entry in results if entry["kind"] == kind]
+        return sorted(entries, key=lambda entry: not entry["name"].startswith("recipe"))
+
+    pipeline, probes, robustness = recipe_first("pipeline"), recipe_first("linear_probe"), recipe_first("robustness")
     recipe = by_name.get("recipe")
     probe_reference = by_name.get("recipe/probe_diagnosis")
     return "\n".join([
-        "Fine-tuned runs (each one change to the recipe; delta: against the recipe, same split):", "", HEADER,
+        "Fine-tuned runs (each one change to the recipe; delta: against the recipe, same split; minutes: the "
+        "recipe's and fine_tune_12_epochs' a whole run from fetch, the others' `dvc repro` of train and evaluate, "
+        "some beside other jobs):", "", HEADER,
         *(row(entry, recipe) for entry in pipeline), "",
         "Linear probes on frozen ImageNet features (preprocessing ablations; delta: against the probe on the recipe's shards, same target):",
         "", HEADER,
