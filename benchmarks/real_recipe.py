@@ -9,15 +9,19 @@ metadata table (lesion-grouped split) and the local MobileNetV2 ImageNet weights
 
 recipe
     `dvc repro` of the whole pipeline in a fresh project, timed (target: under 30 minutes on 2 cores; keep the
-    machine otherwise idle while it runs); its metrics.json and
-    predictions.csv are scored on test as a whole and on the full-size source's test images alone.
+    machine otherwise idle while it runs); its metrics.json and predictions.csv are scored on test as a
+    whole and on the full-size source's test images alone.
 linear probe (baseline)
     logistic regression on the pooled features of the same frozen ImageNet backbone, computed on the
     recipe's own shards; C chosen on val. Binary label and diagnosis targets.
 ablations
     each changes one choice of the recipe (`dvc repro` reruns only the stages it affects); preprocessing
     choices (resize policy, colour constancy, resolution) are measured by the linear probe on their own
-    shards. Choices are made on val: the test column is reported, never tuned on.
+    shards. Choices are meant to be made on val, with test only reported; docs/model-quality.md says where
+    they were not.
+robustness
+    the recipe model's median |delta p| between each test image and its half-size, JPEG q75 and
+    quarter-turned copies (tests/perturbations.py), for all test images and the full-size ones.
 
 Results go to WORK/results.json (one entry per run, written as each finishes) and are printed as JSON lines.
 """
@@ -97,7 +101,7 @@ def repro(project: Path, env: dict) -> tuple[float, list[str]]:
     return time.perf_counter() - start, stages_run(result.stdout)
 
 
-def probe_entries(name: str, description: str, shards: Path, weights: str, seconds: float | None = None) -> list[dict]:
+def probe_entries(name: str, description: str, shards: Path, weights: str) -> list[dict]:
     start = time.perf_counter()
     splits = frozen_features(shards, "mobilenet_v2", weights)
     entries = []
