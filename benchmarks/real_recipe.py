@@ -95,10 +95,17 @@ def record(results: list[dict], out: Path, entry: dict) -> None:
     say(f"{entry['name']}: val {in_words(scores['val'])} | test {in_words(scores['test'])}" if scores else entry["name"])
 
 
-def repro(project: Path, env: dict) -> tuple[float, list[str]]:
+def write_params(project: Path, params: dict) -> None:
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def repro_entry(name: str, project: Path, env: dict, **about) -> dict:
+    """`dvc repro` of the project, timed: the stages it ran, its metrics and the scores of its predictions."""
     start = time.perf_counter()
     result = run(["dvc", "repro"], project, env)
-    return time.perf_counter() - start, stages_run(result.stdout)
+    return {"name": name, "kind": "pipeline", **about, "seconds": round(time.perf_counter() - start, 1),
+            "stages": stages_run(result.stdout), "metrics": json.loads((project / "metrics.json").read_text()),
+            "scores": scored_predictions(project)}
 
 
 def probe_entries(name: str, description: str, shards: Path, weights: str) -> list[dict]:
@@ -165,14 +172,11 @@ def main() -> int:
     weights = params["train"]["weights"]
     if not project.exists():
         committed_project(project, env, {})
-        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        write_params(project, params)
     wanted = set(args.only) if args.only else None
 
     if "recipe" not in done:
-        seconds, stages = repro(project, env)
-        record(results, out, {"name": "recipe", "kind": "pipeline", "seconds": round(seconds, 1), "stages": stages,
-                              "metrics": json.loads((project / "metrics.json").read_text()),
-                              "scores": scored_predictions(project)})
+        record(results, out, repro_entry("recipe", project, env))
         (args.work / "recipe-reports").mkdir(exist_ok=True)
         run(["cp", "-r", "reports", "metrics.json", "models", str(args.work / "recipe-reports")], project, env)
     if "recipe/probe_binary" not in done:
@@ -180,9 +184,8 @@ def main() -> int:
             record(results, out, entry)
     if "robustness" not in done and (not wanted or "robustness" in wanted):
         entry = robustness_entry(project, args.work / "recipe-reports", params, args.work / "perturbed")
-        results.append(entry)
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        say(f"robustness: median |delta p| {entry['median_abs_delta']} (bar {entry['bar']})")
+        record(results, out, entry)
+        say(f"median |delta p| {entry['median_abs_delta']} (bar {entry['bar']})")
     if args.skip_ablations:
         return 0
 
@@ -203,14 +206,10 @@ def main() -> int:
     for name, description, change in EVALUATION_ABLATIONS + TRAINING_ABLATIONS:  # the cheap ones first
         if name in done or (wanted and name not in wanted):
             continue
-        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        write_params(project, params)
         set_params(project, change)
-        seconds, stages = repro(project, env)
-        record(results, out, {"name": name, "kind": "pipeline", "description": description, "change": change,
-                              "seconds": round(seconds, 1), "stages": stages,
-                              "metrics": json.loads((project / "metrics.json").read_text()),
-                              "scores": scored_predictions(project)})
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        record(results, out, repro_entry(name, project, env, description=description, change=change))
+    write_params(project, params)
     for entry in results:
         if "scores" in entry:
             print(json.dumps({"benchmark": f"real_recipe/{entry['name']}", "test_auc": entry["scores"]["test"]["all"]["roc_auc"]}))

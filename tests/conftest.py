@@ -19,19 +19,27 @@ def prefect_api(tmp_path_factory) -> Iterator[str]:
         yield url
 
 
+def split_sample(root: Path, n_images: int, seed: int):
+    """fetch -> split through the library (no Prefect): the sample's split manifest, images under root/split."""
+    from skincancer.fetch import fetch
+    from skincancer.params import FetchParams, LabelParams, SampleParams, SplitParams
+    from skincancer.split import build_manifest, materialise
+
+    index = fetch(FetchParams(sample=SampleParams(n_images=n_images, seed=seed)), root / "raw")
+    manifest = build_manifest(index, SplitParams(), LabelParams())
+    materialise(manifest, root / "raw", root / "split")
+    return manifest
+
+
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory) -> Path:
     """fetch -> split -> shard through the library (no Prefect): 32 px shards of 120 images."""
     import pandas as pd  # noqa: F401  (pyarrow engine for parquet)
 
-    from skincancer.fetch import fetch
-    from skincancer.params import FetchParams, LabelParams, SampleParams, ShardParams, SplitParams
+    from skincancer.params import ShardParams
     from skincancer.shard import write_shards
-    from skincancer.split import build_manifest, materialise
 
     root = tmp_path_factory.mktemp("tiny")
-    index = fetch(FetchParams(sample=SampleParams(n_images=120, seed=1)), root / "raw")
-    manifest = build_manifest(index, SplitParams(), LabelParams())
-    materialise(manifest, root / "raw", root / "split")
+    manifest = split_sample(root, 120, seed=1)
     write_shards(manifest, root / "split", root / "shards", ShardParams(image_size=32, workers=1))
     return root / "shards"

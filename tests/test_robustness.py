@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import split_sample
 from perturbations import MAX_MEDIAN_DELTA, median_abs_delta, write_perturbed_copies
 from project_copy import ROOT
 from skincancer.evaluate import evaluate
-from skincancer.fetch import fetch
-from skincancer.params import EvaluateParams, FetchParams, LabelParams, SampleParams, ShardParams, SplitParams, TrainParams
+from skincancer.params import EvaluateParams, ShardParams, TrainParams
 from skincancer.predict import image_files, load_model, predict, read_calibration
 from skincancer.shard import write_shards
-from skincancer.split import build_manifest, materialise
 from skincancer.train import train
 
 
@@ -25,9 +24,7 @@ def recipe_model(tmp_path_factory):
     size, on 400 sample images (val must be big enough for the calibration to keep images apart)."""
     recipe = yaml.safe_load((ROOT / "params" / "real.yaml").read_text())
     out = tmp_path_factory.mktemp("robust")
-    index = fetch(FetchParams(sample=SampleParams(n_images=400, seed=2)), out / "raw")
-    manifest = build_manifest(index, SplitParams(), LabelParams())
-    materialise(manifest, out / "raw", out / "split")
+    manifest = split_sample(out, 400, seed=2)
     shard = ShardParams.model_validate({**recipe["shard"], "image_size": 48, "workers": 2})
     write_shards(manifest, out / "split", out / "shards", shard)
     chosen = {key: recipe["train"][key] for key in ("head", "imbalance", "augment", "dropout")}

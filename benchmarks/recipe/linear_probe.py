@@ -23,23 +23,17 @@ class SplitFeatures:
 
 
 def frozen_features(shards_dir: Path, backbone: str, weights: str, batch_size: int = 64) -> dict[str, SplitFeatures]:
-    """Pooled features of the pretrained backbone for every split, in manifest order."""
-    import keras
-
-    from skincancer.backbones import BACKBONES
-    from skincancer.data import eval_dataset, read_shard_manifest, split_records
-    from skincancer.models import PixelPreprocessing, build_backbone
+    """Pooled features of the pretrained backbone for every split, in manifest order: the train stage's own
+    frozen-phase cache (`build_classifier(...).features`, `cached_features`)."""
+    from skincancer.data import read_shard_manifest, split_records
+    from skincancer.models import build_classifier
+    from skincancer.params import TrainParams
+    from skincancer.train import cached_features
 
     size = read_shard_manifest(shards_dir)["image_size"]
-    inputs = keras.Input((size, size, 3), dtype="uint8")
-    x = PixelPreprocessing(BACKBONES[backbone].preprocessing)(inputs)
-    pooled = keras.layers.GlobalAveragePooling2D()(build_backbone(backbone, size, weights)(x, training=False))
-    model = keras.Model(inputs, pooled)
+    classifier = build_classifier(TrainParams(backbone=backbone, weights=weights), size)
     return {
-        split: SplitFeatures(
-            model.predict(eval_dataset(shards_dir, split, batch_size).map(lambda image, _: image), verbose=0),
-            split_records(shards_dir, split),
-        )
+        split: SplitFeatures(cached_features(classifier, shards_dir, split, batch_size), split_records(shards_dir, split))
         for split in ("train", "val", "test")
     }
 

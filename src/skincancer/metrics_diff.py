@@ -53,7 +53,7 @@ def _cell(value: float | int | str | None, signed: bool = False) -> str:
         return "-"
     if not _is_number(value):
         return str(value)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int):
         return f"{value:+d}" if signed else str(value)
     return f"{value:+.{DIGITS}f}" if signed else f"{value:.{DIGITS}f}"
 

@@ -36,6 +36,11 @@ class PixelPreprocessing(layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+def malignant_probability(probabilities, malignant_mask, keepdims: bool = False):
+    """Diagnosis probabilities (..., classes) -> P(malignant): what the saved model and the training metrics sum."""
+    return keras.ops.sum(probabilities * malignant_mask, axis=-1, keepdims=keepdims)
+
+
 @keras.saving.register_keras_serializable(package="skincancer")
 class MalignantProbability(layers.Layer):
     """Diagnosis probabilities -> P(malignant): the sum over the malignant classes, so the saved model of a
@@ -47,7 +52,7 @@ class MalignantProbability(layers.Layer):
 
     def call(self, probabilities):
         mask = keras.ops.convert_to_tensor(self.malignant, dtype=probabilities.dtype)
-        return keras.ops.sum(probabilities * mask, axis=-1, keepdims=True)
+        return malignant_probability(probabilities, mask, keepdims=True)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "class_names": self.class_names, "malignant": self.malignant}

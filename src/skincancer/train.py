@@ -18,14 +18,13 @@ from skincancer.data import (
     eval_dataset,
     feature_dataset,
     read_shard_manifest,
-    split_labels,
     split_records,
     split_targets,
     training_dataset,
 )
 from skincancer.diagnosis_classes import DiagnosisClasses, diagnosis_classes
 from skincancer.hardware import make_deterministic, pick_strategy, seeded_construction, set_precision
-from skincancer.models import Classifier, build_classifier, unfreeze_top
+from skincancer.models import Classifier, build_classifier, malignant_probability, unfreeze_top
 from skincancer.params import TrainParams
 from skincancer.train_state import TrainState
 
@@ -84,7 +83,7 @@ class _OnMalignant:
     def update_state(self, y_true, y_pred, sample_weight=None):
         mask = keras.ops.convert_to_tensor(self.malignant, dtype="float32")
         label = keras.ops.take(mask, keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"))
-        probability = keras.ops.sum(keras.ops.cast(y_pred, "float32") * mask, axis=-1)
+        probability = malignant_probability(keras.ops.cast(y_pred, "float32"), mask)
         return super().update_state(label, probability, sample_weight)
 
 
@@ -176,9 +175,11 @@ def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, st
     if uses_cache:
         log.info("phase 1 on cached features of the unaugmented images: the frozen backbone runs once over train and val")
         model = classifier.head
+        train_targets = _targets(shards_dir, "train", classes)
+        train_labels = None if classes is None else np.asarray(classes.labels)[train_targets]  # what oversampling balances
         train_ds = feature_dataset(
-            cached_features(classifier, shards_dir, "train", batch_size), _targets(shards_dir, "train", classes),
-            batch_size, params.seed, params.imbalance, labels=split_labels(shards_dir, "train"),
+            cached_features(classifier, shards_dir, "train", batch_size), train_targets,
+            batch_size, params.seed, params.imbalance, labels=train_labels,
         )
         val_ds = feature_dataset(cached_features(classifier, shards_dir, "val", batch_size), _targets(shards_dir, "val", classes), val_batch)
     else:
