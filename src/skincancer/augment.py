@@ -4,6 +4,8 @@ Every random draw is a stateless op keyed by a per-image seed, so a training see
 augmented batches whatever the tf.data parallelism; the work runs on the input pipeline's CPU
 threads while the accelerator trains. Lesions have no canonical orientation: flips on both axes,
 any rotation, a little zoom and colour jitter (dermatoscopes differ in lighting) keep the label.
+Resolution loss (down and back up) stands for the smaller photos of other cameras and of downsized
+copies: the shard stage upsamples those to the model's size, so their detail is gone.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ def _rotate_and_zoom(image: tf.Tensor, angle: tf.Tensor, scale: tf.Tensor) -> tf
     )[0]
 
 
+def _lose_resolution(image: tf.Tensor, fraction: tf.Tensor) -> tf.Tensor:
+    """Down to `fraction` of each side (antialiased, as a photo taken smaller) and back up to the same shape."""
+    size = tf.shape(image)[:2]
+    smaller = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * fraction), tf.int32), 1)
+    return tf.image.resize(tf.image.resize(image, smaller, antialias=True), size)
+
+
 def augmenter(params: AugmentParams):
     """(uint8 image, int64[2] seed) -> augmented uint8 image of the same shape."""
 
@@ -43,6 +52,9 @@ def augmenter(params: AugmentParams):
             tf.random.experimental.stateless_split(seed, num=7)
         )
         x = tf.cast(image, tf.float32) / 255.0
+        if params.resolution:  # its own stream, so the other draws stay what they were without it
+            detail = tf.random.experimental.stateless_fold_in(seed, 7)
+            x = _lose_resolution(x, tf.random.stateless_uniform([], detail, 1 - params.resolution, 1.0))
         if params.flip:
             x = tf.image.stateless_random_flip_left_right(x, flip_lr)
             x = tf.image.stateless_random_flip_up_down(x, flip_ud)

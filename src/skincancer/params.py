@@ -205,10 +205,13 @@ class AugmentParams(_Section):
     rotation: float = Field(0.5, ge=0, le=0.5, description="fraction of a full turn")
     zoom: float = Field(0.1, ge=0, lt=1)
     color: float = Field(0.1, ge=0, lt=1, description="brightness/contrast/saturation jitter")
+    resolution: float = Field(
+        0.0, ge=0, lt=1, description="most of the detail lost: down to a fraction in [1 - this, 1] of the side and back up"
+    )
 
     @property
     def active(self) -> bool:
-        return bool(self.flip or self.rotation or self.zoom or self.color)
+        return bool(self.flip or self.rotation or self.zoom or self.color or self.resolution)
 
 
 class TrainParams(_Section):
