@@ -21,7 +21,8 @@ ablations
     they were not.
 robustness
     the recipe model's median |delta p| between each test image and its half-size, JPEG q75 and
-    quarter-turned copies (tests/perturbations.py), for all test images and the full-size ones.
+    quarter-turned copies (tests/perturbations.py), for all test images and the full-size ones; the same for
+    the ablations in ROBUSTNESS_OF (TTA, resolution loss), the choices made for it.
 
 Results go to WORK/results.json (one entry per run, written as each finishes) and are printed as JSON lines.
 """
@@ -45,17 +46,19 @@ HAM = "HAM10000_metadata.csv"
 WEIGHTS = "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 SOURCES = (("isic-9class", "skin-cancer-9-classes.zip", "class-folders"), ("isic-uda1", "isic-archive-uda1.zip", "isic-cli"))
 
-# one change to the recipe each: (name, what it tests, params change)
+# one change to the recipe each: (name, what it tests, params change), the ones a choice hangs on first
 TRAINING_ABLATIONS = (
-    ("fine_tune_12_epochs", "12 fine-tuning epochs instead of 18", {"train": {"fine_tune_epochs": 12}}),
+    ("class_weight", "imbalance: class_weight instead of none", {"train": {"imbalance": "class_weight"}}),
+    ("resolution_augment", "resolution loss 0.5 while fine-tuning", {"train": {"augment": {"resolution": 0.5}}}),
     ("binary_head", "binary head instead of the diagnosis head", {"train": {"head": "binary"}}),
+    ("fine_tune_12_epochs", "12 fine-tuning epochs instead of 18", {"train": {"fine_tune_epochs": 12}}),
     ("fine_tune_top_20", "fine-tune the top 20 layers (the old default) instead of 60",
      {"train": {"fine_tune_layers": 20}}),
     ("no_augmentation", "no augmentation while fine-tuning",
      {"train": {"augment": {"flip": False, "rotation": 0.0, "zoom": 0.0, "color": 0.0}}}),
-    ("no_class_weight", "imbalance: none instead of class_weight", {"train": {"imbalance": "none"}}),
 )
 EVALUATION_ABLATIONS = (("tta_1", "no test-time augmentation (tta 1 instead of 8)", {"evaluate": {"tta": 1}}),)
+ROBUSTNESS_OF = ("tta_1", "resolution_augment")  # ablations whose model is also put through the perturbations
 # preprocessing: linear probe on each variant's own shards (shard params changed one at a time)
 PREPROCESSING_ABLATIONS = (
     ("crop", "centre crop instead of pad", {"resize": "crop"}),
@@ -95,6 +98,11 @@ def record(results: list[dict], out: Path, entry: dict) -> None:
     say(f"{entry['name']}: val {in_words(scores['val'])} | test {in_words(scores['test'])}" if scores else entry["name"])
 
 
+def record_robustness(results: list[dict], out: Path, entry: dict) -> None:
+    record(results, out, entry)
+    say(f"{entry['name']}: median |delta p| {entry['median_abs_delta']} (bar {entry['bar']})")
+
+
 def write_params(project: Path, params: dict) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -122,8 +130,8 @@ def probe_entries(name: str, description: str, shards: Path, weights: str) -> li
     return entries
 
 
-def robustness_entry(project: Path, saved: Path, params: dict, out_dir: Path) -> dict:
-    """The recipe model's probabilities on each test image and on its half-size, JPEG q75 and quarter-turned
+def robustness_entry(name: str, project: Path, saved: Path, params: dict, out_dir: Path) -> dict:
+    """A model's probabilities on each test image and on its half-size, JPEG q75 and quarter-turned
     copies: median |delta p| per perturbation (bar: 0.05), for all test images and the full-size ones alone."""
     from perturbations import MAX_MEDIAN_DELTA, median_abs_delta, write_perturbed_copies
     from recipe.scores import FULL_SIZE_SOURCE
@@ -143,11 +151,11 @@ def robustness_entry(project: Path, saved: Path, params: dict, out_dir: Path) ->
 
     base = probabilities(originals)
     deltas = {}
-    for name, copies in write_perturbed_copies(originals, out_dir).items():
+    for perturbation, copies in write_perturbed_copies(originals, out_dir).items():
         copy = probabilities(copies)
-        deltas[name] = {"all": round(median_abs_delta(base, copy), 4),
+        deltas[perturbation] = {"all": round(median_abs_delta(base, copy), 4),
                         "full_size": round(median_abs_delta(base[full_size], copy[full_size]), 4)}
-    return {"name": "robustness", "kind": "robustness", "bar": MAX_MEDIAN_DELTA, "n": len(base),
+    return {"name": name, "kind": "robustness", "bar": MAX_MEDIAN_DELTA, "n": len(base),
             "n_full_size": int(full_size.sum()), "median_abs_delta": deltas}
 
 
@@ -183,9 +191,8 @@ def main() -> int:
         for entry in probe_entries("recipe", "linear probe on the recipe's shards", project / "data" / "shards", weights):
             record(results, out, entry)
     if "robustness" not in done and (not wanted or "robustness" in wanted):
-        entry = robustness_entry(project, args.work / "recipe-reports", params, args.work / "perturbed")
-        record(results, out, entry)
-        say(f"median |delta p| {entry['median_abs_delta']} (bar {entry['bar']})")
+        record_robustness(results, out, robustness_entry("robustness", project, args.work / "recipe-reports", params,
+                                                         args.work / "perturbed"))
     if args.skip_ablations:
         return 0
 
@@ -209,6 +216,10 @@ def main() -> int:
         write_params(project, params)
         set_params(project, change)
         record(results, out, repro_entry(name, project, env, description=description, change=change))
+        if name in ROBUSTNESS_OF:
+            changed = yaml.safe_load((project / "params.yaml").read_text())
+            record_robustness(results, out, robustness_entry(f"{name}/robustness", project, project, changed,
+                                                             args.work / "perturbed"))
     write_params(project, params)
     for entry in results:
         if "scores" in entry:

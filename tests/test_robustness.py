@@ -1,5 +1,5 @@
-"""The real-data recipe's non-backbone choices (pad, diagnosis head, augmentation, 8-view TTA, calibrated
-output) on the sample: an image and its half-size, JPEG q75 and quarter-turned copies get the same
+"""The real-data recipe's non-backbone choices (pad, diagnosis head, augmentation with resolution loss, its
+imbalance policy and TTA, calibrated output) on the sample: an image and its half-size, JPEG q75 and quarter-turned copies get the same
 probability (median |delta p| <= 0.05), while different images get clearly different ones."""
 
 import itertools

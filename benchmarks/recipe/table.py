@@ -23,9 +23,11 @@ def _delta(entry: dict, reference: dict | None, split: str) -> str:
 
 
 def row(entry: dict, reference: dict | None) -> str:
+    """One run's scores; its deltas are against `reference` (an entry's own `relative_to` run when it names one)."""
     val, test = entry["scores"]["val"], entry["scores"]["test"]
     minutes = f"{entry['seconds'] / 60:.1f}" if "seconds" in entry else "-"
-    return (f"| {entry['name']} | {entry.get('description', '')} | {_auc(val['all'])} | {_delta(entry, reference, 'val')} | "
+    change = entry.get("description", "") + (f" (against {entry['relative_to']})" if "relative_to" in entry else "")
+    return (f"| {entry['name']} | {change} | {_auc(val['all'])} | {_delta(entry, reference, 'val')} | "
             f"{_auc(test['all'])} | {_delta(entry, reference, 'test')} | {test['all']['specificity_at_95_sensitivity']:.3f} | "
             f"{_auc(val['full_size'])} | {_auc(test['full_size'])} | {minutes} |")
 
@@ -44,10 +46,10 @@ def tables(results: list[dict]) -> str:
     recipe = by_name.get("recipe")
     probe_reference = by_name.get("recipe/probe_diagnosis")
     return "\n".join([
-        "Fine-tuned runs (each one change to the recipe; delta: against the recipe, same split; minutes: the "
-        "recipe's and fine_tune_12_epochs' a whole run from fetch, the others' `dvc repro` of train and evaluate, "
+        "Fine-tuned runs (each one change to the recipe, or to the run it names; delta: against that, same split; minutes: the "
+        "recipe's a whole run from fetch on an idle machine, the others' `dvc repro` of the stages they change, "
         "some beside other jobs):", "", HEADER,
-        *(row(entry, recipe) for entry in pipeline), "",
+        *(row(entry, by_name.get(entry.get("relative_to"), recipe)) for entry in pipeline), "",
         "Linear probes on frozen ImageNet features (preprocessing ablations; delta: against the probe on the recipe's shards, same target):",
         "", HEADER,
         *(row(entry, by_name.get(f"recipe/{entry['name'].split('/')[1]}") or probe_reference) for entry in probes), "",
@@ -56,7 +58,8 @@ def tables(results: list[dict]) -> str:
 
 
 def robustness_table(entry: dict) -> str:
-    lines = [f"Robustness of the recipe model (median |delta p| against the original; bar {entry['bar']}), "
+    model = "the recipe model" if entry["name"] == "robustness" else f"the {entry['name'].split('/')[0]} run"
+    lines = [f"Robustness of {model} (median |delta p| against the original; bar {entry['bar']}), "
              f"{entry['n']} test images ({entry['n_full_size']} full-size):", "",
              "| copy | all test images | full-size test images |", "|---|---|---|"]
     lines += [f"| {name} | {delta['all']:.4f} | {delta['full_size']:.4f} |" for name, delta in entry["median_abs_delta"].items()]
