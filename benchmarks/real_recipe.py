@@ -38,7 +38,7 @@ import pandas as pd
 import yaml
 
 from common import ROOT, committed_project, project_env, run, say, say_machine, stages_run
-from project_copy import set_params
+from project_copy import merge, set_params
 from recipe.linear_probe import frozen_features, probe_probabilities
 from recipe.scores import in_words, split_scores
 
@@ -94,13 +94,10 @@ def scored_predictions(project: Path) -> dict:
 def record(results: list[dict], out: Path, entry: dict) -> None:
     results.append(entry)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    scores = entry.get("scores", {})
-    say(f"{entry['name']}: val {in_words(scores['val'])} | test {in_words(scores['test'])}" if scores else entry["name"])
-
-
-def record_robustness(results: list[dict], out: Path, entry: dict) -> None:
-    record(results, out, entry)
-    say(f"{entry['name']}: median |delta p| {entry['median_abs_delta']} (bar {entry['bar']})")
+    if "scores" in entry:
+        say(f"{entry['name']}: val {in_words(entry['scores']['val'])} | test {in_words(entry['scores']['test'])}")
+    else:
+        say(f"{entry['name']}: median |delta p| {entry['median_abs_delta']} (bar {entry['bar']})")
 
 
 def write_params(project: Path, params: dict) -> None:
@@ -154,7 +151,7 @@ def robustness_entry(name: str, project: Path, saved: Path, params: dict, out_di
     for perturbation, copies in write_perturbed_copies(originals, out_dir).items():
         copy = probabilities(copies)
         deltas[perturbation] = {"all": round(median_abs_delta(base, copy), 4),
-                        "full_size": round(median_abs_delta(base[full_size], copy[full_size]), 4)}
+                                "full_size": round(median_abs_delta(base[full_size], copy[full_size]), 4)}
     return {"name": name, "kind": "robustness", "bar": MAX_MEDIAN_DELTA, "n": len(base),
             "n_full_size": int(full_size.sum()), "median_abs_delta": deltas}
 
@@ -191,8 +188,8 @@ def main() -> int:
         for entry in probe_entries("recipe", "linear probe on the recipe's shards", project / "data" / "shards", weights):
             record(results, out, entry)
     if "robustness" not in done and (not wanted or "robustness" in wanted):
-        record_robustness(results, out, robustness_entry("robustness", project, args.work / "recipe-reports", params,
-                                                         args.work / "perturbed"))
+        record(results, out, robustness_entry("robustness", project, args.work / "recipe-reports", params,
+                                              args.work / "perturbed"))
     if args.skip_ablations:
         return 0
 
@@ -217,9 +214,8 @@ def main() -> int:
         set_params(project, change)
         record(results, out, repro_entry(name, project, env, description=description, change=change))
         if name in ROBUSTNESS_OF:
-            changed = yaml.safe_load((project / "params.yaml").read_text())
-            record_robustness(results, out, robustness_entry(f"{name}/robustness", project, project, changed,
-                                                             args.work / "perturbed"))
+            record(results, out, robustness_entry(f"{name}/robustness", project, project, merge(params, change),
+                                                  args.work / "perturbed"))
     write_params(project, params)
     for entry in results:
         if "scores" in entry:

@@ -1,6 +1,6 @@
-"""The real-data recipe's non-backbone choices (pad, diagnosis head, augmentation with resolution loss, its
-imbalance policy and TTA, calibrated output) on the sample: an image and its half-size, JPEG q75 and quarter-turned copies get the same
-probability (median |delta p| <= 0.05), while different images get clearly different ones."""
+"""The real-data recipe's non-backbone choices (pad, diagnosis head, augmentation, imbalance policy, TTA,
+calibrated output) on the sample: an image and its half-size, JPEG q75 and quarter-turned copies get the
+same probability (median |delta p| <= 0.05), while different images get clearly different ones."""
 
 import itertools
 
