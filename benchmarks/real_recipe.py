@@ -22,7 +22,7 @@ ablations
 robustness
     the recipe model's median |delta p| between each test image and its half-size, JPEG q75 and
     quarter-turned copies (tests/perturbations.py), for all test images and the full-size ones; the same for
-    the ablations in ROBUSTNESS_OF (TTA, resolution loss), the choices made for it.
+    the ablations in ROBUSTNESS_OF (TTA views and scales, resolution loss), the choices made for it.
 
 Results go to WORK/results.json (one entry per run, written as each finishes) and are printed as JSON lines.
 """
@@ -57,8 +57,13 @@ TRAINING_ABLATIONS = (
     ("no_augmentation", "no augmentation while fine-tuning",
      {"train": {"augment": {"flip": False, "rotation": 0.0, "zoom": 0.0, "color": 0.0}}}),
 )
-EVALUATION_ABLATIONS = (("tta_1", "no test-time augmentation (tta 1 instead of 8)", {"evaluate": {"tta": 1}}),)
-ROBUSTNESS_OF = ("tta_1", "resolution_augment")  # ablations whose model is also put through the perturbations
+EVALUATION_ABLATIONS = (
+    ("tta_1", "no flips or turns at test time (tta 1 instead of 8)", {"evaluate": {"tta": 1}}),
+    ("single_scale_tta", "each view at its own scale only (tta_scales [1.0] instead of [1.0, 0.5])",
+     {"evaluate": {"tta_scales": [1.0]}}),
+)
+# ablations whose model is also put through the perturbations: the choices made for robustness
+ROBUSTNESS_OF = ("tta_1", "single_scale_tta", "resolution_augment")
 # preprocessing: linear probe on each variant's own shards (shard params changed one at a time)
 PREPROCESSING_ABLATIONS = (
     ("crop", "centre crop instead of pad", {"resize": "crop"}),
@@ -144,7 +149,7 @@ def robustness_entry(name: str, project: Path, saved: Path, params: dict, out_di
 
     def probabilities(files: list[Path]):
         return predict(files, model, 0.5, settings.shard, calibration=calibration, tta=settings.evaluate.tta,
-                       progress=False)["probability"].to_numpy()
+                       tta_scales=settings.evaluate.tta_scales, progress=False)["probability"].to_numpy()
 
     base = probabilities(originals)
     deltas = {}

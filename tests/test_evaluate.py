@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from skincancer.data import ShardSpecMismatch, eval_dataset
-from skincancer.evaluate import DIHEDRAL, PREDICTION_COLUMNS, evaluate, predict_split
+from skincancer.evaluate import DIHEDRAL, PREDICTION_COLUMNS, at_scale, evaluate, predict_split
 from skincancer.metrics import METRIC_KEYS
 from skincancer.models import build_classifier
 from skincancer.params import EvaluateParams, TrainParams
@@ -133,3 +133,15 @@ def test_tta_averages_the_dihedral_views(tiny_shards, model_path):
     square = tf.reshape(tf.range(9), (1, 3, 3, 1))
     assert len({view(square).numpy().tobytes() for view in DIHEDRAL}) == 8  # eight distinct views
     assert not np.allclose(predict_split(model, tiny_shards, "val", tta=8), predict_split(model, tiny_shards, "val"))
+
+
+def test_tta_scales_average_each_view_with_its_lower_resolution_copy(tiny_shards, model_path):
+    model = keras.saving.load_model(model_path)
+    images = np.concatenate([x.numpy() for x, _ in eval_dataset(tiny_shards, "val", 64)])
+    mirrored = images[:, :, ::-1]
+    halved = [tf.image.resize(tf.image.resize(v.astype(np.float32), (16, 16), antialias=True), (32, 32)) for v in (images, mirrored)]
+    views = [images, mirrored, *(np.round(np.clip(v.numpy(), 0, 255)).astype(np.uint8) for v in halved)]
+    expected = np.mean([model.predict(v, verbose=0).reshape(-1) for v in views], axis=0)
+    np.testing.assert_allclose(predict_split(model, tiny_shards, "val", tta=2, scales=[1.0, 0.5]), expected, rtol=1e-5)
+    assert not np.allclose(expected, predict_split(model, tiny_shards, "val", tta=2))
+    np.testing.assert_array_equal(at_scale(tf.constant(images), 1.0).numpy(), images)  # 1.0 is the image as sharded

@@ -38,12 +38,12 @@ def test_the_real_data_recipe_is_a_complete_params_file_that_changes_only_what_i
     assert changed == {
         ".fetch.datasets", ".labels.unknown", ".shard.resize", ".train.backbone", ".train.weights",
         ".train.fine_tune_epochs", ".train.fine_tune_layers", ".train.head", ".train.early_stopping_patience",
-        ".train.imbalance", ".evaluate.tta",
+        ".train.imbalance", ".evaluate.tta", ".evaluate.tta_scales",
     }
     assert params.shard.image_size == 224 and params.train.head == "diagnosis"
     quality = (ROOT / "docs" / "model-quality.md").read_text()
     for key in ("shard.resize", "train.head", "train.fine_tune_layers", "evaluate.tta", "shard.color_constancy",
-                "train.augment", "train.augment.resolution", "train.imbalance"):
+                "train.augment", "train.augment.resolution", "train.imbalance", "evaluate.tta_scales"):
         assert f"`{key}" in quality, key
 
 
@@ -93,6 +93,9 @@ def json_like(value):
         ("fetch", "metadata", [{"url": "file:///a/m.csv", "layout": "isic-cli"}, {"url": "https://h/m.csv", "layout": "isic2020"}],
          "fetch.metadata lists two tables named ['m.csv']"),
         ("fetch", "sources", [{"name": "metadata", "url": "file:///a.zip", "layout": "isic-cli"}], "'metadata' is the folder"),
+        ("evaluate", "tta_scales", [1.0, 0.5, 0.5], "evaluate.tta_scales: Value error, [1.0, 0.5, 0.5] repeats a scale"),
+        ("evaluate", "tta_scales", [1.0, 2.0], "evaluate.tta_scales.1"),
+        ("evaluate", "tta_scales", [], "evaluate.tta_scales"),
     ],
 )
 def test_bad_value_names_the_key(tmp_path, section, key, value, names):

@@ -1,5 +1,5 @@
-"""The real-data recipe's non-backbone choices (pad, diagnosis head, augmentation, imbalance policy, TTA,
-calibrated output) on the sample: an image and its half-size, JPEG q75 and quarter-turned copies get the
+"""The real-data recipe's non-backbone choices (pad, diagnosis head, augmentation, imbalance policy, TTA at two
+scales, calibrated output) on the sample: an image and its half-size, JPEG q75 and quarter-turned copies get the
 same probability (median |delta p| <= 0.05), while different images get clearly different ones."""
 
 import itertools
@@ -32,16 +32,17 @@ def recipe_model(tmp_path_factory):
     train(params, out / "shards", out / "model.keras", out / "history.csv")
     evaluate_params = EvaluateParams.model_validate({**recipe["evaluate"], "bootstrap": 0, "gallery": 0})
     evaluate(evaluate_params, out / "model.keras", out / "shards", out / "metrics.json", out / "reports")
-    return out, shard, evaluate_params.tta
+    return out, shard, evaluate_params
 
 
 def test_recipe_predictions_survive_resizing_reencoding_and_rotation(recipe_model, tmp_path):
-    out, shard, tta = recipe_model
+    out, shard, chosen = recipe_model
     originals = image_files([out / "split" / "test"])
     model, calibration = load_model(out / "model.keras"), read_calibration(out / "metrics.json")
 
     def probabilities(files):
-        frame = predict(files, model, 0.5, shard, calibration=calibration, tta=tta, progress=False)
+        frame = predict(files, model, 0.5, shard, calibration=calibration, tta=chosen.tta,
+                        tta_scales=chosen.tta_scales, progress=False)
         assert (frame["error"] == "").all()
         return frame["probability"].to_numpy()
 

@@ -37,9 +37,10 @@ def _rotate_and_zoom(image: tf.Tensor, angle: tf.Tensor, scale: tf.Tensor) -> tf
     )[0]
 
 
-def _lose_resolution(image: tf.Tensor, fraction: tf.Tensor) -> tf.Tensor:
-    """Down to `fraction` of each side (antialiased, as a photo taken smaller) and back up to the same shape."""
-    size = tf.shape(image)[:2]
+def lose_resolution(image: tf.Tensor, fraction: tf.Tensor | float) -> tf.Tensor:
+    """Down to `fraction` of each side (antialiased, as a photo taken smaller) and back up to the same shape;
+    float images or batches of them (evaluate's multi-scale TTA shares it)."""
+    size = tf.shape(image)[-3:-1]
     smaller = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * fraction), tf.int32), 1)
     return tf.image.resize(tf.image.resize(image, smaller, antialias=True), size)
 
@@ -54,7 +55,7 @@ def augmenter(params: AugmentParams):
         x = tf.cast(image, tf.float32) / 255.0
         if params.resolution:  # its own stream, so the other draws stay what they were without it
             detail = tf.random.experimental.stateless_fold_in(seed, 7)
-            x = _lose_resolution(x, tf.random.stateless_uniform([], detail, 1 - params.resolution, 1.0))
+            x = lose_resolution(x, tf.random.stateless_uniform([], detail, 1 - params.resolution, 1.0))
         if params.flip:
             x = tf.image.stateless_random_flip_left_right(x, flip_lr)
             x = tf.image.stateless_random_flip_up_down(x, flip_ud)

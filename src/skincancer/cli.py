@@ -75,7 +75,7 @@ def predict(
     metrics: Annotated[Path, typer.Option(help="metrics.json holding the evaluated threshold")] = Path("metrics.json"),
     threshold: Annotated[float | None, typer.Option(min=0, max=1, help="decide at this probability instead")] = None,
     output: Annotated[Path | None, typer.Option(help="out.csv or out.json (default: CSV on stdout)")] = None,
-    params: Annotated[Path, typer.Option(help="params.yaml: shard resize/quality and evaluate.tta, as trained")] = Path("params.yaml"),
+    params: Annotated[Path, typer.Option(help="params.yaml: shard resize/quality and evaluate.tta(_scales), as trained")] = Path("params.yaml"),
     explain: Annotated[Path | None, typer.Option(help="folder for one Grad-CAM overlay PNG per image")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
@@ -100,7 +100,7 @@ def predict(
     calibration = read_calibration(metrics)
     typer.echo(f"{calibration.in_words()}; malignant at p >= {chosen:.4f}", err=True)
     frame = classify(files, classifier, chosen, settings.shard, calibration=calibration,
-                     tta=settings.evaluate.tta, batch_size=batch_size)
+                     tta=settings.evaluate.tta, tta_scales=settings.evaluate.tta_scales, batch_size=batch_size)
     if explain is not None:
         from skincancer.predict import write_explanations
 

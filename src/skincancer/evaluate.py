@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import skincancer.models  # noqa: F401  (registers the custom layers load_model needs)
 from skincancer.atomic import atomic_write_text
+from skincancer.augment import lose_resolution
 from skincancer.calibration import Calibration, fit_calibration
 from skincancer.data import ShardSpecMismatch, eval_dataset, read_shard_manifest, shard_paths, split_records
 from skincancer.metrics import DECIMALS, evaluation_metrics
@@ -54,16 +55,33 @@ def check_model_fits_shards(model: keras.Model, shards_dir: Path, model_path: Pa
         )
 
 
-def predict_images(model: keras.Model, images: tf.data.Dataset, tta: int = 1) -> np.ndarray:
-    """P(malignant) for batches of uint8 images, averaged over the first `tta` dihedral views; what
+def at_scale(images: tf.Tensor, scale: float) -> tf.Tensor:
+    """uint8 images as they would look photographed at `scale` of their side and upsampled back."""
+    if scale == 1.0:
+        return images
+    smaller = lose_resolution(tf.cast(images, tf.float32), scale)
+    return tf.cast(tf.round(tf.clip_by_value(smaller, 0.0, 255.0)), tf.uint8)
+
+
+def predict_images(
+    model: keras.Model, images: tf.data.Dataset, tta: int = 1, scales: Sequence[float] = (1.0,)
+) -> np.ndarray:
+    """P(malignant) for batches of uint8 images, averaged over the first `tta` dihedral views, each at every
+    scale (a model that sees each image also at half its detail answers alike for a half-size copy); what
     evaluate and `skincancer predict` both call, so their numbers agree."""
-    views = [model.predict(images.map(view), verbose=0).reshape(-1) for view in DIHEDRAL[:tta]]
+    views = [
+        model.predict(images.map(lambda x, view=view, scale=scale: at_scale(view(x), scale)), verbose=0).reshape(-1)
+        for view in DIHEDRAL[:tta]
+        for scale in scales
+    ]
     return np.mean(views, axis=0, dtype=np.float64)
 
 
-def predict_split(model: keras.Model, shards_dir: Path, split: str, tta: int = 1, batch_size: int = 64) -> np.ndarray:
+def predict_split(
+    model: keras.Model, shards_dir: Path, split: str, tta: int = 1, scales: Sequence[float] = (1.0,), batch_size: int = 64
+) -> np.ndarray:
     """P(malignant) per image of a split, in manifest order."""
-    return predict_images(model, eval_dataset(shards_dir, split, batch_size).map(lambda x, _: x), tta)
+    return predict_images(model, eval_dataset(shards_dir, split, batch_size).map(lambda x, _: x), tta, scales)
 
 
 def _predictions(model: keras.Model, shards_dir: Path, params: EvaluateParams) -> tuple[pd.DataFrame, Calibration]:
@@ -71,7 +89,7 @@ def _predictions(model: keras.Model, shards_dir: Path, params: EvaluateParams) -
     threshold is one of the probabilities, so predictions.csv reproduces every decision exactly."""
     frames = []
     for split in ("val", "test"):
-        score = predict_split(model, shards_dir, split, params.tta).round(DECIMALS)
+        score = predict_split(model, shards_dir, split, params.tta, params.tta_scales).round(DECIMALS)
         frames.append(split_records(shards_dir, split).assign(split=split, score=score))
     predictions = pd.concat(frames, ignore_index=True)
     val = predictions[predictions["split"] == "val"]

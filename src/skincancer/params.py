@@ -271,8 +271,20 @@ class EvaluateParams(_Section):
     calibration: CalibrationParams = CalibrationParams()
     bootstrap: int = Field(1000, ge=0, description="resamples for the ROC AUC confidence interval")
     tta: int = Field(1, ge=1, le=8, description="test-time augmentation: mean over this many flips/transposes")
+    tta_scales: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        [1.0], min_length=1,
+        description="each view also scored down at these fractions of its side and back up (1.0: as sharded)",
+    )
     gallery: int = Field(8, ge=0, description="most confident false negatives/positives shown in the report")
     seed: int = 0
+
+
+    @field_validator("tta_scales")
+    @classmethod
+    def _distinct_scales(cls, scales: list[float]) -> list[float]:
+        if len(set(scales)) != len(scales):
+            raise ValueError(f"{scales} repeats a scale, which would only weight it twice; list each once, e.g. [1.0, 0.5]")
+        return scales
 
 
 class OrchestrationParams(_Section):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +102,7 @@ def predict(
     *,
     calibration: Calibration = Calibration("none"),
     tta: int = 1,
+    tta_scales: Sequence[float] = (1.0,),
     batch_size: int = 64,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -117,7 +118,7 @@ def predict(
             images = tf.data.Dataset.from_tensor_slices([item.jpeg for item in good]).map(
                 lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3)
             ).batch(batch_size)
-            scores = predict_images(model, images, tta).round(DECIMALS)
+            scores = predict_images(model, images, tta, tta_scales).round(DECIMALS)
             probabilities = iter(zip(scores, calibration.apply(scores).round(DECIMALS), strict=True))
         for item in batch:
             if item.error is not None:
