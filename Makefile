@@ -3,19 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 UV_VERSION := 0.13.8
-STAMP := $(VENV)/.installed
+# `make install GPU=1` (on a GPU box): TensorFlow with its CUDA runtime wheels, from their own lock
+LOCK := $(if $(GPU),requirements-gpu.lock,requirements.lock)
+STAMP := $(VENV)/.installed$(if $(GPU),-gpu)
 # stage scripts (`python flows/<stage>.py`) must find the venv's python first
 RUN := PATH="$(BIN):$$PATH" DVC_NO_ANALYTICS=1 TF_CPP_MIN_LOG_LEVEL=2
 
-.PHONY: install demo test bench lock clean
+.PHONY: install demo test bench lock check-gpu-lock clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml Makefile
+$(STAMP): $(LOCK) pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip sync --compile-bytecode --python $(VENV)/bin/python requirements.lock
+	$(VENV)/bin/uv pip sync --compile-bytecode --python $(VENV)/bin/python $(LOCK)
 	$(VENV)/bin/uv pip install --python $(VENV)/bin/python --no-deps -e .
+	rm -f $(VENV)/.installed $(VENV)/.installed-gpu
 	touch $@
 
 demo: install
@@ -34,9 +37,18 @@ BENCH_ARGS ?=
 bench: install
 	$(RUN) $(BIN)/python benchmarks/common.py $(BENCH_ARGS) --output benchmarks/results.json $(BENCH_SCRIPTS)
 
+COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28
+
 lock:
-	$(VENV)/bin/uv pip compile pyproject.toml --extra test --generate-hashes --python-version 3.11 \
-		--python-platform x86_64-manylinux_2_28 -o requirements.lock
+	$(COMPILE) --extra test -o requirements.lock
+	$(COMPILE) --extra test --extra gpu -o requirements-gpu.lock
+
+# CI: the GPU lock installs in a fresh venv and TensorFlow finds its CUDA wheels (no GPU needed for either)
+check-gpu-lock: install
+	rm -rf /tmp/skincancer-gpu-venv && $(BIN)/uv venv --quiet --python $(BIN)/python /tmp/skincancer-gpu-venv
+	$(BIN)/uv pip sync --quiet --python /tmp/skincancer-gpu-venv/bin/python requirements-gpu.lock
+	/tmp/skincancer-gpu-venv/bin/python .ci/check_gpu_install.py
+	rm -rf /tmp/skincancer-gpu-venv
 
 clean:
 	rm -rf data/raw data/split data/shards models reports metrics.json dvc.lock

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from skincancer.hardware import STRATEGIES, auto_strategy_name, pick_strategy, precision_policy
+from skincancer.hardware import REQUIRE_GPU, STRATEGIES, NoGPU, auto_strategy_name, check_devices, pick_strategy, precision_policy
 
 
 @pytest.mark.parametrize(
@@ -79,3 +79,15 @@ def test_a_model_built_while_other_threads_draw_random_numbers_gets_the_seeds_we
 
     quiet, noisy = weights(noise=False), weights(noise=True)
     assert len(quiet) == len(noisy) and all(np.array_equal(a, b) for a, b in zip(quiet, noisy, strict=True))
+
+
+def test_devices_are_logged_and_a_required_gpu_that_is_missing_fails_at_once(monkeypatch, caplog):
+    """This machine has no GPU: allowed, it says so; required (the nightly deployment), it refuses."""
+    monkeypatch.delenv(REQUIRE_GPU, raising=False)
+    with caplog.at_level("INFO", logger="skincancer.hardware"):
+        assert check_devices() == []
+    assert "sees no GPU: training on the CPU" in caplog.text
+    monkeypatch.setenv(REQUIRE_GPU, "1")
+    with pytest.raises(NoGPU, match=r"SKINCANCER_REQUIRE_GPU is set but TensorFlow .* sees no GPU: install the GPU "
+                                    r"lock \(`make install GPU=1`\)"):
+        check_devices()

@@ -19,8 +19,33 @@ import tensorflow as tf
 log = logging.getLogger(__name__)
 
 
+# set (non-empty) where a GPU is expected, e.g. in the nightly deployment's job variables: no silent CPU training
+REQUIRE_GPU = "SKINCANCER_REQUIRE_GPU"
+
+
+class NoGPU(RuntimeError):
+    """A GPU was expected (SKINCANCER_REQUIRE_GPU) and TensorFlow sees none."""
+
+
 def _gpus() -> list[str]:
     return [device.name for device in tf.config.list_logical_devices("GPU")]
+
+
+def check_devices() -> list[str]:
+    """Log the devices TensorFlow trains on; fail at once where a GPU is required and there is none."""
+    gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
+    build = tf.sysconfig.get_build_info()
+    if gpus:
+        log.info("TensorFlow %s sees %d GPU(s): %s", tf.__version__, len(gpus), ", ".join(gpus))
+        return gpus
+    if os.environ.get(REQUIRE_GPU):
+        raise NoGPU(
+            f"{REQUIRE_GPU} is set but TensorFlow {tf.__version__} (built for CUDA {build.get('cuda_version', 'none')}) "
+            "sees no GPU: install the GPU lock (`make install GPU=1`), check `nvidia-smi`, or unset "
+            f"{REQUIRE_GPU} to train on the CPU"
+        )
+    log.warning("TensorFlow %s sees no GPU: training on the CPU", tf.__version__)
+    return []
 
 
 def _cluster_size() -> int:

@@ -23,7 +23,7 @@ from skincancer.data import (
     training_dataset,
 )
 from skincancer.diagnosis_classes import DiagnosisClasses, diagnosis_classes
-from skincancer.hardware import make_deterministic, pick_strategy, seeded_construction, set_precision
+from skincancer.hardware import check_devices, make_deterministic, pick_strategy, seeded_construction, set_precision
 from skincancer.models import Classifier, build_classifier, malignant_probability, unfreeze_top
 from skincancer.params import TrainParams
 from skincancer.train_state import TrainState
@@ -215,6 +215,7 @@ def train(
     """
     manifest = check_image_size(shards_dir, image_size) if image_size else read_shard_manifest(shards_dir)
     require_both_classes(shards_dir)
+    check_devices()
     make_deterministic(params.seed)
     policy = set_precision(params.precision)
     strategy = pick_strategy(params.distribute)
