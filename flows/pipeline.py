@@ -1,9 +1,12 @@
 """Prefect flow `skincancer-pipeline`: `dvc repro` as one run (only stale stages run), for the nightly
-deployment in prefect.yaml and for `python flows/pipeline.py [TARGET...] [--force] [--pull] [--push]`.
+deployment in prefect.yaml and for `python flows/pipeline.py [TARGET...] [--force] [--no-pull] [--no-push]
+[--publish BRANCH]`.
 
-Each stage is still DVC's subprocess `python flows/<stage>.py`; they inherit PREFECT_API_URL, so
-their stage flow runs land on the same API as this one. Without a configured API this process
-starts Prefect's temporary server once and hands its URL down, instead of one server per stage
+With a default DVC remote the run pulls first (the outputs the last run pushed) and pushes after; with
+`publish` it then commits dvc.lock and the git-tracked metrics and plots to that results branch and pushes
+it (skincancer.nightly). Each stage is still DVC's subprocess `python flows/<stage>.py`; they inherit
+PREFECT_API_URL, so their stage flow runs land on the same API as this one. Without a configured API this
+process starts Prefect's temporary server once and hands its URL down, instead of one server per stage
 (skincancer.prefect_server.shared_api).
 """
 
@@ -17,13 +20,14 @@ from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from dvc.exceptions import ReproductionError  # noqa: E402
+from dvc.exceptions import DvcException, ReproductionError  # noqa: E402
 from dvc.repo import Repo  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 
 from skincancer import paths  # noqa: E402
 from skincancer.metrics_diff import diff_markdown, flatten  # noqa: E402
+from skincancer.nightly import NightlyError, commit_message, publish_results  # noqa: E402
 from skincancer.prefect_server import shared_api  # noqa: E402
 
 
@@ -35,10 +39,33 @@ def read_metrics(path: Path = paths.METRICS) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+class RemoteFailed(RuntimeError):
+    """`dvc pull` or `dvc push` could not use the DVC remote."""
+
+
+def default_remote() -> tuple[str, str] | None:
+    """(name, url) of the project's default DVC remote (`dvc remote add -d`), or None."""
+    config = Repo(".").config
+    name = config["core"].get("remote")
+    return (name, config["remote"][name]["url"]) if name else None
+
+
+def _remote_error(verb: str, remote: tuple[str, str], error: Exception) -> RemoteFailed:
+    cause = error.__cause__ or error
+    return RemoteFailed(
+        f"dvc {verb} with remote '{remote[0]}' ({remote[1]}) failed: {error} ({type(cause).__name__}: {cause}); "
+        f"check that it is reachable and that this machine's credentials for it are valid "
+        f"(`dvc remote modify {remote[0]} ...`, docs/gpu-box.md), or run with {verb}=false"
+    )
+
+
 @task(name="dvc-pull")
-def dvc_pull() -> None:
-    """Outputs of the last pushed run, so only what changed since then reruns."""
-    Repo(".").pull()
+def dvc_pull(remote: tuple[str, str]) -> None:
+    """Outputs of the last pushed run, so only what changed since then reruns (none yet: nothing to pull)."""
+    try:
+        Repo(".").pull(allow_missing=True)
+    except DvcException as error:
+        raise _remote_error("pull", remote, error) from error
 
 
 @task(name="dvc-repro")
@@ -67,8 +94,32 @@ def restore_recorded_outputs(repo: Repo) -> str:
 
 
 @task(name="dvc-push")
-def dvc_push() -> None:
-    Repo(".").push()
+def dvc_push(remote: tuple[str, str]) -> None:
+    try:
+        Repo(".").push()
+    except DvcException as error:
+        raise _remote_error("push", remote, error) from error
+
+
+@task(name="git-publish")
+def git_publish(git_remote: str, branch: str, message: str) -> str | None:
+    return publish_results(git_remote, branch, message)
+
+
+class GPUMissing(RuntimeError):
+    """SKINCANCER_REQUIRE_GPU is set and TensorFlow sees no GPU."""
+
+
+def check_gpu_if_required() -> None:
+    """SKINCANCER_REQUIRE_GPU: fail before any stage runs, not hours into training on the CPU."""
+    if not os.environ.get("SKINCANCER_REQUIRE_GPU"):
+        return
+    from skincancer.hardware import NoGPU, check_devices  # TensorFlow: only where a GPU is expected
+
+    try:
+        check_devices()
+    except NoGPU as error:
+        raise GPUMissing(str(error)) from None
 
 
 def publish(before: dict | None, after: dict | None, ran: list[str]) -> None:
@@ -89,29 +140,61 @@ def publish(before: dict | None, after: dict | None, ran: list[str]) -> None:
 
 
 @flow(name="skincancer-pipeline")
-def pipeline_flow(targets: list[str] | None = None, force: bool = False, pull: bool = False, push: bool = False) -> dict | None:
+def pipeline_flow(
+    targets: list[str] | None = None,
+    force: bool = False,
+    pull: bool | None = None,
+    push: bool | None = None,
+    publish_to: str | None = None,
+    git_remote: str = "origin",
+) -> dict | None:
+    """pull/push None: on when a default DVC remote is configured. publish_to: the results branch to commit
+    dvc.lock and the git-tracked metrics to (on `git_remote`), after the DVC push."""
+    logger = get_run_logger()
+    check_gpu_if_required()
+    remote = default_remote()
+    if remote is None:
+        if pull or push:
+            raise RemoteFailed("pull/push asked for, but this project has no default DVC remote: `dvc remote add -d ...` (docs/gpu-box.md)")
+        logger.info("no DVC remote configured (`dvc remote add -d ...`): nothing pulled or pushed, outputs stay on this machine")
+    pull, push = (remote is not None if choice is None else choice for choice in (pull, push))
     before = read_metrics()
     if pull:
-        dvc_pull()
+        dvc_pull(remote)
     ran = dvc_repro(targets, force)
     if push:
-        dvc_push()
+        dvc_push(remote)
     after = read_metrics()
     publish(before, after, ran)
+    if publish_to:
+        if not push:
+            logger.warning("publishing dvc.lock without a DVC push: other machines cannot pull the outputs it names")
+        git_publish(git_remote, publish_to, commit_message(_head(), before, after, ran))
     return after
+
+
+def _head() -> str:
+    from skincancer.nightly import git
+
+    return git("rev-parse", "HEAD")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("targets", nargs="*", help="stages to bring up to date (default: all)")
     parser.add_argument("--force", action="store_true", help="rerun the stages even if up to date")
-    parser.add_argument("--pull", action="store_true", help="`dvc pull` first (needs a DVC remote)")
-    parser.add_argument("--push", action="store_true", help="`dvc push` after (needs a DVC remote)")
+    parser.add_argument("--pull", action=argparse.BooleanOptionalAction, default=None,
+                        help="`dvc pull` first (default: when a DVC remote is configured)")
+    parser.add_argument("--push", action=argparse.BooleanOptionalAction, default=None,
+                        help="`dvc push` after (default: when a DVC remote is configured)")
+    parser.add_argument("--publish", metavar="BRANCH", help="commit dvc.lock and metrics to BRANCH and push it")
+    parser.add_argument("--git-remote", default="origin", help="where --publish pushes (default: origin)")
     args = parser.parse_args(argv)
     with shared_api():
         try:
-            pipeline_flow(targets=args.targets or None, force=args.force, pull=args.pull, push=args.push)
-        except StageFailed as error:
+            pipeline_flow(targets=args.targets or None, force=args.force, pull=args.pull, push=args.push,
+                          publish_to=args.publish, git_remote=args.git_remote)
+        except (StageFailed, RemoteFailed, NightlyError, GPUMissing) as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(1) from None
 

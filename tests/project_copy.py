@@ -11,7 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: stage commands say `python`, so it goes first on PATH
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "prefect.yaml", "flows", "src", "data/.gitignore", ".dvc/config", ".dvcignore")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "prefect.yaml", "flows", "src", ".dvc/config", ".dvcignore",
+                 "data/.gitignore", "models/.gitignore", "reports/.gitignore")
 
 
 TINY_PARAMS = {  # small enough for CI, big enough that every split holds both classes

@@ -1,0 +1,173 @@
+"""The GPU box's loop end to end: a bare git repository on disk as the code remote, moto's S3 server on
+127.0.0.1 as the DVC remote (DVC's own S3 support), and a real Prefect server and process worker running
+prefect.yaml's `nightly` deployment; then a workstation and a pull request that take its results."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from project_copy import BIN, TINY_PARAMS, committed_project, project_env, run, set_params, stages_run
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "skincancer"
+CPU_OK = ["--job-variable", 'env={"SKINCANCER_REQUIRE_GPU": ""}']  # this machine has no GPU
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 server on loopback with one empty bucket: the object store a team's DVC remote lives in."""
+    import boto3
+
+    port, home = free_port(), tmp_path_factory.mktemp("moto")
+    with open(home / "moto.log", "w") as log:
+        server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client.create_bucket(Bucket=BUCKET)
+        yield url, client
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def remotes(tmp_path_factory, s3, prefect_api):
+    """origin.git (the code remote), a developer's clone that pushes to it, the box's clone, and the env."""
+    root = tmp_path_factory.mktemp("nightly")
+    env = project_env(root) | {"PREFECT_API_URL": prefect_api, "AWS_ACCESS_KEY_ID": "testing",
+                               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    dev = committed_project(root / "dev", env, TINY_PARAMS)
+    for command in (["dvc", "remote", "add", "-d", "storage", f"s3://{BUCKET}/cache"],
+                    ["dvc", "remote", "modify", "storage", "endpointurl", s3[0]],
+                    ["git", "commit", "-qam", "DVC remote: the team's object store"],
+                    ["git", "init", "-q", "--bare", "-b", "main", str(root / "origin.git")],
+                    ["git", "remote", "add", "origin", str(root / "origin.git")],
+                    ["git", "push", "-q", "origin", "main"]):
+        run([str(BIN / command[0]) if command[0] == "dvc" else command[0], *command[1:]], dev, env)
+    run(["git", "clone", "-q", str(root / "origin.git"), str(root / "box")], root, env)
+    return root, dev, root / "box", env
+
+
+def prefect(*args: str) -> list[str]:
+    return [str(BIN / "prefect"), *args]
+
+
+def nightly(box: Path, env: dict, api: str, *extra: str) -> tuple[dict, str]:
+    """One run of the deployment, picked up by a process worker: its final state and its log lines."""
+    triggered = run(prefect("deployment", "run", "skincancer-pipeline/nightly", *extra), box, env).stdout
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", triggered).group(1)
+    run(prefect("worker", "start", "--pool", "gpu", "--run-once"), box, env)
+    state = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()["state"]
+    logs = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}).json()
+    return state, "\n".join(entry["message"] for entry in logs)
+
+
+def ls_remote(origin: Path, branch: str) -> str:
+    return subprocess.run(["git", "rev-parse", branch], cwd=origin, capture_output=True, text=True).stdout.strip()
+
+
+def dvc_cached_outputs_removed(box: Path) -> None:
+    """A fresh disk on the box: no DVC cache and none of the cached outputs, only what git holds."""
+    for path in (".dvc/cache", "data/raw", "data/split", "data/shards", "models/model.keras", "reports/figures",
+                 "reports/report.md", "reports/report.html", "reports/predictions.csv"):
+        target = box / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+
+
+def test_nightly_pulls_code_and_outputs_reruns_what_changed_pushes_and_publishes(remotes, s3, prefect_api):
+    root, dev, box, env = remotes
+    origin = root / "origin.git"
+    run(prefect("work-pool", "create", "gpu", "--type", "process"), box, env)
+    run(prefect("--no-prompt", "deploy", "--all"), box, env | {"PWD": str(box)})
+    deployment = httpx.post(f"{prefect_api}/deployments/filter", json={}).json()[0]
+    assert deployment["name"] == "nightly" and deployment["work_pool_name"] == "gpu"
+    assert deployment["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+    assert deployment["job_variables"]["working_dir"] == str(box)
+
+    # the shipped deployment expects a GPU: here, without one, it fails before any stage runs
+    state, logs = nightly(box, env, prefect_api)
+    assert state["type"] == "FAILED"
+    assert "SKINCANCER_REQUIRE_GPU is set but TensorFlow" in logs and "sees no GPU" in logs
+    assert not (box / "dvc.lock").exists() and not (box / "data/raw").exists()
+
+    # night 1: everything runs, the outputs go to the object store, the records to `results`
+    state, logs = nightly(box, env, prefect_api, *CPU_OK)
+    assert state["type"] == "COMPLETED", logs[-3000:]
+    assert "stages run: fetch, split, shard, train, evaluate" in logs
+    code_1, results_1 = ls_remote(origin, "main"), ls_remote(origin, "results")
+    assert run(["git", "log", "-1", "--format=%P", results_1], origin, env).stdout.split() == [code_1]
+    subject = run(["git", "log", "-1", "--format=%s", results_1], origin, env).stdout.strip()
+    assert re.fullmatch(rf"nightly results for {code_1[:12]}, test ROC AUC 0\.\d{{4}} \(first run\)", subject)
+    assert s3[1].list_objects_v2(Bucket=BUCKET, Prefix="cache/")["KeyCount"] > 0
+    for published in ("dvc.lock", "metrics.json", "reports/plots/roc_test.csv", "models/history.csv"):
+        run(["git", "cat-file", "-e", f"{results_1}:{published}"], origin, env)
+
+    # a developer pushes a change to train.epochs; the box's disk is wiped of DVC data meanwhile
+    set_params(dev, {"train": {"epochs": 3}})
+    run(["git", "commit", "-qam", "train.epochs: 3"], dev, env)
+    run(["git", "push", "-q", "origin", "main"], dev, env)
+    dvc_cached_outputs_removed(box)
+
+    # night 2: the new code, fetch/split/shard pulled from the remote, only train and evaluate rerun
+    state, logs = nightly(box, env, prefect_api, *CPU_OK)
+    assert state["type"] == "COMPLETED", logs[-3000:]
+    assert "stages run: train, evaluate" in logs
+    code_2, results_2 = ls_remote(origin, "main"), ls_remote(origin, "results")
+    assert run(["git", "log", "-1", "--format=%P", results_2], origin, env).stdout.split() == [results_1, code_2]
+    message = run(["git", "log", "-1", "--format=%B", results_2], origin, env).stdout
+    assert "stages run: train, evaluate" in message and "test.roc_auc: " in message
+    assert "epochs: 3" in run(["git", "show", f"{results_2}:params.yaml"], origin, env).stdout
+
+    # a workstation clones the results branch: `dvc pull` brings every output, `dvc repro` has nothing to do
+    workstation = root / "workstation"
+    run(["git", "clone", "-q", "-b", "results", str(origin), str(workstation)], root, env)
+    run([str(BIN / "dvc"), "pull"], workstation, env)
+    assert stages_run(run([str(BIN / "dvc"), "repro"], workstation, env).stdout) == []
+    assert (workstation / "models/model.keras").is_file()
+
+    # a pull request changes an evaluate param: its report script pulls the results and reruns evaluate only
+    pull_request = root / "pull-request"
+    run(["git", "clone", "-q", str(origin), str(pull_request)], root, env)
+    run(["git", "checkout", "-q", "-b", "tta"], pull_request, env)
+    set_params(pull_request, {"evaluate": {"tta": 2}})
+    run(["git", "commit", "-qam", "evaluate.tta: 2"], pull_request, env)
+    result = run([str(BIN / "python"), "flows/pr_report.py", "--base", "origin/results"], pull_request, env)
+    assert list(dict.fromkeys(stages_run(result.stdout + result.stderr))) == ["evaluate"]
+    report = (pull_request / "diff-report/report.md").read_text()
+    assert "| evaluate.tta | `1` | `2` |" in report and "origin/results" in report
+
+
+def test_an_unreachable_remote_fails_the_run_naming_it_and_changes_nothing(remotes):
+    root, _, _, env = remotes
+    clone = root / "unreachable"
+    run(["git", "clone", "-q", "-b", "results", str(root / "origin.git"), str(clone)], root, env)
+    run([str(BIN / "dvc"), "remote", "modify", "--local", "storage", "endpointurl", f"http://127.0.0.1:{free_port()}"], clone, env)
+    lock = (clone / "dvc.lock").read_bytes()
+    result = run([str(BIN / "python"), "flows/pipeline.py"], clone, env | {"AWS_MAX_ATTEMPTS": "1"}, check=False)
+    assert result.returncode == 1
+    assert re.search(r"error: dvc pull with remote 'storage' \(s3://skincancer/cache\) failed: .*check that it is "
+                     r"reachable and that this machine's credentials for it are valid", result.stderr), result.stderr[-3000:]
+    assert "Running stage" not in result.stdout and (clone / "dvc.lock").read_bytes() == lock
