@@ -6,7 +6,9 @@ from pathlib import Path
 import yaml
 
 from skincancer import paths
-from skincancer.params import REPORTED_PARAMS
+from skincancer.params import (
+    REPORTED_PARAMS, FetchParams, ShardParams, TrainParams, execution_knobs, result_keys,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src"
@@ -66,16 +68,24 @@ def test_stage_inputs_and_outputs_match_the_paths_module():
             assert any(path.as_posix() == dep or path.as_posix().startswith(dep + "/") for dep in deps), (stage, path)
 
 
-def test_each_stage_reads_only_its_own_param_sections():
+def per_key(section: str, model) -> list[str]:
+    return [f"{section}.{key}" for key in result_keys(model)]
+
+
+def test_each_stage_reads_only_its_own_params_and_no_execution_knob():
     expected = {
-        "fetch": ["fetch"],
+        "fetch": per_key("fetch", FetchParams),
         "split": ["labels", "split"],
-        "shard": ["shard", "train.backbone"],  # shard.image_size 'auto' is the backbone's input size
-        "train": ["train", "shard.image_size"],  # the size train checks the shards against
+        "shard": [*per_key("shard", ShardParams), "train.backbone"],  # shard.image_size 'auto' is the backbone's size
+        "train": [*per_key("train", TrainParams), "shard.image_size"],  # the size train checks the shards against
         # evaluate decides with its own section; the others are printed in the report as what produced it
-        "evaluate": ["evaluate", "fetch.datasets", "labels", "split", "shard", "train"],
+        "evaluate": ["evaluate", "fetch.datasets", "labels", "split", *per_key("shard", ShardParams),
+                     *per_key("train", TrainParams)],
     }
     assert {name: stage["params"] for name, stage in stages().items()} == expected
+    knobs = {f"{section}.{key}" for section, model in (("fetch", FetchParams), ("shard", ShardParams), ("train", TrainParams))
+             for key in execution_knobs(model)}
+    assert knobs == {"fetch.workers", "fetch.retries", "shard.workers", "train.tensorboard", "train.resume"}
 
 
 def test_the_params_the_report_prints_are_the_params_evaluate_depends_on():

@@ -4,6 +4,7 @@ callbacks, resume after a kill, and MirroredStrategy over two logical CPU device
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +45,7 @@ def test_training_is_deterministic_and_writes_outputs(tiny_shards, tmp_path):
     second = train(FAST, tiny_shards, tmp_path / "b/model.keras", tmp_path / "b/history.csv", image_size=32)
     pd.testing.assert_frame_equal(first, second)
     assert (tmp_path / "a/history.csv").read_bytes() == (tmp_path / "b/history.csv").read_bytes()
+    assert (tmp_path / "a/model.keras").read_bytes() == (tmp_path / "b/model.keras").read_bytes()  # DVC: one hash
     assert list(first.columns) == HISTORY_COLUMNS  # loss, AUC, precision, recall (+ val_), learning rate
     assert first["epoch"].tolist() == [0, 1, 2] and first["learning_rate"].iloc[0] == pytest.approx(FAST.learning_rate)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["history.csv", "model.keras"]  # no state left
@@ -213,3 +215,22 @@ def test_mirrored_strategy_over_two_logical_cpus_scales_the_batch(tiny_shards, t
     assert len(history) == 2 and np.isfinite(history["val_auc"]).all()
     predictions = val_predictions(tmp_path / "model.keras", tiny_shards)
     assert ((predictions > 0) & (predictions < 1)).all()
+
+
+def test_the_model_file_carries_no_save_time_or_memory_address(tmp_path):
+    """Keras writes the save date, the weights entry's time and shared objects' id()s; none reach the file."""
+    import json
+    import zipfile
+
+    from skincancer.model_file import FIXED_TIME, save_model
+
+    with seeded_construction(0):
+        model = build_backbone("small_cnn", 32, None)
+    save_model(model, tmp_path / "a.keras")
+    with zipfile.ZipFile(tmp_path / "a.keras") as archive:
+        assert {info.date_time for info in archive.infolist()} == {FIXED_TIME}
+        assert "date_saved" not in json.loads(archive.read("metadata.json"))
+        shared = re.findall(r'"shared_object_id": (\d+)', archive.read("config.json").decode())
+    assert shared and max(map(int, shared)) == len(set(shared))  # numbered 1..n, not by address
+    loaded = keras.saving.load_model(tmp_path / "a.keras")
+    np.testing.assert_array_equal(loaded.get_weights()[0], model.get_weights()[0])

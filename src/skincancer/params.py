@@ -31,6 +31,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _knob(default: object, **kwargs: object) -> object:
+    """A field for how a stage runs, never what it produces: dvc.yaml does not list it, so changing it
+    makes no stage stale (tests/test_dvc_yaml.py, tests/test_pipeline.py)."""
+    return Field(default, json_schema_extra={"execution": True}, **kwargs)
+
+
+def result_keys(section: type[BaseModel]) -> list[str]:
+    """The section's keys that change what a stage produces: the ones dvc.yaml declares as params."""
+    return [name for name, field in section.model_fields.items() if not (field.json_schema_extra or {}).get("execution")]
+
+
+def execution_knobs(section: type[BaseModel]) -> list[str]:
+    return [name for name in section.model_fields if name not in result_keys(section)]
+
+
 class SampleParams(_Section):
     n_images: int = Field(1200, ge=40, description="synthetic images across both archive layouts")
     seed: int = 0
@@ -103,8 +118,8 @@ class FetchParams(_Section):
     sample: SampleParams = SampleParams()
     mirror: str | None = Field(None, description="base URL serving the catalog files under their original paths")
     strict: bool = Field(False, description="images missing from an archive or its table are an error")
-    workers: int = Field(4, ge=1, description="concurrent downloads")
-    retries: int = Field(5, ge=0)
+    workers: int = _knob(4, ge=1, description="concurrent downloads")
+    retries: int = _knob(5, ge=0)
 
     @field_validator("datasets")
     @classmethod
@@ -190,7 +205,7 @@ class ShardParams(_Section):
     )
     target_shard_mb: float = Field(16.0, gt=0)
     jpeg_quality: int = Field(92, ge=50, le=100)
-    workers: int = Field(2, ge=1, description="threads encoding images (Prefect task runs of a chunk each)")
+    workers: int = _knob(2, ge=1, description="threads encoding images (Prefect task runs of a chunk each)")
     max_skipped_fraction: float = Field(
         0.01, ge=0, le=1, description="fail the stage when more of the images than this are unreadable"
     )
@@ -236,8 +251,8 @@ class TrainParams(_Section):
     augment: AugmentParams = AugmentParams()
     precision: Literal["auto", "mixed_float16", "float32"] = "auto"
     distribute: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
-    tensorboard: bool = Field(False, description="write TensorBoard logs to logs/train/")
-    resume: bool = Field(True, description="continue an interrupted run from its last finished epoch")
+    tensorboard: bool = _knob(False, description="write TensorBoard logs to logs/train/")
+    resume: bool = _knob(True, description="continue an interrupted run from its last finished epoch")
     seed: int = 0
 
     @field_validator("backbone")
@@ -295,7 +310,8 @@ class OrchestrationParams(_Section):
 
 
 # what the evaluation report prints as the params that produced it (dvc.yaml's evaluate stage declares the same keys)
-REPORTED_PARAMS = {"fetch": {"datasets"}, "labels": True, "split": True, "shard": True, "train": True, "evaluate": True}
+REPORTED_PARAMS = {"fetch": {"datasets"}, "labels": True, "split": True, "shard": set(result_keys(ShardParams)),
+                   "train": set(result_keys(TrainParams)), "evaluate": True}
 
 
 class Params(_Section):

@@ -24,6 +24,7 @@ from skincancer.data import (
 )
 from skincancer.diagnosis_classes import DiagnosisClasses, diagnosis_classes
 from skincancer.hardware import check_devices, make_deterministic, pick_strategy, seeded_construction, set_precision
+from skincancer.model_file import save_model
 from skincancer.models import Classifier, build_classifier, malignant_probability, unfreeze_top
 from skincancer.params import TrainParams
 from skincancer.train_state import TrainState
@@ -216,6 +217,7 @@ def train(
     manifest = check_image_size(shards_dir, image_size) if image_size else read_shard_manifest(shards_dir)
     require_both_classes(shards_dir)
     check_devices()
+    keras.utils.clear_session()  # layer names counted from scratch, as in the stage's own process: same file bytes
     make_deterministic(params.seed)
     policy = set_precision(params.precision)
     strategy = pick_strategy(params.distribute)
@@ -239,7 +241,7 @@ def train(
             _fit_phase(params, classifier, shards_dir, state, phase, batch_size, tensorboard_dir, classes)
     history = state.history_frame(phases)[HISTORY_COLUMNS]
     with atomic_path(model_path) as partial:
-        classifier.serving.save(partial)
+        save_model(classifier.serving, partial)
     atomic_write_text(history_path, history.to_csv(index=False, float_format="%.6g"))
     state.clear()
     return history
