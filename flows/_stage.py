@@ -16,7 +16,9 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
 
 from skincancer.params import OrchestrationParams, Params, ParamsError, load_params  # noqa: E402
+from skincancer.lifetime import die_with_parent, exit_on_sigterm  # noqa: E402
 from skincancer.paths import MissingInput, require_inputs  # noqa: E402
+from skincancer.prefect_server import shared_api  # noqa: E402
 
 
 def task_runner(orchestration: OrchestrationParams, threads: int) -> TaskRunner:
@@ -42,5 +44,7 @@ def run_stage(stage: str, flow: Callable[[Params], object]) -> None:
     except (ParamsError, MissingInput) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    with temporary_settings(set_defaults={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    die_with_parent()  # `dvc repro` (or the pipeline) killed: this stage ends too, cleaning up its partial outputs
+    exit_on_sigterm()
+    with temporary_settings(set_defaults={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), shared_api():
         flow(params)

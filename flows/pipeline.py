@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -24,10 +25,11 @@ from dvc.exceptions import DvcException, ReproductionError  # noqa: E402
 from dvc.repo import Repo  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
+from prefect.exceptions import TerminationSignal  # noqa: E402
 
-from skincancer import paths  # noqa: E402
+from skincancer import lifetime, paths, prefect_server  # noqa: E402
 from skincancer.metrics_diff import diff_markdown, flatten  # noqa: E402
-from skincancer.nightly import NightlyError, commit_message, publish_results  # noqa: E402
+from skincancer.nightly import NightlyError, commit_message, publish_results, snapshot_records  # noqa: E402
 from skincancer.prefect_server import shared_api  # noqa: E402
 
 
@@ -71,26 +73,33 @@ def dvc_pull(remote: tuple[str, str]) -> None:
 @task(name="dvc-repro")
 def dvc_repro(targets: list[str] | None, force: bool) -> list[str]:
     repo = Repo(".")
+    kept = snapshot_records()
     try:
         stages = repo.reproduce(targets=targets or None, force=force)
+    except (KeyboardInterrupt, TerminationSignal):  # SIGTERM (Prefect's bridge inside a flow run) or Ctrl-C
+        lifetime.stop([pid for pid in lifetime.children(os.getpid()) if pid not in prefect_server.SERVER_PIDS])
+        raise StageFailed(f"interrupted: the running stage was stopped and dvc.lock records nothing of it; "
+                          f"{restore_recorded_outputs(repo, kept)}") from None
     except ReproductionError as error:
         cause = error.__cause__ or error
         raise StageFailed(
             f"{error}: {cause}; see that stage's flow run logs (or its output above). "
-            f"dvc.lock is unchanged; {restore_recorded_outputs(repo)}"
+            f"dvc.lock records nothing of it; {restore_recorded_outputs(repo, kept)}"
         ) from error
     return [stage.addressing for stage in stages]
 
 
-def restore_recorded_outputs(repo: Repo) -> str:
-    """DVC deletes a stage's outputs before running it; after a failure, put the last recorded ones back.
-    `cache: false` outputs are git's to restore: name them."""
+def restore_recorded_outputs(repo: Repo, kept: dict[str, bytes]) -> str:
+    """DVC deletes a stage's outputs before running it; after a failure, put the last recorded ones back:
+    cached ones from the DVC cache, `cache: false` ones (metrics, plots, history) as they were before the run."""
     repo.checkout(force=True, allow_missing=True)
+    for path, data in kept.items():
+        if not Path(path).exists():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_bytes(data)
     missing = [out.def_path for stage in repo.index.stages for out in stage.outs if not out.exists]
-    restored = "the last recorded outputs are checked out again from the DVC cache"
-    if not missing:
-        return restored
-    return f"{restored}, except {', '.join(missing)} (not cached by DVC): `git checkout -- {' '.join(missing)}`"
+    restored = "the last recorded outputs are back as they were"
+    return f"{restored}, except {', '.join(missing)} (never recorded)" if missing else restored
 
 
 @task(name="dvc-push")
@@ -179,6 +188,10 @@ def _head() -> str:
     return git("rev-parse", "HEAD")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) stops the run as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("targets", nargs="*", help="stages to bring up to date (default: all)")
@@ -190,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--publish", metavar="BRANCH", help="commit dvc.lock and metrics to BRANCH and push it")
     parser.add_argument("--git-remote", default="origin", help="where --publish pushes (default: origin)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     with shared_api():
         try:
             pipeline_flow(targets=args.targets or None, force=args.force, pull=args.pull, push=args.push,

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -11,6 +15,8 @@ import pytest
 from project_copy import BIN, TINY_PARAMS, committed_project, project_env, run, set_params, stages_run
 from skincancer.metrics import METRIC_KEYS
 from skincancer.metrics_diff import flatten
+from skincancer.lifetime import children
+from skincancer.params import FetchParams, ShardParams, TrainParams, execution_knobs
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +69,10 @@ def test_pipeline_flow_runs_every_stage_on_the_server_and_records_the_outputs(re
     completed = {r["flow_name"] for r in flow_runs(prefect_api) if r["state_type"] == "COMPLETED"}
     assert {"skincancer-pipeline", *STAGES} <= completed
     # the metrics table, its diff against the last run, and the evaluation report, as artifacts
-    artifacts = {a["key"]: a for a in httpx.post(f"{prefect_api}/artifacts/filter", json={}).json()}
+    newest_first = httpx.post(f"{prefect_api}/artifacts/filter", json={"sort": "CREATED_DESC"}).json()
+    artifacts = {}
+    for artifact in newest_first:  # this run's: other tests' runs on the same server made older ones
+        artifacts.setdefault(artifact["key"], artifact)
     assert artifacts["skincancer-metrics"]["type"] == "table"
     assert artifacts["skincancer-metrics-diff"]["type"] == "markdown"
     assert "| test.roc_auc | - |" in artifacts["skincancer-metrics-diff"]["data"]  # nothing to compare with yet
@@ -74,6 +83,31 @@ def test_pipeline_flow_runs_every_stage_on_the_server_and_records_the_outputs(re
 
 def test_nothing_changed_runs_no_stage(repo):
     assert dvc_repro(repo) == []
+
+
+def test_retraining_identically_leaves_dvc_lock_as_it_was_and_evaluate_does_not_rerun(repo):
+    """The model file is a function of the weights (skincancer.model_file): the same training, the same bytes."""
+    root, env = repo
+    lock = (root / "dvc.lock").read_bytes()
+    forced = run([str(BIN / "dvc"), "repro", "--force", "--single-item", "train"], root, env)
+    assert stages_run(forced.stdout) == ["train"]
+    assert (root / "dvc.lock").read_bytes() == lock
+    assert dvc_repro(repo) == []  # evaluate's model dependency kept its hash
+
+
+def test_execution_knobs_make_no_stage_stale(repo):
+    """Each knob params.py marks as execution (workers, retries, tensorboard, resume), changed: `dvc status` clean."""
+    root, env = repo
+    original = (root / "params.yaml").read_text()
+    try:
+        for section, model in (("fetch", FetchParams), ("shard", ShardParams), ("train", TrainParams)):
+            for key in execution_knobs(model):
+                default = model.model_fields[key].default
+                set_params(root, {section: {key: (not default) if isinstance(default, bool) else default + 1}})
+                status = run([str(BIN / "dvc"), "status"], root, env).stdout
+                assert "Data and pipelines are up to date" in status, (section, key, status)
+    finally:
+        (root / "params.yaml").write_text(original)
 
 
 def test_pipeline_without_a_server_starts_one_for_all_stages_and_diffs_the_metrics(repo):
@@ -126,25 +160,94 @@ def test_diff_report_against_a_base_without_predictions_says_why_there_is_no_pai
 
 def test_a_failing_stage_fails_the_flow_naming_it_and_records_nothing(repo, prefect_api):
     root, env = repo
-    lock = (root / "dvc.lock").read_bytes()
+    lock, history = (root / "dvc.lock").read_bytes(), (root / "models/history.csv").read_bytes()
     set_params(root, {"train": {"weights": "missing/backbone.weights.h5"}})
     try:
         result = run([str(BIN / "python"), "flows/pipeline.py"], root, env, check=False)
     finally:
         set_params(root, {"train": {"weights": None}})
     assert result.returncode == 1
-    assert "error: failed to reproduce 'train'" in result.stderr and "dvc.lock is unchanged" in result.stderr
+    assert "error: failed to reproduce 'train'" in result.stderr and "dvc.lock records nothing of it" in result.stderr
     assert "missing/backbone.weights.h5 does not exist" in result.stdout + result.stderr  # the stage's own error
     assert (root / "dvc.lock").read_bytes() == lock
     assert (root / "models/model.keras").is_file()  # the last good model is back in the workspace
-    assert "except models/history.csv (not cached by DVC): `git checkout -- models/history.csv`" in result.stderr
+    assert (root / "models/history.csv").read_bytes() == history  # not cached by DVC: put back as it was
+    assert "the last recorded outputs are back as they were" in result.stderr
     failed = [r for r in flow_runs(prefect_api) if r["state_type"] == "FAILED"]
     assert {"skincancer-pipeline", "train"} <= {r["flow_name"] for r in failed}
 
 
-def test_split_seed_change_reruns_split_onward(repo):
-    set_params(repo[0], {"split": {"seed": 7}})
-    assert dvc_repro(repo) == ["split", "shard", "train", "evaluate"]
+def descendants(pid: int) -> dict[int, str]:
+    """Every process under `pid`, with its command line."""
+    found, todo = {}, [pid]
+    while todo:
+        for child in children(todo.pop()):
+            found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            todo.append(child)
+    return found
+
+
+def wait_for(predicate, timeout_s: float = 120.0, what: str = ""):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def alive(pids) -> list[int]:
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+
+
+@pytest.mark.parametrize("killed", ["stage", "dvc repro", "pipeline"])
+def test_sigkill_leaves_no_server_or_stage_behind(repo, killed):
+    """No PREFECT_API_URL: the killed process's temporary server and stage watch it and end with it."""
+    root, env = repo
+    alone = {key: value for key, value in env.items() if key != "PREFECT_API_URL"}
+    command = {"stage": [str(BIN / "python"), "flows/evaluate.py"],
+               "dvc repro": [str(BIN / "dvc"), "repro", "--force", "--single-item", "evaluate"],
+               "pipeline": [str(BIN / "python"), "flows/pipeline.py", "--force", "evaluate"]}[killed]
+    process = subprocess.Popen(command, cwd=root, env=alone, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        tree = wait_for(lambda: (found := descendants(process.pid)) and any("uvicorn" in c for c in found.values())
+                        and (killed == "stage" or any("flows/evaluate.py" in c for c in found.values())) and found,
+                        what="a temporary server (and the stage) under the process")
+        process.kill()
+        process.wait()
+        wait_for(lambda: not alive(tree), timeout_s=30, what=f"{tree} to exit after their parent was killed")
+    finally:
+        process.kill()
+        subprocess.run([str(BIN / "dvc"), "checkout", "--force"], cwd=root, env=alone, capture_output=True)
+
+
+def test_sigterm_stops_the_running_stage_and_leaves_the_outputs_as_they_were(repo, prefect_api):
+    root, env = repo
+    model, lock = (root / "models/model.keras").read_bytes(), (root / "dvc.lock").read_bytes()
+    history = (root / "models/history.csv").read_bytes()
+    process = subprocess.Popen([str(BIN / "python"), "flows/pipeline.py", "--force", "train"], cwd=root, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stage = wait_for(lambda: [pid for pid, c in descendants(process.pid).items() if "flows/train.py" in c],
+                     what="the train stage")
+    wait_for(lambda: not (root / "models/model.keras").exists(), what="DVC to clear the stage's outputs")
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert "error: interrupted: the running stage was stopped and dvc.lock records nothing of it" in err, (out + err)[-3000:]
+    assert "the last recorded outputs are back as they were" in err
+    assert not alive(stage)
+    assert (root / "models/model.keras").read_bytes() == model and (root / "dvc.lock").read_bytes() == lock
+    assert (root / "models/history.csv").read_bytes() == history
+    assert not list((root / "models").glob(".*partial*"))  # the stage cleaned up what it was writing
+
+
+def test_split_seed_change_makes_split_and_the_report_stale_and_nothing_upstream(repo):
+    """DVC's own decision, without running the stages (`--dry`: stages past split would follow once its output
+    changes, which the nightly test shows for real): split, and evaluate, whose report prints split params."""
+    root, env = repo
+    set_params(root, {"split": {"seed": 7}})
+    dry = run([str(BIN / "dvc"), "repro", "--dry"], root, env).stdout
+    assert stages_run(dry) == ["split", "evaluate"] and "Stage 'fetch' didn't change" in dry
 
 
 def test_dvc_plots_render_every_declared_plot(repo):

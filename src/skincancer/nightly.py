@@ -92,6 +92,11 @@ def _read_files(paths: Sequence[str], root: Path) -> dict[str, bytes]:
     return {path: (root / path).read_bytes() for path in paths if (root / path).is_file()}
 
 
+def snapshot_records(root: Path = Path(".")) -> dict[str, bytes]:
+    """The records' bytes now: what git, not the DVC cache, can give back after a failed stage."""
+    return _read_files(_record_files(records(root), root), root)
+
+
 def _exists_at(commit: str, path: str, root: Path) -> bool:
     return subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=root, capture_output=True).returncode == 0
 
@@ -133,7 +138,7 @@ def checkout_latest(remote: str = "origin", branch: str = "main", results_branch
         )
     code = _fetch(remote, branch, root, required=True)
     results = _fetch(remote, results_branch, root, required=False)
-    carried = _read_files(_record_files(paths, root), root) if results is None else {}
+    carried = snapshot_records(root) if results is None else {}
     git("checkout", "-q", "-f", "--detach", code, cwd=root)
     if results is not None:
         take_records(results, root)

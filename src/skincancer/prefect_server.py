@@ -20,8 +20,13 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from skincancer.lifetime import die_with_parent
+
 STARTUP_TIMEOUT_S = 120.0  # a loaded 2-core machine takes ~8 s; the limit only catches a server that hangs
 PORT_IN_USE_EXIT = 3  # uvicorn's exit code when the port was taken between choosing it and binding it
+
+
+SERVER_PIDS: set[int] = set()  # servers this process started: not stage processes to stop on an interrupt
 
 
 class ServerDidNotStart(RuntimeError):
@@ -67,9 +72,11 @@ def running_server(command: Callable[[int], list[str]], env: Mapping[str, str], 
     """Start ``command(port)`` on a free loopback port, yield its API URL once /health answers, stop it after."""
     with log_path.open("w") as log:
         process, url = _start(command, env, log, log_path, timeout_s)
+        SERVER_PIDS.add(process.pid)
         try:
             yield url
         finally:
+            SERVER_PIDS.discard(process.pid)
             process.terminate()
             try:
                 process.wait(timeout=10)
@@ -83,7 +90,8 @@ def _start(command: Callable[[int], list[str]], env: Mapping[str, str], log, log
     deadline = time.monotonic() + timeout_s
     while True:
         port = free_loopback_port()
-        process = subprocess.Popen(command(port), env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command(port), env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+                                   preexec_fn=die_with_parent)  # a SIGKILLed starter leaves no server behind
         url = api_url(port)
         while not healthy(url):
             if process.poll() is not None or time.monotonic() > deadline:
