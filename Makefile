@@ -21,9 +21,9 @@ $(STAMP): $(LOCK) pyproject.toml Makefile
 	rm -f $(VENV)/.installed $(VENV)/.installed-gpu
 	touch $@
 
+# the pipeline flow: `dvc repro` with one temporary Prefect server for every stage; ends with a summary
 demo: install
-	$(RUN) $(BIN)/dvc repro
-	$(RUN) $(BIN)/skincancer metrics
+	$(RUN) $(BIN)/python flows/pipeline.py
 
 test: install
 	$(RUN) $(BIN)/python -m pytest

@@ -17,6 +17,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
 
 from skincancer.params import OrchestrationParams, Params, ParamsError, load_params  # noqa: E402
 from skincancer.lifetime import die_with_parent, exit_on_sigterm  # noqa: E402
+from skincancer.native_stderr import filter_native_stderr  # noqa: E402
 from skincancer.paths import MissingInput, require_inputs  # noqa: E402
 from skincancer.prefect_server import shared_api  # noqa: E402
 
@@ -37,7 +38,8 @@ def run_stage(stage: str, flow: Callable[[Params], object]) -> None:
     """Stage flows send no heartbeats unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set: a stage that dies
     fails its `dvc repro` (and the pipeline flow run, which keeps Prefect's heartbeats), and the heartbeat
     thread holds every stage's exit for up to a second."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    filter_native_stderr()  # before TensorFlow is imported: its C++ banners never reach the terminal
+    logging.getLogger("skincancer").setLevel(logging.INFO)  # Prefect's root is WARNING: progress would be dropped
     try:
         params = load_params(os.environ.get("SKINCANCER_PARAMS", "params.yaml"))
         require_inputs(stage)

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -179,7 +180,17 @@ def pipeline_flow(
         if not push:
             logger.warning("publishing dvc.lock without a DVC push: other machines cannot pull the outputs it names")
         git_publish(git_remote, publish_to, commit_message(_head(), before, after, ran))
-    return after
+    return {"stages": ran, "metrics": after}
+
+
+def summary(ran: list[str], metrics: dict | None, seconds: float) -> str:
+    """The run in two lines: what ran and how long, and the test numbers (`make demo` ends with it)."""
+    lines = [f"stages run: {', '.join(ran) or 'none (everything up to date)'} in {seconds:.0f} s"]
+    if metrics and (test := metrics.get("test")) and test.get("roc_auc") is not None:
+        lines.append(f"test: ROC AUC {test['roc_auc']:.4f} (95% CI {test['roc_auc_ci_low']:.4f}-{test['roc_auc_ci_high']:.4f}), "
+                     f"sensitivity {test['sensitivity']:.3f}, specificity {test['specificity']:.3f} "
+                     f"at threshold {metrics['threshold']:.4f}; reports/report.html has the rest")
+    return "\n".join(lines)
 
 
 def _head() -> str:
@@ -204,13 +215,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--git-remote", default="origin", help="where --publish pushes (default: origin)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    started = time.perf_counter()
     with shared_api():
         try:
-            pipeline_flow(targets=args.targets or None, force=args.force, pull=args.pull, push=args.push,
-                          publish_to=args.publish, git_remote=args.git_remote)
+            result = pipeline_flow(targets=args.targets or None, force=args.force, pull=args.pull, push=args.push,
+                                   publish_to=args.publish, git_remote=args.git_remote)
         except (StageFailed, RemoteFailed, NightlyError, GPUMissing) as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(1) from None
+    print(summary(result["stages"], result["metrics"], time.perf_counter() - started))
 
 
 if __name__ == "__main__":

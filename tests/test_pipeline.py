@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -42,6 +43,14 @@ def flow_runs(api: str) -> list[dict]:
     return [run | {"flow_name": flows[run["flow_id"]]} for run in runs]
 
 
+def stage_log(api: str, flow_name: str) -> str:
+    """The log lines of the newest run of a stage flow, as the Prefect UI shows them."""
+    newest = next(r for r in httpx.post(f"{api}/flow_runs/filter", json={"sort": "START_TIME_DESC", "limit": 200}).json()
+                  if r["id"] in {run["id"] for run in flow_runs(api) if run["flow_name"] == flow_name})
+    entries = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [newest["id"]]}}, "limit": 200}).json()
+    return "\n".join(entry["message"] for entry in entries)
+
+
 def test_pipeline_flow_runs_every_stage_on_the_server_and_records_the_outputs(repo, prefect_api):
     """`python flows/pipeline.py` against a real server (tests/test_nightly_box.py runs it as the deployment)."""
     root, env = repo
@@ -68,6 +77,14 @@ def test_pipeline_flow_runs_every_stage_on_the_server_and_records_the_outputs(re
     # every stage ran as a flow run of its own on the same server as the pipeline flow
     completed = {r["flow_name"] for r in flow_runs(prefect_api) if r["state_type"] == "COMPLETED"}
     assert {"skincancer-pipeline", *STAGES} <= completed
+    # what each stage did, in its run log on the server: the library's INFO records
+    logs = {name: stage_log(prefect_api, name) for name in STAGES}
+    assert re.search(r"sample/isic2020: \d+ images indexed", logs["fetch"]), logs["fetch"][-2000:]
+    assert re.search(r"sharded \d+ images \(0 skipped\) into \d+ files, [\d.]+ MB, in [\d.]+ s: [\d.]+ images/s", logs["shard"])
+    for epoch in (1, 2):
+        assert re.search(rf"phase 1 epoch {epoch}/2: loss [\d.]+, auc [\d.]+, val_auc [\d.]+, learning rate [\d.e-]+, "
+                         r"[\d.]+ s", logs["train"]), logs["train"][-2000:]
+    assert re.search(r"test: ROC AUC [\d.]+ \(95% CI [\d.]+-[\d.]+\), sensitivity", logs["evaluate"])
     # the metrics table, its diff against the last run, and the evaluation report, as artifacts
     newest_first = httpx.post(f"{prefect_api}/artifacts/filter", json={"sort": "CREATED_DESC"}).json()
     artifacts = {}
@@ -114,11 +131,13 @@ def test_pipeline_without_a_server_starts_one_for_all_stages_and_diffs_the_metri
     """No PREFECT_API_URL at all: one temporary server for the flow and its stage subprocesses."""
     root, env = repo
     before = json.loads((root / "metrics.json").read_text())
-    set_params(root, {"train": {"epochs": 3}})
+    set_params(root, {"evaluate": {"tta": 2}})
     alone = {key: value for key, value in env.items() if key != "PREFECT_API_URL"}
     result = run([str(BIN / "python"), "flows/pipeline.py"], root, alone)
     output = result.stdout + result.stderr
-    assert list(dict.fromkeys(stages_run(output))) == ["train", "evaluate"]  # only what the change made stale
+    assert list(dict.fromkeys(stages_run(output))) == ["evaluate"]  # only what the change made stale
+    assert re.search(r"stages run: evaluate in \d+ s\ntest: ROC AUC [\d.]+ \(95% CI [\d.]+-[\d.]+\), "
+                     r"sensitivity [\d.]+, specificity [\d.]+ at threshold [\d.]+", result.stdout), result.stdout[-2000:]
     assert output.count("Started a temporary Prefect server") == 1, output[-3000:]
     assert "Starting temporary server" not in output  # Prefect's own, in a process without the shared API
     after = json.loads((root / "metrics.json").read_text())
@@ -128,12 +147,12 @@ def test_pipeline_without_a_server_starts_one_for_all_stages_and_diffs_the_metri
 
 
 def test_diff_report_shows_the_changed_param_and_every_metric_against_the_base(repo):
-    """What the PR comment shows after the epochs change above: old, new, delta, in metrics.json's order."""
+    """What the PR comment shows after the evaluate.tta change above: old, new, delta, in metrics.json's order."""
     root, env = repo
     result = run([str(BIN / "skincancer"), "diff-report", "--base", "HEAD", "--out", "diff-report"], root, env)
     report = (root / "diff-report/report.md").read_text()
     assert result.stdout.strip() == "diff-report/report.md"
-    assert "| train.epochs | `2` | `3` |" in report and report.count("| train.") == 1  # only the changed param
+    assert "| evaluate.tta | `1` | `2` |" in report and report.count("| evaluate.") == 1  # only the changed param
     old = flatten(json.loads(run(["git", "show", "HEAD:metrics.json"], root, env).stdout))
     new = flatten(json.loads((root / "metrics.json").read_text()))
     rows = [line for line in report.splitlines() if line.startswith("| ") and line.count("|") == 5][1:]
@@ -204,14 +223,17 @@ def alive(pids) -> list[int]:
 def test_sigkill_leaves_no_server_or_stage_behind(repo, killed):
     """No PREFECT_API_URL: the killed process's temporary server and stage watch it and end with it."""
     root, env = repo
-    alone = {key: value for key, value in env.items() if key != "PREFECT_API_URL"}
+    # PREFECT_CLIENT_MAX_RETRIES=0: the orphaned stage's last crash report would otherwise retry for half a
+    # minute against the server that died with its parent; it ends either way
+    alone = {key: value for key, value in env.items() if key != "PREFECT_API_URL"} | {"PREFECT_CLIENT_MAX_RETRIES": "0"}
     command = {"stage": [str(BIN / "python"), "flows/evaluate.py"],
                "dvc repro": [str(BIN / "dvc"), "repro", "--force", "--single-item", "evaluate"],
-               "pipeline": [str(BIN / "python"), "flows/pipeline.py", "--force", "evaluate"]}[killed]
+               "pipeline": [str(BIN / "python"), "flows/pipeline.py", "--force", "fetch"]}[killed]  # no upstream to rerun
+    stage = "flows/fetch.py" if killed == "pipeline" else "flows/evaluate.py"
     process = subprocess.Popen(command, cwd=root, env=alone, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         tree = wait_for(lambda: (found := descendants(process.pid)) and any("uvicorn" in c for c in found.values())
-                        and (killed == "stage" or any("flows/evaluate.py" in c for c in found.values())) and found,
+                        and (killed == "stage" or any(stage in c for c in found.values())) and found,
                         what="a temporary server (and the stage) under the process")
         process.kill()
         process.wait()

@@ -11,6 +11,14 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
+@app.callback()
+def _quiet_native_banners() -> None:
+    """Before any command imports TensorFlow: its C++ banners never reach the terminal."""
+    from skincancer.native_stderr import filter_native_stderr
+
+    filter_native_stderr()
+
+
 @app.command()
 def sample(
     out_dir: Annotated[Path, typer.Argument(help="folder to write the archives into")],

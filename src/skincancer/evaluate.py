@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from skincancer.params import EvaluateParams
 from skincancer.report import confident_mistakes, split_scores, write_report
 from skincancer.tfrecords import read_examples
 
+
+log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ["image_id", "split", "label", "diagnosis", "probability", "prediction", "source", "group", "score"]
 
@@ -134,4 +137,18 @@ def evaluate(
         mistakes=params.gallery,
     )
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    _log_summary(metrics)
     return metrics
+
+
+def _log_summary(metrics: dict) -> None:
+    """The evaluation in two lines, for the terminal and the Prefect run log (undefined values as '-')."""
+    def number(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for split in ("val", "test"):
+        m = metrics[split]
+        log.info("%s: ROC AUC %s (95%% CI %s-%s), sensitivity %s, specificity %s at threshold %s, %d images (%d malignant)",
+                 split, number(m["roc_auc"], 4), number(m["roc_auc_ci_low"], 4), number(m["roc_auc_ci_high"], 4),
+                 number(m["sensitivity"], 3), number(m["specificity"], 3), number(metrics["threshold"], 4),
+                 m["n"], m["n_malignant"])

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -90,6 +91,7 @@ def write_shards(
     shards: list[dict] = []
     skipped: list[dict] = []
     mapper = map_chunks or in_threads(params.workers)
+    started = time.perf_counter()
     with atomic_dir(out_dir) as tmp, _results(mapper, chunks) as results:
         for split, rows in plan.items():
             roller = _ShardRoller(tmp, split, limit, tfrecords)
@@ -103,7 +105,14 @@ def write_shards(
         _check_skipped(skipped, len(jobs), params.max_skipped_fraction)
         document = _document(params, tfrecords.SPEC_VERSION, shards, skipped)
         (tmp / "manifest.json").write_text(json.dumps(document, sort_keys=True, indent=2) + "\n")
+    _log_written(shards, len(jobs) - len(skipped), len(skipped), time.perf_counter() - started)
     return document
+
+
+def _log_written(shards: list[dict], images: int, skipped: int, seconds: float) -> None:
+    megabytes = sum(shard["bytes"] for shard in shards) / 1e6
+    log.info("sharded %d images (%d skipped) into %d files, %.1f MB, in %.1f s: %.1f images/s, %.1f MB/s",
+             images, skipped, len(shards), megabytes, seconds, images / max(seconds, 1e-9), megabytes / max(seconds, 1e-9))
 
 
 def chunk_size(n_jobs: int, workers: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import keras
@@ -133,8 +134,29 @@ def load_best(classifier: keras.Model, path: Path) -> None:
         classifier.set_weights([saved[f"arr_{index}"] for index in range(len(saved.files))])
 
 
-def _callbacks(params: TrainParams, state: TrainState, phase: int, classifier: keras.Model, best: float, tensorboard_dir: Path | None):
+class EpochLog(keras.callbacks.Callback):
+    """One INFO line per epoch, where the terminal and the Prefect run log both show it (Keras' own
+    progress lines are prints that Prefect never captures)."""
+
+    def __init__(self, phase: int, epochs: int):
+        super().__init__()
+        self.phase, self.epochs, self.started = phase, epochs, 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        log.info("phase %d epoch %d/%d: loss %.4f, auc %.4f, val_auc %.4f, learning rate %.3g, %.1f s", self.phase,
+                 epoch + 1, self.epochs, logs.get("loss", float("nan")), logs.get("auc", float("nan")),
+                 logs.get("val_auc", float("nan")), rate, time.perf_counter() - self.started)
+
+
+def _callbacks(params: TrainParams, state: TrainState, phase: int, epochs: int, classifier: keras.Model, best: float,
+               tensorboard_dir: Path | None):
     callbacks = [
+        EpochLog(phase, epochs),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.5, patience=params.reduce_lr_patience),
         SaveBest(classifier, state.best_model, best),
@@ -190,8 +212,8 @@ def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, st
     compile_for_training(model, rate, classes)
     model.fit(
         train_ds, validation_data=val_ds, epochs=epochs,
-        class_weight=class_weights(shards_dir, params.imbalance, classes), shuffle=False, verbose=2,
-        callbacks=_callbacks(params, state, phase, classifier.model, state.best_auc(), tensorboard_dir),
+        class_weight=class_weights(shards_dir, params.imbalance, classes), shuffle=False, verbose=0,
+        callbacks=_callbacks(params, state, phase, epochs, classifier.model, state.best_auc(), tensorboard_dir),
     )
     if not state.best_model.exists():
         state.clear()  # nothing worth resuming
