@@ -4,6 +4,8 @@ prefect.yaml's `nightly` deployment; then a workstation and a pull request that 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import socket
@@ -28,29 +30,38 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """moto's S3 server on loopback with one empty bucket: the object store a team's DVC remote lives in."""
-    import boto3
-
-    port, home = free_port(), tmp_path_factory.mktemp("moto")
-    with open(home / "moto.log", "w") as log:
-        server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+@contextlib.contextmanager
+def moto_server(home: Path, env: dict[str, str] | None = None):
+    """moto's S3 server on a free loopback port; its URL once it answers."""
+    port = free_port()
+    with open(home / f"moto-{port}.log", "w") as log:
+        server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                                  stderr=log, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
+        wait_until_up = time.monotonic() + 30
+        while time.monotonic() < wait_until_up:
             try:
                 httpx.get(url, timeout=1)
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 server with one empty bucket: the object store a team's DVC remote lives in."""
+    import boto3
+
+    with moto_server(tmp_path_factory.mktemp("moto")) as url:
         client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
                               aws_access_key_id="testing", aws_secret_access_key="testing")
         client.create_bucket(Bucket=BUCKET)
         yield url, client
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +182,19 @@ def test_an_unreachable_remote_fails_the_run_naming_it_and_changes_nothing(remot
     assert re.search(r"error: dvc pull with remote 'storage' \(s3://skincancer/cache\) failed: .*check that it is "
                      r"reachable and that this machine's credentials for it are valid", result.stderr), result.stderr[-3000:]
     assert "Running stage" not in result.stdout and (clone / "dvc.lock").read_bytes() == lock
+
+
+def test_a_rejected_credential_fails_the_run_naming_the_remote(remotes, tmp_path):
+    """moto checking access keys (its IAM mode): the box's key is unknown to the store, as a revoked or
+    expired one is."""
+    root, _, _, env = remotes
+    clone = root / "rejected"
+    run(["git", "clone", "-q", "-b", "results", str(root / "origin.git"), str(clone)], root, env)
+    with moto_server(tmp_path, {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as url:
+        run([str(BIN / "dvc"), "remote", "modify", "--local", "storage", "endpointurl", url], clone, env)
+        result = run([str(BIN / "python"), "flows/pipeline.py"], clone, env | {"AWS_ACCESS_KEY_ID": "AKIAEXPIRED00000000"},
+                     check=False)
+    assert result.returncode == 1
+    assert re.search(r"error: dvc pull with remote 'storage' \(s3://skincancer/cache\) failed: .*credentials for it are "
+                     r"valid", result.stderr), result.stderr[-3000:]
+    assert "Running stage" not in result.stdout
