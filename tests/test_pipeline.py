@@ -16,6 +16,7 @@ import pytest
 from project_copy import BIN, TINY_PARAMS, committed_project, project_env, run, set_params, stages_run
 from skincancer.metrics import METRIC_KEYS
 from skincancer.metrics_diff import flatten
+from skincancer import lifetime
 from skincancer.lifetime import children
 from skincancer.params import FetchParams, ShardParams, TrainParams, execution_knobs
 
@@ -216,7 +217,7 @@ def wait_for(predicate, timeout_s: float = 120.0, what: str = ""):
 
 
 def alive(pids) -> list[int]:
-    return [pid for pid in pids if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+    return [pid for pid in pids if lifetime.alive(pid)]
 
 
 @pytest.mark.parametrize("killed", ["stage", "dvc repro", "pipeline"])

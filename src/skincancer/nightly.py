@@ -177,9 +177,10 @@ def publish_results(remote: str, results_branch: str, message: str, root: Path =
     with tempfile.TemporaryDirectory() as scratch:
         env = {**os.environ, "GIT_INDEX_FILE": str(Path(scratch) / "index")}
         git("read-tree", code, cwd=root, env=env)
-        for path in records(root):
+        tracked = records(root)
+        for path in tracked:
             git("rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", path, cwd=root, env=env)
-        files = [path for path in _record_files(records(root), root) if (root / path).is_file()]
+        files = [path for path in _record_files(tracked, root) if (root / path).is_file()]
         git("update-index", "--add", "--", *files, cwd=root, env=env)
         tree = git("write-tree", cwd=root, env=env)
     if base_sha is not None and git("rev-parse", f"{base_sha}^{{tree}}", cwd=root) == tree:
