@@ -51,4 +51,4 @@ check-gpu-lock: install
 	rm -rf /tmp/skincancer-gpu-venv
 
 clean:
-	rm -rf data/raw data/split data/shards models reports metrics.json dvc.lock
+	rm -rf data/resolved.json data/raw data/split data/shards models reports metrics.json dvc.lock

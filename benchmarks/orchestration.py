@@ -125,7 +125,8 @@ def run_dvc(command: list[str], starts: int) -> Callable[[Path, dict[str, str]],
         output = result.stdout + result.stderr
         ran = list(dict.fromkeys(stages_run(output)))
         servers = output.count("Starting temporary server") + output.count("Started a temporary Prefect server")
-        assert ran == list(STAGES) and servers == starts, (ran, servers, output[-3000:])
+        # DVC also runs `resolve`, the params lookup of flows/resolve.py, which has no flow to orchestrate
+        assert ran == ["resolve", *STAGES] and servers == starts, (ran, servers, output[-3000:])
         return f"stages {', '.join(ran)}; {servers} temporary server(s)"
     return side
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable
 
 # forward the library's log records to the Prefect run logs; no telemetry from offline machines
@@ -15,10 +14,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: E402
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
 
-from skincancer.params import OrchestrationParams, Params, ParamsError, load_params  # noqa: E402
+from _params import stage_params  # noqa: E402
+
+from skincancer.params import OrchestrationParams, Params  # noqa: E402
 from skincancer.lifetime import die_with_parent, exit_on_sigterm  # noqa: E402
 from skincancer.native_stderr import filter_native_stderr  # noqa: E402
-from skincancer.paths import MissingInput, require_inputs  # noqa: E402
 from skincancer.prefect_server import shared_api  # noqa: E402
 
 
@@ -40,12 +40,7 @@ def run_stage(stage: str, flow: Callable[[Params], object]) -> None:
     thread holds every stage's exit for up to a second."""
     filter_native_stderr()  # before TensorFlow is imported: its C++ banners never reach the terminal
     logging.getLogger("skincancer").setLevel(logging.INFO)  # Prefect's root is WARNING: progress would be dropped
-    try:
-        params = load_params(os.environ.get("SKINCANCER_PARAMS", "params.yaml"))
-        require_inputs(stage)
-    except (ParamsError, MissingInput) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    params = stage_params(stage)
     die_with_parent()  # `dvc repro` (or the pipeline) killed: this stage ends too, cleaning up its partial outputs
     exit_on_sigterm()
     with temporary_settings(set_defaults={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), shared_api():

@@ -9,6 +9,7 @@ from skincancer import paths
 from skincancer.params import (
     REPORTED_PARAMS, FetchParams, ShardParams, TrainParams, execution_knobs, result_keys,
 )
+from skincancer.resolved import RESOLVED_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src"
@@ -69,15 +70,17 @@ def test_stage_inputs_and_outputs_match_the_paths_module():
 
 
 def per_key(section: str, model) -> list[str]:
-    return [f"{section}.{key}" for key in result_keys(model)]
+    """The section's result-changing keys, less those the stages take as values from data/resolved.json."""
+    return [f"{section}.{key}" for key in result_keys(model) if f"{section}.{key}" not in RESOLVED_KEYS]
 
 
 def test_each_stage_reads_only_its_own_params_and_no_execution_knob():
     expected = {
+        "resolve": ["shard.image_size", "train.backbone"],  # 'auto' is the backbone's input size
         "fetch": per_key("fetch", FetchParams),
         "split": ["labels", "split"],
-        "shard": [*per_key("shard", ShardParams), "train.backbone"],  # shard.image_size 'auto' is the backbone's size
-        "train": [*per_key("train", TrainParams), "shard.image_size"],  # the size train checks the shards against
+        "shard": per_key("shard", ShardParams),
+        "train": per_key("train", TrainParams),  # the image size reaches it in data/shards
         # evaluate decides with its own section; the others are printed in the report as what produced it
         "evaluate": ["evaluate", "fetch.datasets", "labels", "split", *per_key("shard", ShardParams),
                      *per_key("train", TrainParams)],
@@ -91,4 +94,15 @@ def test_each_stage_reads_only_its_own_params_and_no_execution_knob():
 def test_the_params_the_report_prints_are_the_params_evaluate_depends_on():
     declared = {f"{section}.{key}" if keys is not True else section
                 for section, keys in REPORTED_PARAMS.items() for key in (keys if keys is not True else [None])}
-    assert declared == set(stages()["evaluate"]["params"])
+    assert declared == set(stages()["evaluate"]["params"]) | set(RESOLVED_KEYS)
+    assert paths.RESOLVED.as_posix() in stages()["evaluate"]["deps"]
+
+
+def test_a_resolved_key_reaches_its_stages_as_a_value_not_as_the_word_in_params_yaml():
+    """shard.image_size 'auto' and the size it stands for are one dependency: data/resolved.json's value."""
+    for name, stage in stages().items():
+        if name != "resolve":
+            assert not set(stage["params"]) & set(RESOLVED_KEYS), name
+    for name in ("shard", "evaluate"):
+        assert paths.RESOLVED.as_posix() in stages()[name]["deps"], name
+    assert stages()["resolve"]["outs"] == [paths.RESOLVED.as_posix()]

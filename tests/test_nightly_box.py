@@ -102,7 +102,7 @@ def ls_remote(origin: Path, branch: str) -> str:
 
 def dvc_cached_outputs_removed(box: Path) -> None:
     """A fresh disk on the box: no DVC cache and none of the cached outputs, only what git holds."""
-    for path in (".dvc/cache", "data/raw", "data/split", "data/shards", "models/model.keras", "reports/figures",
+    for path in (".dvc/cache", "data/resolved.json", "data/raw", "data/split", "data/shards", "models/model.keras", "reports/figures",
                  "reports/report.md", "reports/report.html", "reports/predictions.csv"):
         target = box / path
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
@@ -127,7 +127,7 @@ def test_nightly_pulls_code_and_outputs_reruns_what_changed_pushes_and_publishes
     # night 1: everything runs, the outputs go to the object store, the records to `results`
     state, logs = nightly(box, env, prefect_api, *CPU_OK)
     assert state["type"] == "COMPLETED", logs[-3000:]
-    assert "stages run: fetch, split, shard, train, evaluate" in logs
+    assert "stages run: resolve, fetch, split, shard, train, evaluate" in logs
     code_1, results_1 = ls_remote(origin, "main"), ls_remote(origin, "results")
     assert run(["git", "log", "-1", "--format=%P", results_1], origin, env).stdout.split() == [code_1]
     subject = run(["git", "log", "-1", "--format=%s", results_1], origin, env).stdout.strip()

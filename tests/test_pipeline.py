@@ -128,6 +128,29 @@ def test_execution_knobs_make_no_stage_stale(repo):
         (root / "params.yaml").write_text(original)
 
 
+def test_the_shard_stage_depends_on_the_image_size_not_on_the_word_auto(repo):
+    """shard.image_size 'auto' and the size it stands for, under any backbone of that size, are one dependency
+    (data/resolved.json): the resolve stage reruns and writes the same value, and the shards stay; a new size
+    reshards."""
+    root, env = repo
+    params, lock = (root / "params.yaml").read_text(), (root / "dvc.lock").read_text()
+
+    def repro_shard(change: dict) -> list[str]:
+        set_params(root, change)
+        return stages_run(run([str(BIN / "dvc"), "repro", "shard"], root, env).stdout)
+
+    try:
+        assert repro_shard({"shard": {"image_size": 96}}) == ["resolve", "shard"]
+        assert repro_shard({"shard": {"image_size": "auto"}}) == ["resolve"]  # small_cnn's input size is 96
+        assert json.loads((root / "data/resolved.json").read_text()) == {"shard.image_size": 96}
+        assert repro_shard({"shard": {"image_size": 96}, "train": {"backbone": "mobilenet_v2"}}) == ["resolve"]
+    finally:
+        (root / "params.yaml").write_text(params)
+        (root / "dvc.lock").write_text(lock)
+        run([str(BIN / "dvc"), "checkout", "--quiet"], root, env)
+    assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "status"], root, env).stdout
+
+
 def test_pipeline_without_a_server_starts_one_for_all_stages_and_diffs_the_metrics(repo):
     """No PREFECT_API_URL at all: one temporary server for the flow and its stage subprocesses."""
     root, env = repo

@@ -30,11 +30,19 @@ def test_missing_input_names_the_stage_to_run_first(project, name, missing, firs
     assert "Traceback" not in result.stderr
 
 
-def test_bad_params_fail_before_any_work(project):
+@pytest.mark.parametrize(("name", "output"), [("fetch", "data/raw"), ("resolve", "data/resolved.json")])
+def test_bad_params_fail_before_any_work(project, name, output):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["learning_rat"] = 0.1
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    result = stage(project, "fetch")  # a typo in any section stops every stage
+    result = stage(project, name)  # a typo in any section stops every stage
     assert result.returncode == 2
     assert "train.learning_rat: unknown key" in result.stderr
-    assert not (project / "data/raw").exists()
+    assert not (project / output).exists()
+
+
+def test_resolve_writes_the_size_auto_stands_for_and_says_so(project):
+    result = stage(project, "resolve")  # the shipped params.yaml: small_cnn, shard.image_size auto
+    assert result.returncode == 0, result.stderr
+    assert (project / "data/resolved.json").read_text() == '{\n  "shard.image_size": 96\n}\n'
+    assert "resolve: shard.image_size 96 (train.backbone small_cnn's input size is 96; 'auto' stands for it)" in result.stdout

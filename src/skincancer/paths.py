@@ -8,6 +8,7 @@ RAW = Path("data/raw")
 INDEX = RAW / "index.parquet"
 DUPLICATES = RAW / "duplicates.parquet"  # official duplicate pairs: image_id_1, image_id_2, source
 METADATA_CONFLICTS = RAW / "metadata_conflicts.csv"  # source values a fetch.metadata table disagrees with
+RESOLVED = Path("data/resolved.json")  # the values of params.yaml's 'auto' settings (skincancer.resolved)
 SPLIT = Path("data/split")
 SPLIT_MANIFEST = SPLIT / "manifest.parquet"
 SHARDS = Path("data/shards")
@@ -29,6 +30,7 @@ class MissingInput(FileNotFoundError):
 
 # stage -> {input it reads: stage that writes it}
 STAGE_INPUTS: dict[str, dict[Path, str]] = {
+    "resolve": {},
     "fetch": {},
     "split": {INDEX: "fetch"},
     "shard": {SPLIT_MANIFEST: "split"},

@@ -1,0 +1,35 @@
+"""The values params.yaml's 'auto' settings stand for, as a file for the stages that read them.
+
+DVC compares a params key's text, so `shard.image_size: auto` would tie the shard stage to the word
+and to train.backbone: swapping two backbones of one input size, or writing that size out, would
+reshard every image. The resolve stage writes the values instead (data/resolved.json); the stages
+depend on that file, and DVC reruns them only when a value changes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from skincancer.atomic import atomic_write_text
+from skincancer.backbones import BACKBONES
+from skincancer.params import Params
+
+RESOLVED_KEYS = ("shard.image_size",)  # tracked through data/resolved.json, not as params of the stages
+
+
+def resolved_values(params: Params) -> dict[str, object]:
+    return {"shard.image_size": params.shard.image_size}
+
+
+def describe(params: Params) -> str:
+    backbone = params.train.backbone
+    return (f"shard.image_size {params.shard.image_size} (train.backbone {backbone}'s input size is "
+            f"{BACKBONES[backbone].default_size}; 'auto' stands for it)")
+
+
+def write_resolved(params: Params, path: Path) -> dict[str, object]:
+    values = resolved_values(params)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
+    return values
