@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -154,12 +155,12 @@ train(params, Path(sys.argv[2]), out / "model.keras", out / "history.csv")
 """
 
 
-def start_training(params: TrainParams, shards: Path, out: Path, *prelude: str) -> subprocess.Popen:
+def start_training(params: TrainParams, shards: Path, out: Path, *prelude: str, env: dict | None = None) -> subprocess.Popen:
     script = "\n".join(prelude) + TRAIN_SCRIPT
     return subprocess.Popen(
         [sys.executable, "-c", script, params.model_dump_json(), str(shards), str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
     )
 
 
@@ -205,16 +206,64 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 """
 
 
-def test_mirrored_strategy_over_two_logical_cpus_scales_the_batch(tiny_shards, tmp_path):
-    params = FAST.model_copy(update={"epochs": 2, "batch_size": 8, "distribute": "mirrored"})
-    run = start_training(params, tiny_shards, tmp_path, TWO_CPUS)
+PER_REPLICA = FAST.model_copy(update={"epochs": 2, "batch_size": 8})
+
+
+@pytest.fixture(scope="module")
+def mirrored_run(tiny_shards, tmp_path_factory) -> tuple[Path, str]:
+    """One process, MirroredStrategy over two logical CPUs: global batch 16 in two halves."""
+    out = tmp_path_factory.mktemp("mirrored")
+    run = start_training(PER_REPLICA.model_copy(update={"distribute": "mirrored"}), tiny_shards, out, TWO_CPUS)
     output = run.communicate(timeout=300)[0]
     assert run.returncode == 0, output[-3000:]
+    return out, output
+
+
+def test_mirrored_strategy_over_two_logical_cpus_scales_the_batch(mirrored_run, tiny_shards):
+    out, output = mirrored_run
     assert "MirroredStrategy over 2 replica(s)" in output and "global batch 16 (8 per replica)" in output
-    history = pd.read_csv(tmp_path / "history.csv")
+    history = pd.read_csv(out / "history.csv")
     assert len(history) == 2 and np.isfinite(history["val_auc"]).all()
-    predictions = val_predictions(tmp_path / "model.keras", tiny_shards)
+    predictions = val_predictions(out / "model.keras", tiny_shards)
     assert ((predictions > 0) & (predictions < 1)).all()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+MULTI_WORKER_TOLERANCE = 1e-5  # P(malignant): the same sums over the same replicas, across processes instead of devices
+
+
+def test_two_workers_train_what_one_process_over_two_replicas_does_and_only_the_chief_writes(
+        mirrored_run, tiny_shards, tmp_path):
+    """Two processes on 127.0.0.1 described by TF_CONFIG (MultiWorkerMirroredStrategy), the same global batch in
+    the same halves as the one-process MirroredStrategy run. Each is given its own output folder and temporary
+    folder: the chief writes the model and history, the other worker nothing, and leaves no temporary state."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    runs = []
+    for index in range(2):
+        (tmp_path / f"tmp{index}").mkdir()
+        config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+        runs.append(start_training(PER_REPLICA.model_copy(update={"distribute": "auto"}), tiny_shards,
+                                   tmp_path / f"worker{index}", env={"TF_CONFIG": json.dumps(config),
+                                                                     "TMPDIR": str(tmp_path / f"tmp{index}")}))
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    for run, output in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, output[-3000:]
+        assert "train.distribute auto: KerasMultiWorkerMirrored over 2 replica(s)" in output
+    assert "chief of 2 workers: writes the outputs" in outputs[0] and "writes nothing shared" in outputs[1]
+    assert sorted(path.name for path in (tmp_path / "worker0").iterdir()) == ["history.csv", "model.keras"]
+    assert not (tmp_path / "worker1").exists()
+    assert not list(tmp_path.glob("tmp*/skincancer-worker-*"))  # the other worker's private state went with it
+
+    mirrored, _ = mirrored_run
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "worker0/history.csv"), pd.read_csv(mirrored / "history.csv"),
+                                  atol=MULTI_WORKER_TOLERANCE)
+    np.testing.assert_allclose(val_predictions(tmp_path / "worker0/model.keras", tiny_shards),
+                               val_predictions(mirrored / "model.keras", tiny_shards), atol=MULTI_WORKER_TOLERANCE)
 
 
 def test_the_model_file_carries_no_save_time_or_memory_address(tmp_path):

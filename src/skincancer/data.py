@@ -106,6 +106,15 @@ def oversampled(examples: tf.data.Dataset, count: int, seed: int, label_of: Call
     return mixed.take(count)
 
 
+def split_by_element(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Under MultiWorkerMirroredStrategy each worker takes its part of every global batch (tf.data's DATA
+    policy), so the workers together train on the batches one process would draw. The default (FILE) needs
+    more shard files than workers and gives each worker batches of its own files."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
 def training_dataset(
     shards_dir: Path,
     batch_size: int,
@@ -139,7 +148,7 @@ def training_dataset(
         )
     else:
         examples = records.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return examples.batch(batch_size, drop_remainder=count > batch_size).prefetch(AUTOTUNE)
+    return split_by_element(examples.batch(batch_size, drop_remainder=count > batch_size).prefetch(AUTOTUNE))
 
 
 def _augmented(example: tuple[tf.Tensor, tf.Tensor], image_seed: tf.Tensor, augment_image) -> tuple[tf.Tensor, tf.Tensor]:
@@ -167,7 +176,7 @@ def feature_dataset(
     examples = examples.map(lambda feature, target, _: (feature, target))
     training = seed is not None
     examples = examples.apply(tf.data.experimental.assert_cardinality(count))
-    return examples.batch(batch_size, drop_remainder=training and count > batch_size).prefetch(AUTOTUNE)
+    return split_by_element(examples.batch(batch_size, drop_remainder=training and count > batch_size).prefetch(AUTOTUNE))
 
 
 def eval_dataset(
@@ -175,7 +184,7 @@ def eval_dataset(
 ) -> tf.data.Dataset:
     """(image, target) batches in manifest order, aligned with `split_records`."""
     manifest = read_shard_manifest(shards_dir)
-    return (
+    return split_by_element(
         tf.data.TFRecordDataset(shard_paths(shards_dir, split))
         .apply(tf.data.experimental.assert_cardinality(manifest["splits"][split]["count"]))
         .map(_image_and_label(manifest["image_size"], target_of(classes)), num_parallel_calls=AUTOTUNE, deterministic=True)

@@ -7,7 +7,6 @@ described by TF_CONFIG run the same code; 'auto' picks the widest one the machin
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -15,6 +14,8 @@ from collections.abc import Callable, Iterator
 
 import keras
 import tensorflow as tf
+
+from skincancer.multi_worker import KerasMultiWorkerMirrored, cluster_size
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,6 @@ def check_devices() -> list[str]:
     return []
 
 
-def _cluster_size() -> int:
-    """Workers named in TF_CONFIG (MultiWorkerMirroredStrategy's cluster description), 0 without one."""
-    try:
-        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({error}); unset it or fix it") from None
-    return sum(len(cluster.get(role, [])) for role in ("chief", "worker"))
-
-
 def _one_device() -> tf.distribute.Strategy:
     """TensorFlow's default strategy: the first GPU if there is one, else the CPU; no input splitting."""
     return tf.distribute.get_strategy()
@@ -69,7 +61,8 @@ def _mirrored() -> tf.distribute.Strategy:
 
 
 def _multi_worker() -> tf.distribute.Strategy:
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    """The workers TF_CONFIG names, one replica per device of each (skincancer.multi_worker)."""
+    return KerasMultiWorkerMirrored()
 
 
 STRATEGIES: dict[str, Callable[[], tf.distribute.Strategy]] = {
@@ -81,7 +74,7 @@ STRATEGIES: dict[str, Callable[[], tf.distribute.Strategy]] = {
 
 def auto_strategy_name(gpus: list[str] | None = None) -> str:
     """A cluster in TF_CONFIG: all its workers; several local GPUs: all of them; else one device."""
-    if _cluster_size() > 1:
+    if cluster_size() > 1:
         return "multi_worker"
     if len(_gpus() if gpus is None else gpus) > 1:
         return "mirrored"

@@ -3,9 +3,12 @@ phase 2 fine-tuning of the backbone's top layers; the best-validation-AUC model 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -27,6 +30,7 @@ from skincancer.diagnosis_classes import DiagnosisClasses, diagnosis_classes
 from skincancer.hardware import check_devices, make_deterministic, pick_strategy, seeded_construction, set_precision
 from skincancer.model_file import save_model
 from skincancer.models import Classifier, build_classifier, malignant_probability, unfreeze_top
+from skincancer.multi_worker import cluster_size, is_chief
 from skincancer.params import TrainParams
 from skincancer.train_state import TrainState
 
@@ -224,6 +228,17 @@ def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, st
     state.finish(phase)
 
 
+@contextlib.contextmanager
+def _state_root(model_path: Path, chief: bool) -> Iterator[Path]:
+    """Where a worker keeps its training state: the chief beside the model, so a killed run resumes;
+    any other worker in a private temporary folder, gone with it, so only the chief writes models/."""
+    if chief:
+        yield model_path.parent / ".train-state"
+        return
+    with tempfile.TemporaryDirectory(prefix="skincancer-worker-") as private:
+        yield Path(private) / ".train-state"
+
+
 def train(
     params: TrainParams,
     shards_dir: Path,
@@ -235,35 +250,44 @@ def train(
     """Fit, keep the best-validation-AUC model at model_path, write the per-epoch history CSV.
 
     image_size: what the shards must hold (params' shard.image_size); None accepts the shards' own.
+    In a TF_CONFIG cluster every worker calls this with the same arguments; only the chief writes.
     """
     manifest = check_image_size(shards_dir, image_size) if image_size else read_shard_manifest(shards_dir)
     require_both_classes(shards_dir)
     check_devices()
+    strategy = pick_strategy(params.distribute)  # before any op: MultiWorkerMirroredStrategy sets up collectives first
+    chief, workers = is_chief(strategy), max(cluster_size(), 1)
     keras.utils.clear_session()  # layer names counted from scratch, as in the stage's own process: same file bytes
     make_deterministic(params.seed)
     policy = set_precision(params.precision)
-    strategy = pick_strategy(params.distribute)
     batch_size = params.batch_size * strategy.num_replicas_in_sync
     log.info("precision %s, global batch %d (%d per replica)", policy, batch_size, params.batch_size)
-    state = TrainState.open(model_path.parent / ".train-state", params, manifest)
+    if workers > 1:
+        log.info("%s of %d workers%s; train.resume is off across workers (a restarted cluster trains from the start)",
+                 "chief" if chief else "a worker", workers, ": writes the outputs" if chief else ": writes nothing shared")
+        params = params.model_copy(update={"resume": False})
     classes = diagnosis_classes(split_records(shards_dir, "train")) if params.head == "diagnosis" else None
     if classes is not None:
         log.info("diagnosis head: %d classes (%s)", len(classes.names), ", ".join(classes.names))
-    with strategy.scope():
-        with seeded_construction(params.seed):
-            classifier = build_classifier(params, manifest["image_size"], classes)
-        phases = [1, 2] if params.fine_tune_epochs and classifier.pretrained else [1]
-        for phase in phases:
-            if phase == 2:
-                unfreeze_top(classifier.backbone, params.fine_tune_layers)
-            if state.finished(phase):
-                log.info("phase %d finished in an earlier run: resuming after it", phase)
-                load_best(classifier.model, state.best_model)
-                continue
-            _fit_phase(params, classifier, shards_dir, state, phase, batch_size, tensorboard_dir, classes)
-    history = state.history_frame(phases)[HISTORY_COLUMNS]
-    with atomic_path(model_path) as partial:
-        save_model(classifier.serving, partial)
-    atomic_write_text(history_path, history.to_csv(index=False, float_format="%.6g"))
-    state.clear()
+    with _state_root(model_path, chief) as root:
+        state = TrainState.open(root, params, manifest)
+        with strategy.scope():
+            with seeded_construction(params.seed):
+                classifier = build_classifier(params, manifest["image_size"], classes)
+            phases = [1, 2] if params.fine_tune_epochs and classifier.pretrained else [1]
+            for phase in phases:
+                if phase == 2:
+                    unfreeze_top(classifier.backbone, params.fine_tune_layers)
+                if state.finished(phase):
+                    log.info("phase %d finished in an earlier run: resuming after it", phase)
+                    load_best(classifier.model, state.best_model)
+                    continue
+                _fit_phase(params, classifier, shards_dir, state, phase, batch_size, tensorboard_dir if chief else None,
+                           classes)
+        history = state.history_frame(phases)[HISTORY_COLUMNS]
+        if chief:
+            with atomic_path(model_path) as partial:
+                save_model(classifier.serving, partial)
+            atomic_write_text(history_path, history.to_csv(index=False, float_format="%.6g"))
+        state.clear()
     return history
