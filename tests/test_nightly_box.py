@@ -117,14 +117,10 @@ def test_nightly_pulls_code_and_outputs_reruns_what_changed_pushes_and_publishes
     assert deployment["name"] == "nightly" and deployment["work_pool_name"] == "gpu"
     assert deployment["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
     assert deployment["job_variables"]["working_dir"] == str(box)
+    # the shipped deployment expects a GPU (test_a_deployment_that_requires_a_gpu_fails_before_any_stage_without_one)
+    assert deployment["job_variables"]["env"]["SKINCANCER_REQUIRE_GPU"] == "1"
 
-    # the shipped deployment expects a GPU: here, without one, it fails before any stage runs
-    state, logs = nightly(box, env, prefect_api)
-    assert state["type"] == "FAILED"
-    assert "SKINCANCER_REQUIRE_GPU is set but TensorFlow" in logs and "sees no GPU" in logs
-    assert not (box / "dvc.lock").exists() and not (box / "data/raw").exists()
-
-    # night 1: everything runs, the outputs go to the object store, the records to `results`
+    # night 1 (this machine has no GPU: the run's job variables allow the CPU): everything runs, the outputs go to the object store, the records to `results`
     state, logs = nightly(box, env, prefect_api, *CPU_OK)
     assert state["type"] == "COMPLETED", logs[-3000:]
     assert "stages run: resolve, fetch, split, shard, train, evaluate" in logs
@@ -136,21 +132,21 @@ def test_nightly_pulls_code_and_outputs_reruns_what_changed_pushes_and_publishes
     for published in ("dvc.lock", "metrics.json", "reports/plots/roc_test.csv", "models/history.csv"):
         run(["git", "cat-file", "-e", f"{results_1}:{published}"], origin, env)
 
-    # a developer pushes a change to train.epochs; the box's disk is wiped of DVC data meanwhile
-    set_params(dev, {"train": {"epochs": 3}})
-    run(["git", "commit", "-qam", "train.epochs: 3"], dev, env)
+    # a developer pushes a change to evaluate.tta; the box's disk is wiped of DVC data meanwhile
+    set_params(dev, {"evaluate": {"tta": 2}})
+    run(["git", "commit", "-qam", "evaluate.tta: 2"], dev, env)
     run(["git", "push", "-q", "origin", "main"], dev, env)
     dvc_cached_outputs_removed(box)
 
-    # night 2: the new code, fetch/split/shard pulled from the remote, only train and evaluate rerun
+    # night 2: the new code, every other stage's outputs pulled from the remote, only evaluate reruns
     state, logs = nightly(box, env, prefect_api, *CPU_OK)
     assert state["type"] == "COMPLETED", logs[-3000:]
-    assert "stages run: train, evaluate" in logs
+    assert "stages run: evaluate" in logs
     code_2, results_2 = ls_remote(origin, "main"), ls_remote(origin, "results")
     assert run(["git", "log", "-1", "--format=%P", results_2], origin, env).stdout.split() == [results_1, code_2]
     message = run(["git", "log", "-1", "--format=%B", results_2], origin, env).stdout
-    assert "stages run: train, evaluate" in message and "test.roc_auc: " in message
-    assert "epochs: 3" in run(["git", "show", f"{results_2}:params.yaml"], origin, env).stdout
+    assert "stages run: evaluate" in message and re.search(r"metrics changed \(old -> new\):\n(  .*\n)*  test\.brier: ", message)
+    assert "tta: 2" in run(["git", "show", f"{results_2}:params.yaml"], origin, env).stdout
 
     # a workstation clones the results branch: `dvc pull` brings every output, `dvc repro` has nothing to do
     workstation = root / "workstation"
@@ -163,12 +159,12 @@ def test_nightly_pulls_code_and_outputs_reruns_what_changed_pushes_and_publishes
     pull_request = root / "pull-request"
     run(["git", "clone", "-q", str(origin), str(pull_request)], root, env)
     run(["git", "checkout", "-q", "-b", "tta"], pull_request, env)
-    set_params(pull_request, {"evaluate": {"tta": 2}})
-    run(["git", "commit", "-qam", "evaluate.tta: 2"], pull_request, env)
+    set_params(pull_request, {"evaluate": {"tta": 4}})
+    run(["git", "commit", "-qam", "evaluate.tta: 4"], pull_request, env)
     result = run([str(BIN / "python"), "flows/pr_report.py", "--base", "origin/results"], pull_request, env)
     assert list(dict.fromkeys(stages_run(result.stdout + result.stderr))) == ["evaluate"]
     report = (pull_request / "diff-report/report.md").read_text()
-    assert "| evaluate.tta | `1` | `2` |" in report and "origin/results" in report
+    assert "| evaluate.tta | `2` | `4` |" in report and "origin/results" in report
 
 
 def test_an_unreachable_remote_fails_the_run_naming_it_and_changes_nothing(remotes):
@@ -198,3 +194,15 @@ def test_a_rejected_credential_fails_the_run_naming_the_remote(remotes, tmp_path
     assert re.search(r"error: dvc pull with remote 'storage' \(s3://skincancer/cache\) failed: .*credentials for it are "
                      r"valid", result.stderr), result.stderr[-3000:]
     assert "Running stage" not in result.stdout
+
+
+def test_a_deployment_that_requires_a_gpu_fails_before_any_stage_without_one(remotes):
+    """The flow the nightly deployment runs, with its SKINCANCER_REQUIRE_GPU, on this GPU-less machine."""
+    root, _, _, env = remotes
+    clone = root / "no-gpu"
+    run(["git", "clone", "-q", str(root / "origin.git"), str(clone)], root, env)
+    result = run([str(BIN / "python"), "flows/pipeline.py"], clone, env | {"SKINCANCER_REQUIRE_GPU": "1"}, check=False)
+    assert result.returncode == 1
+    assert "SKINCANCER_REQUIRE_GPU is set but TensorFlow" in result.stderr and "sees no GPU" in result.stderr, result.stderr[-3000:]
+    assert "Running stage" not in result.stdout
+    assert not (clone / "dvc.lock").exists() and not (clone / "data/raw").exists()

@@ -209,18 +209,37 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 PER_REPLICA = FAST.model_copy(update={"epochs": 2, "batch_size": 8})
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def mirrored_run(tiny_shards, tmp_path_factory) -> tuple[Path, str]:
-    """One process, MirroredStrategy over two logical CPUs: global batch 16 in two halves."""
-    out = tmp_path_factory.mktemp("mirrored")
-    run = start_training(PER_REPLICA.model_copy(update={"distribute": "mirrored"}), tiny_shards, out, TWO_CPUS)
-    output = run.communicate(timeout=300)[0]
-    assert run.returncode == 0, output[-3000:]
-    return out, output
+def data_parallel_runs(tiny_shards, tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """The same global batch 16 in two halves, side by side: one process with MirroredStrategy over two logical
+    CPUs, and two worker processes on 127.0.0.1 described by TF_CONFIG (MultiWorkerMirroredStrategy). Each
+    worker gets its own output folder and temporary folder."""
+    root = tmp_path_factory.mktemp("data-parallel")
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    started = {"mirrored": start_training(PER_REPLICA.model_copy(update={"distribute": "mirrored"}), tiny_shards,
+                                          root / "mirrored", TWO_CPUS)}
+    for index in range(2):
+        (root / f"tmp{index}").mkdir()
+        config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+        started[f"worker{index}"] = start_training(
+            PER_REPLICA.model_copy(update={"distribute": "auto"}), tiny_shards, root / f"worker{index}",
+            env={"TF_CONFIG": json.dumps(config), "TMPDIR": str(root / f"tmp{index}")})
+    runs = {}
+    for name, process in started.items():
+        output = process.communicate(timeout=300)[0]
+        assert process.returncode == 0, (name, output[-3000:])
+        runs[name] = (root / name, output)
+    return runs
 
 
-def test_mirrored_strategy_over_two_logical_cpus_scales_the_batch(mirrored_run, tiny_shards):
-    out, output = mirrored_run
+def test_mirrored_strategy_over_two_logical_cpus_scales_the_batch(data_parallel_runs, tiny_shards):
+    out, output = data_parallel_runs["mirrored"]
     assert "MirroredStrategy over 2 replica(s)" in output and "global batch 16 (8 per replica)" in output
     history = pd.read_csv(out / "history.csv")
     assert len(history) == 2 and np.isfinite(history["val_auc"]).all()
@@ -228,41 +247,25 @@ def test_mirrored_strategy_over_two_logical_cpus_scales_the_batch(mirrored_run, 
     assert ((predictions > 0) & (predictions < 1)).all()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 MULTI_WORKER_TOLERANCE = 1e-5  # P(malignant): the same sums over the same replicas, across processes instead of devices
 
 
 def test_two_workers_train_what_one_process_over_two_replicas_does_and_only_the_chief_writes(
-        mirrored_run, tiny_shards, tmp_path):
-    """Two processes on 127.0.0.1 described by TF_CONFIG (MultiWorkerMirroredStrategy), the same global batch in
-    the same halves as the one-process MirroredStrategy run. Each is given its own output folder and temporary
-    folder: the chief writes the model and history, the other worker nothing, and leaves no temporary state."""
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    runs = []
-    for index in range(2):
-        (tmp_path / f"tmp{index}").mkdir()
-        config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
-        runs.append(start_training(PER_REPLICA.model_copy(update={"distribute": "auto"}), tiny_shards,
-                                   tmp_path / f"worker{index}", env={"TF_CONFIG": json.dumps(config),
-                                                                     "TMPDIR": str(tmp_path / f"tmp{index}")}))
-    outputs = [run.communicate(timeout=300)[0] for run in runs]
-    for run, output in zip(runs, outputs, strict=True):
-        assert run.returncode == 0, output[-3000:]
+        data_parallel_runs, tiny_shards):
+    """The chief writes the model and history, the other worker nothing, and leaves no temporary state; the
+    chief's result is the one-process run's."""
+    (chief, chief_output), (other, other_output) = data_parallel_runs["worker0"], data_parallel_runs["worker1"]
+    for output in (chief_output, other_output):
         assert "train.distribute auto: KerasMultiWorkerMirrored over 2 replica(s)" in output
-    assert "chief of 2 workers: writes the outputs" in outputs[0] and "writes nothing shared" in outputs[1]
-    assert sorted(path.name for path in (tmp_path / "worker0").iterdir()) == ["history.csv", "model.keras"]
-    assert not (tmp_path / "worker1").exists()
-    assert not list(tmp_path.glob("tmp*/skincancer-worker-*"))  # the other worker's private state went with it
+    assert "chief of 2 workers: writes the outputs" in chief_output and "writes nothing shared" in other_output
+    assert sorted(path.name for path in chief.iterdir()) == ["history.csv", "model.keras"]
+    assert not other.exists()
+    assert not list(chief.parent.glob("tmp*/skincancer-worker-*"))  # the other worker's private state went with it
 
-    mirrored, _ = mirrored_run
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "worker0/history.csv"), pd.read_csv(mirrored / "history.csv"),
+    mirrored, _ = data_parallel_runs["mirrored"]
+    pd.testing.assert_frame_equal(pd.read_csv(chief / "history.csv"), pd.read_csv(mirrored / "history.csv"),
                                   atol=MULTI_WORKER_TOLERANCE)
-    np.testing.assert_allclose(val_predictions(tmp_path / "worker0/model.keras", tiny_shards),
+    np.testing.assert_allclose(val_predictions(chief / "model.keras", tiny_shards),
                                val_predictions(mirrored / "model.keras", tiny_shards), atol=MULTI_WORKER_TOLERANCE)
 
 
