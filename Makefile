@@ -26,7 +26,7 @@ demo: install
 	$(RUN) $(BIN)/python flows/pipeline.py
 
 test: install
-	$(RUN) $(BIN)/python -m pytest
+	$(RUN) $(BIN)/python -m pytest -n 2 --dist loadfile  # both cores; a module's tests stay in one worker, in order
 
 # every benchmarks/<topic>.py (common.py holds their helpers); `make bench BENCH_ARGS=--quick` for small corpora.
 # real_recipe.py trains for about two hours on 2 cores: run it on its own (docs/model-quality.md).
