@@ -39,6 +39,18 @@ def test_one_device_is_tensorflows_default_placement(monkeypatch):
     assert strategy is tf.distribute.get_strategy() and strategy.num_replicas_in_sync == 1
 
 
+def test_a_tf_config_the_strategy_ignores_makes_one_chief_worker_not_a_cluster(monkeypatch):
+    """train.distribute one_device under a TF_CONFIG of three workers trains alone: it writes the outputs
+    and keeps train.resume, rather than counting the workers TF_CONFIG names."""
+    from skincancer.multi_worker import cluster_size, is_chief, worker_count
+
+    addresses = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": 1}}))
+    strategy = pick_strategy("one_device")
+    assert cluster_size() == 3
+    assert worker_count(strategy) == 1 and is_chief(strategy)
+
+
 def test_mixed_precision_only_where_a_gpu_runs_it():
     assert precision_policy("auto", gpus=["/gpu:0"]) == "mixed_float16"
     assert precision_policy("auto", gpus=[]) == "float32"

@@ -18,17 +18,30 @@ import tensorflow as tf
 COLLECTIVE_DTYPES = (tf.bfloat16, tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
 
 
-def cluster() -> dict:
-    """TF_CONFIG's `cluster` (role -> addresses), {} without one."""
-    try:
-        return json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({error}); unset it or fix it") from None
+def _workers_in(cluster: dict) -> int:
+    """Processes that train in a cluster (role -> addresses): its chief and workers, not its evaluators."""
+    return sum(len(cluster.get(role, [])) for role in ("chief", "worker"))
 
 
 def cluster_size() -> int:
-    """Workers named in TF_CONFIG (its chief and workers), 0 without one."""
-    return sum(len(cluster().get(role, [])) for role in ("chief", "worker"))
+    """Workers named in TF_CONFIG, 0 without one: what `train.distribute: auto` decides on."""
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({error}); unset it or fix it") from None
+    return _workers_in(cluster)
+
+
+def _cluster_spec(strategy: tf.distribute.Strategy) -> dict:
+    """The cluster a strategy trains across ({} for one process): a TF_CONFIG that the strategy ignores
+    (train.distribute one_device or mirrored) makes no cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return {} if resolver is None else resolver.cluster_spec().as_dict()
+
+
+def worker_count(strategy: tf.distribute.Strategy) -> int:
+    """Processes training together under this strategy, 1 outside a cluster."""
+    return max(_workers_in(_cluster_spec(strategy)), 1)
 
 
 class KerasMultiWorkerMirrored(tf.distribute.MultiWorkerMirroredStrategy):
@@ -43,11 +56,12 @@ class KerasMultiWorkerMirrored(tf.distribute.MultiWorkerMirroredStrategy):
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """The one process that writes the outputs: TF_CONFIG's chief, or worker 0 where the cluster names no
-    chief (TensorFlow's rule); every process that is not part of a cluster."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
+    """The one process that writes the outputs: the cluster's chief, or worker 0 where it names no chief
+    (TensorFlow's rule); every process that is not part of a cluster."""
+    cluster = _cluster_spec(strategy)
+    if not cluster:
         return True
+    resolver = strategy.cluster_resolver
     if resolver.task_type == "chief":
         return True
-    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster

@@ -9,17 +9,22 @@ depend on that file, and DVC reruns them only when a value changes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from skincancer.atomic import atomic_write_text
 from skincancer.backbones import BACKBONES
 from skincancer.params import Params
 
-RESOLVED_KEYS = ("shard.image_size",)  # tracked through data/resolved.json, not as params of the stages
+# each key tracked through data/resolved.json, not as a param of the stages, with the value it resolves to
+RESOLVED: dict[str, Callable[[Params], object]] = {
+    "shard.image_size": lambda params: params.shard.image_size,
+}
+RESOLVED_KEYS = tuple(RESOLVED)
 
 
 def resolved_values(params: Params) -> dict[str, object]:
-    return {"shard.image_size": params.shard.image_size}
+    return {key: value_of(params) for key, value_of in RESOLVED.items()}
 
 
 def describe(params: Params) -> str:
@@ -28,8 +33,6 @@ def describe(params: Params) -> str:
             f"{BACKBONES[backbone].default_size}; 'auto' stands for it)")
 
 
-def write_resolved(params: Params, path: Path) -> dict[str, object]:
-    values = resolved_values(params)
+def write_resolved(params: Params, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
-    return values
+    atomic_write_text(path, json.dumps(resolved_values(params), indent=2, sort_keys=True) + "\n")

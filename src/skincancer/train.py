@@ -30,7 +30,7 @@ from skincancer.diagnosis_classes import DiagnosisClasses, diagnosis_classes
 from skincancer.hardware import check_devices, make_deterministic, pick_strategy, seeded_construction, set_precision
 from skincancer.model_file import save_model
 from skincancer.models import Classifier, build_classifier, malignant_probability, unfreeze_top
-from skincancer.multi_worker import cluster_size, is_chief
+from skincancer.multi_worker import is_chief, worker_count
 from skincancer.params import TrainParams
 from skincancer.train_state import TrainState
 
@@ -256,7 +256,7 @@ def train(
     require_both_classes(shards_dir)
     check_devices()
     strategy = pick_strategy(params.distribute)  # before any op: MultiWorkerMirroredStrategy sets up collectives first
-    chief, workers = is_chief(strategy), max(cluster_size(), 1)
+    chief, workers = is_chief(strategy), worker_count(strategy)
     keras.utils.clear_session()  # layer names counted from scratch, as in the stage's own process: same file bytes
     make_deterministic(params.seed)
     policy = set_precision(params.precision)
