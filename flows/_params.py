@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from skincancer.params import Params, ParamsError, load_params
+from skincancer.params import Params, ParamsError, load_params, unused_settings
 from skincancer.paths import MissingInput, require_inputs
 
 
@@ -17,4 +17,6 @@ def stage_params(stage: str) -> Params:
     except (ParamsError, MissingInput) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    for warning in unused_settings(params):
+        print(f"warning: {warning}", file=sys.stderr)
     return params

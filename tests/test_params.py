@@ -93,7 +93,7 @@ def json_like(value):
         ("fetch", "metadata", [{"url": "file:///a/m.csv", "layout": "isic-cli"}, {"url": "https://h/m.csv", "layout": "isic2020"}],
          "fetch.metadata lists two tables named ['m.csv']"),
         ("fetch", "sources", [{"name": "metadata", "url": "file:///a.zip", "layout": "isic-cli"}], "'metadata' is the folder"),
-        ("evaluate", "tta_scales", [1.0, 0.5, 0.5], "evaluate.tta_scales: Value error, [1.0, 0.5, 0.5] repeats a scale"),
+        ("evaluate", "tta_scales", [1.0, 0.5, 0.5], "evaluate.tta_scales: [1.0, 0.5, 0.5] repeats a scale"),
         ("evaluate", "tta_scales", [1.0, 2.0], "evaluate.tta_scales.1"),
         ("evaluate", "tta_scales", [], "evaluate.tta_scales"),
     ],
@@ -140,3 +140,86 @@ def test_group_by_takes_a_list_of_keys(tmp_path, written, keys):
     data = project_params()
     data["split"]["group_by"] = written
     assert load_params(write(tmp_path, data)).split.group_by == keys
+
+
+def _error(tmp_path, change: dict) -> str:
+    data = project_params()
+    for dotted, value in change.items():
+        section, *keys = dotted.split(".")
+        target = data[section]
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+    with pytest.raises(ParamsError) as error:
+        load_params(write(tmp_path, data))
+    return str(error.value)
+
+
+@pytest.mark.parametrize(("change", "names", "value", "fix"), [
+    ({"train.weights": "imagenet"}, "train: weights: imagenet, but backbone small_cnn has no ImageNet weights", "imagenet",
+     "set weights to null"),
+    ({"train.weights": "nowhere/backbone.weights.h5"}, "train.weights: nowhere/backbone.weights.h5 does not exist",
+     "nowhere/backbone.weights.h5", "point it at a no-top"),
+    ({"train.fine_tune_epochs": 5}, "train: fine_tune_epochs: 5 fine-tunes a pretrained backbone", "fine_tune_epochs: 5",
+     "set fine_tune_epochs: 0 or weights: imagenet"),
+    ({"evaluate.tta": 3}, "evaluate.tta: Input should be 1, 2, 4 or 8", "3", "(got 3)"),
+    ({"train.epochs": True}, "train: epochs: true is yes/no, not a number", "true", "write a number"),
+    ({"shard.jpeg_quality": False}, "shard: jpeg_quality: false is yes/no, not a number", "false", "write a number"),
+])
+def test_mistakes_are_caught_naming_the_key_the_value_once_and_the_fix(tmp_path, change, names, value, fix):
+    message = _error(tmp_path, change)
+    assert names in message and fix in message, message
+    problems = message.split("\n", 1)[1]  # after the file's name
+    assert problems.count(value) == 1, message
+    assert "'fetch'" not in message and "backbone': " not in message  # no section or document dumped
+
+
+def test_an_empty_file_or_a_missing_section_is_named_with_the_other_problems(tmp_path):
+    empty = tmp_path / "params.yaml"
+    empty.write_text("")
+    with pytest.raises(ParamsError) as error:
+        load_params(empty)
+    for section in ("fetch", "labels", "split", "shard", "train", "evaluate", "orchestration"):
+        assert f"  {section}: missing section" in str(error.value)
+    data = project_params()
+    del data["evaluate"]
+    data["train"]["epochs"] = 0
+    with pytest.raises(ParamsError) as error:
+        load_params(write(tmp_path, data))
+    assert "  evaluate: missing section" in str(error.value) and "train.epochs" in str(error.value)
+    assert "  fetch: missing section" not in str(error.value)
+
+
+def test_the_shipped_params_have_nothing_unused():
+    from skincancer.params import unused_settings
+
+    assert unused_settings(load_params(ROOT / "params.yaml")) == []
+    assert unused_settings(load_params(ROOT / "params" / "real.yaml")) == []
+
+
+def test_augmentation_that_would_never_run_is_warned_about(tmp_path):
+    from skincancer.params import unused_settings
+
+    weights = tmp_path / "backbone.weights.h5"
+    weights.write_bytes(b"")
+    data = project_params()
+    data["train"].update(weights=str(weights), cache_features=True, fine_tune_epochs=0)
+    data["evaluate"]["calibration"] = {"method": "none", "prevalence": 0.02}
+    warnings = unused_settings(load_params(write(tmp_path, data)))
+    assert len(warnings) == 2
+    assert warnings[0].startswith("train.augment is never applied") and "cache_features: false" in warnings[0]
+    assert "evaluate.calibration.prevalence 0.02 is unused with method: none" in warnings[1]
+    data["train"]["fine_tune_epochs"] = 3  # augmented while fine-tuning
+    assert len(unused_settings(load_params(write(tmp_path, data)))) == 1
+
+
+def test_check_params_prints_the_warnings_and_still_passes(tmp_path):
+    from typer.testing import CliRunner
+
+    from skincancer.cli import app
+
+    data = project_params()
+    data["evaluate"]["calibration"] = {"method": "none", "prevalence": 0.02}
+    result = CliRunner().invoke(app, ["check-params", str(write(tmp_path, data))])
+    assert result.exit_code == 0 and "warning: evaluate.calibration.prevalence" in result.stderr
+    assert result.stdout.strip().endswith(": ok")

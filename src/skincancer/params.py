@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 
 from skincancer.backbones import BACKBONES
 
@@ -25,6 +26,18 @@ def _registered(kind: str, value: str, registry: Iterable[str]) -> str:
     if value not in registry:
         raise ValueError(f"unknown {kind} {value!r}; known: {sorted(registry)}")
     return value
+
+
+def _not_yes_no(value: object) -> object:
+    """YAML's true/false would otherwise pass as the number 1/0."""
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is yes/no, not a number; write a number")
+    return value
+
+
+# Numbers as YAML wrote them: no bool, string or (for Int) fractional input is converted; Float takes 16 as 16.0.
+Int = Annotated[int, Strict(), BeforeValidator(_not_yes_no)]
+Float = Annotated[float, Strict(), BeforeValidator(_not_yes_no)]
 
 
 class _Section(BaseModel):
@@ -47,8 +60,8 @@ def execution_knobs(section: type[BaseModel]) -> list[str]:
 
 
 class SampleParams(_Section):
-    n_images: int = Field(1200, ge=40, description="synthetic images across both archive layouts")
-    seed: int = 0
+    n_images: Int = Field(1200, ge=40, description="synthetic images across both archive layouts")
+    seed: Int = 0
 
 
 def _download_url(value: str) -> str:
@@ -118,8 +131,8 @@ class FetchParams(_Section):
     sample: SampleParams = SampleParams()
     mirror: str | None = Field(None, description="base URL serving the catalog files under their original paths")
     strict: bool = Field(False, description="images missing from an archive or its table are an error")
-    workers: int = _knob(4, ge=1, description="concurrent downloads")
-    retries: int = _knob(5, ge=0)
+    workers: Int = _knob(4, ge=1, description="concurrent downloads")
+    retries: Int = _knob(5, ge=0)
 
     @field_validator("datasets")
     @classmethod
@@ -169,8 +182,8 @@ GroupKey = Literal["patient_id", "lesion_id"]
 
 
 class SplitParams(_Section):
-    seed: int = 42
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: Int = 42
+    fractions: tuple[Float, Float, Float] = (0.8, 0.1, 0.1)
     group_by: tuple[GroupKey, ...] = Field(
         ("patient_id", "lesion_id"),
         description="images sharing any of these ids (or duplicates of each other) are one group, kept in one split",
@@ -198,29 +211,29 @@ _PILLOW_MAX_PIXELS = 178_956_970
 
 
 class ShardParams(_Section):
-    image_size: int = Field(96, ge=16, le=1024, description="'auto' in params.yaml: the train backbone's own size")
+    image_size: Int = Field(96, ge=16, le=1024, description="'auto' in params.yaml: the train backbone's own size")
     resize: Literal["crop", "pad"] = "crop"
     color_constancy: Literal["none", "shades_of_gray"] = Field(
         "none", description="per-image illuminant correction, applied alike when sharding and predicting"
     )
-    target_shard_mb: float = Field(16.0, gt=0)
-    jpeg_quality: int = Field(92, ge=50, le=100)
-    workers: int = _knob(2, ge=1, description="threads encoding images (Prefect task runs of a chunk each)")
-    max_skipped_fraction: float = Field(
+    target_shard_mb: Float = Field(16.0, gt=0)
+    jpeg_quality: Int = Field(92, ge=50, le=100)
+    workers: Int = _knob(2, ge=1, description="threads encoding images (Prefect task runs of a chunk each)")
+    max_skipped_fraction: Float = Field(
         0.01, ge=0, le=1, description="fail the stage when more of the images than this are unreadable"
     )
-    max_pixels: int = Field(
+    max_pixels: Int = Field(
         _PILLOW_MAX_PIXELS, ge=1, le=_PILLOW_MAX_PIXELS, description="larger images are skipped undecoded (bombs)"
     )
-    seed: int = 0
+    seed: Int = 0
 
 
 class AugmentParams(_Section):
     flip: bool = Field(True, description="both axes")
-    rotation: float = Field(0.5, ge=0, le=0.5, description="fraction of a full turn")
-    zoom: float = Field(0.1, ge=0, lt=1)
-    color: float = Field(0.1, ge=0, lt=1, description="brightness/contrast/saturation jitter")
-    resolution: float = Field(
+    rotation: Float = Field(0.5, ge=0, le=0.5, description="fraction of a full turn")
+    zoom: Float = Field(0.1, ge=0, lt=1)
+    color: Float = Field(0.1, ge=0, lt=1, description="brightness/contrast/saturation jitter")
+    resolution: Float = Field(
         0.0, ge=0, lt=1, description="most of the detail lost: down to a fraction in [1 - this, 1] of the side and back up"
     )
 
@@ -232,19 +245,19 @@ class AugmentParams(_Section):
 class TrainParams(_Section):
     backbone: str = "small_cnn"
     weights: str | None = None
-    batch_size: int = Field(32, ge=1, description="per replica: the global batch is this times the device count")
-    epochs: int = Field(30, ge=1, description="phase 1: head (and small_cnn) training")
-    learning_rate: float = Field(2e-3, gt=0)
-    fine_tune_epochs: int = Field(0, ge=0, description="phase 2: unfreeze the top of a pretrained backbone")
-    fine_tune_layers: int = Field(20, ge=0)
-    fine_tune_learning_rate: float = Field(1e-4, gt=0)
-    dropout: float = Field(0.3, ge=0, lt=1)
+    batch_size: Int = Field(32, ge=1, description="per replica: the global batch is this times the device count")
+    epochs: Int = Field(30, ge=1, description="phase 1: head (and small_cnn) training")
+    learning_rate: Float = Field(2e-3, gt=0)
+    fine_tune_epochs: Int = Field(0, ge=0, description="phase 2: unfreeze the top of a pretrained backbone")
+    fine_tune_layers: Int = Field(20, ge=0)
+    fine_tune_learning_rate: Float = Field(1e-4, gt=0)
+    dropout: Float = Field(0.3, ge=0, lt=1)
     head: Literal["binary", "diagnosis"] = Field(
         "binary", description="diagnosis: learn the diagnoses train holds; P(malignant) sums the malignant ones"
     )
     imbalance: Literal["class_weight", "oversample", "none"] = "class_weight"
-    early_stopping_patience: int = Field(8, ge=1)
-    reduce_lr_patience: int = Field(3, ge=1, description="epochs without val AUC gain before halving the rate")
+    early_stopping_patience: Int = Field(8, ge=1)
+    reduce_lr_patience: Int = Field(3, ge=1, description="epochs without val AUC gain before halving the rate")
     cache_features: bool = Field(
         True, description="pretrained: phase 1 trains the head on features of the unaugmented images, computed once"
     )
@@ -253,7 +266,7 @@ class TrainParams(_Section):
     distribute: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
     tensorboard: bool = _knob(False, description="write TensorBoard logs to logs/train/")
     resume: bool = _knob(True, description="continue an interrupted run from its last finished epoch")
-    seed: int = 0
+    seed: Int = 0
 
     @field_validator("backbone")
     @classmethod
@@ -265,18 +278,28 @@ class TrainParams(_Section):
     def _weights_source(cls, value: str | None) -> str | None:
         if value is None or value == "imagenet" or value.endswith((".h5", ".hdf5")):
             return value
-        raise ValueError(f"must be 'imagenet', null, or a path to a .weights.h5/.h5 file, got {value!r}")
+        raise ValueError("must be 'imagenet', null, or a path to a .weights.h5/.h5 file")
+
+    @model_validator(mode="after")
+    def _weights_fit_the_backbone(self) -> TrainParams:
+        if self.weights == "imagenet" and BACKBONES[self.backbone].application == "small_cnn":
+            raise ValueError(f"weights: imagenet, but backbone {self.backbone} has no ImageNet weights; "
+                             "set weights to null, a weights file, or pick an ImageNet backbone")
+        if self.fine_tune_epochs and self.weights is None:
+            raise ValueError(f"fine_tune_epochs: {self.fine_tune_epochs} fine-tunes a pretrained backbone, but weights "
+                             "is null (trained from scratch in phase 1); set fine_tune_epochs: 0 or weights: imagenet")
+        return self
 
 
 class ThresholdParams(_Section):
     policy: Literal["sensitivity", "youden", "fixed"] = "sensitivity"
-    target: float = Field(0.9, gt=0, le=1, description="sensitivity to reach on val (policy: sensitivity)")
-    value: float = Field(0.5, ge=0, le=1, description="the threshold (policy: fixed)")
+    target: Float = Field(0.9, gt=0, le=1, description="sensitivity to reach on val (policy: sensitivity)")
+    value: Float = Field(0.5, ge=0, le=1, description="the threshold (policy: fixed)")
 
 
 class CalibrationParams(_Section):
     method: Literal["platt", "none"] = Field("platt", description="platt: fitted on val; none: raw scores")
-    prevalence: float | None = Field(
+    prevalence: Float | None = Field(
         None, gt=0, lt=1, description="malignant share to calibrate to (null: val's own, the data's)"
     )
 
@@ -284,14 +307,14 @@ class CalibrationParams(_Section):
 class EvaluateParams(_Section):
     threshold: ThresholdParams = ThresholdParams()
     calibration: CalibrationParams = CalibrationParams()
-    bootstrap: int = Field(1000, ge=0, description="resamples for the ROC AUC confidence interval")
-    tta: int = Field(1, ge=1, le=8, description="test-time augmentation: mean over this many flips/transposes")
-    tta_scales: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+    bootstrap: Int = Field(1000, ge=0, description="resamples for the ROC AUC confidence interval")
+    tta: Literal[1, 2, 4, 8] = Field(1, description="test-time augmentation: mean over a mirror (2), all flips (4), flips and turns (8)")
+    tta_scales: list[Annotated[Float, Field(gt=0, le=1)]] = Field(
         [1.0], min_length=1,
         description="each view also scored down at these fractions of its side and back up (1.0: as sharded)",
     )
-    gallery: int = Field(8, ge=0, description="most confident false negatives/positives shown in the report")
-    seed: int = 0
+    gallery: Int = Field(8, ge=0, description="most confident false negatives/positives shown in the report")
+    seed: Int = 0
 
 
     @field_validator("tta_scales")
@@ -306,7 +329,7 @@ class OrchestrationParams(_Section):
     """How stages run, never what they produce: no stage declares this section as a DVC param."""
 
     dask_address: str | None = Field(None, description="tcp://host:8786 of a Dask scheduler for downloads and shards")
-    dask_workers: int = Field(0, ge=0, description="without an address: a local Dask cluster of this many processes")
+    dask_workers: Int = Field(0, ge=0, description="without an address: a local Dask cluster of this many processes")
 
 
 # what the evaluation report prints as the params that produced it (dvc.yaml's evaluate stage declares the same keys)
@@ -349,22 +372,44 @@ class Params(_Section):
         return self.model_dump(mode="json", include=REPORTED_PARAMS)
 
 
-def _describe(error: ValidationError, path: Path) -> str:
-    lines = [f"{path}: invalid params"]
+def _problems(error: ValidationError) -> list[str]:
+    """One line per problem: the key, the message, the value once (a section's own check names its keys
+    and values itself, so the section it was given is never dumped)."""
+    lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        message = item["msg"]
+        message, value = item["msg"], item.get("input")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling and section)"
-        lines.append(f"  {key}: {message} (got {item.get('input')!r})")
-    return "\n".join(lines)
+        message = message.removeprefix("Value error, ")
+        shown = "" if isinstance(value, dict) or repr(value) in message else f" (got {value!r})"
+        lines.append(f"  {key}: {message}{shown}")
+    return lines
+
+
+def _invalid(path: Path, problems: list[str]) -> ParamsError:
+    return ParamsError("\n".join([f"{path}: invalid params", *problems]))
+
+
+def _missing_sections(raw: dict) -> list[str]:
+    return [f"  {name}: missing section; write it out (the project's params.yaml lists every section with its "
+            "defaults)" for name in Params.model_fields if name not in raw]
+
+
+def _missing_files(params: Params, root: Path) -> list[str]:
+    """Paths params.yaml names that are not there (relative ones from the project root, as stages read them)."""
+    weights = params.train.weights
+    if weights not in (None, "imagenet") and not (root / weights).is_file():
+        return [f"  train.weights: {weights} does not exist (from {root.resolve()}); point it at a no-top "
+                ".weights.h5/.h5 file, or set it to imagenet or null"]
+    return []
 
 
 def parse_params(raw: dict, path: Path = Path("params.yaml")) -> Params:
     try:
         return Params.model_validate(raw or {})
     except ValidationError as error:
-        raise ParamsError(_describe(error, path)) from None
+        raise _invalid(path, _problems(error)) from None
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
@@ -378,4 +423,26 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of stage sections, got {type(raw).__name__}")
-    return parse_params(raw, path)
+    problems = _missing_sections(raw or {})
+    try:
+        params = Params.model_validate(raw or {})
+    except ValidationError as error:
+        raise _invalid(path, problems + _problems(error)) from None
+    if problems := problems + _missing_files(params, Path.cwd()):
+        raise _invalid(path, problems)
+    return params
+
+
+def unused_settings(params: Params) -> list[str]:
+    """Settings that would have no effect as combined: each names the keys and what to change. Stages and
+    `skincancer check-params` print them as warnings; nothing fails."""
+    train, found = params.train, []
+    if train.weights is not None and train.cache_features and train.augment.active and not train.fine_tune_epochs:
+        found.append("train.augment is never applied: with weights and cache_features: true, phase 1 trains on "
+                     "features of the unaugmented images and fine_tune_epochs is 0; set cache_features: false to "
+                     "augment phase 1, or fine_tune_epochs > 0 to augment while fine-tuning")
+    calibration = params.evaluate.calibration
+    if calibration.method == "none" and calibration.prevalence is not None:
+        found.append(f"evaluate.calibration.prevalence {calibration.prevalence} is unused with method: none; "
+                     "set method: platt or prevalence: null")
+    return found
