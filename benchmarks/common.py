@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.append(str(ROOT / "flows"))  # the orchestration side: flows/_prefect_server.py
 from project_copy import (  # noqa: E402,F401  (re-exported)
     BIN, TINY_PARAMS, committed_project, copy_project, merge, project_env, run, stages_run,
 )

@@ -13,7 +13,7 @@ plain       the baseline: the library calls each flows/<stage>.py makes (plain_s
             and without DVC, one `python` process per stage in order, as DVC runs them, so the interpreter,
             pandas and TensorFlow imports are paid alike on every side.
 shared      ours: `python flows/pipeline.py` with no PREFECT_API_URL: one temporary Prefect server for the
-            pipeline flow and every stage's flow (skincancer.prefect_server.shared_api); DVC's Python API runs the stages.
+            pipeline flow and every stage's flow (flows/_prefect_server.shared_api); DVC's Python API runs the stages.
 per-stage   the status quo: `dvc repro` with no PREFECT_API_URL: every stage script starts its own temporary server.
 server-up   `dvc repro` with PREFECT_API_URL naming a `prefect server start` on 127.0.0.1, started and healthy
             before any clock starts (and up, idle, while the other sides run too).
@@ -40,12 +40,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from skincancer.prefect_server import prefect_server_start, running_server
-
 from common import (
     BIN, TINY_PARAMS, bench_tmp, committed_project, figure, merge, parse_args, print_figures, project_env, run, say,
     say_machine, stages_run, timed,
 )
+
+from _prefect_server import prefect_server_start, running_server  # noqa: E402  (on the path through common)
 
 STAGES = ("fetch", "split", "shard", "train", "evaluate")
 QUICK = merge(TINY_PARAMS, {"fetch": {"sample": {"n_images": 120}}, "train": {"epochs": 1}})
@@ -78,15 +78,11 @@ def plain_stage(stage: str) -> None:
         import pandas as pd
 
         from skincancer import split
-        from skincancer.atomic import atomic_write_text
 
-        pairs = pd.read_parquet(paths.DUPLICATES) if paths.DUPLICATES.is_file() else pd.DataFrame(
-            columns=["image_id_1", "image_id_2"])
         plan = split.plan_split(pd.read_parquet(paths.INDEX), params.split, params.labels,
-                                list(zip(pairs["image_id_1"], pairs["image_id_2"], strict=True)))
+                                split.official_duplicate_pairs(paths.DUPLICATES))
         split.materialise(plan.manifest, paths.RAW, paths.SPLIT, plan.removed)
-        summary = split.summary(plan)
-        atomic_write_text(paths.SPLIT_SUMMARY, json.dumps(summary, indent=2) + "\n")
+        print(split.describe_summary(split.write_summary(plan, paths.SPLIT_SUMMARY)))
     elif stage == "shard":
         import pandas as pd
 
@@ -97,12 +93,12 @@ def plain_stage(stage: str) -> None:
         from skincancer.train import train
 
         train(params.train, paths.SHARDS, paths.MODEL, paths.HISTORY, image_size=params.shard.image_size,
-              tensorboard_dir=paths.TENSORBOARD if params.train.tensorboard else None)
+              tensorboard_dir=paths.TENSORBOARD if params.train.tensorboard else None, card_path=paths.TRAIN_CARD)
     else:
         from skincancer.evaluate import evaluate
 
         evaluate(params.evaluate, paths.MODEL, paths.SHARDS, paths.METRICS, paths.REPORTS, history_path=paths.HISTORY,
-                 shown_params=params.reported())
+                 shown_params=params.reported(), train_card_path=paths.TRAIN_CARD, card_path=paths.CARD)
 
 
 def plain_command(stage: str) -> list[str]:

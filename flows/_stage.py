@@ -15,11 +15,11 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
 
 from _params import stage_params  # noqa: E402
+from _prefect_server import shared_api  # noqa: E402
 
 from skincancer.params import OrchestrationParams, Params  # noqa: E402
 from skincancer.lifetime import die_with_parent, exit_on_sigterm  # noqa: E402
 from skincancer.native_stderr import filter_native_stderr  # noqa: E402
-from skincancer.prefect_server import shared_api  # noqa: E402
 
 
 def task_runner(orchestration: OrchestrationParams, threads: int) -> TaskRunner:

@@ -7,7 +7,7 @@ With a default DVC remote the run pulls first (the outputs the last run pushed) 
 it (skincancer.nightly). Each stage is still DVC's subprocess `python flows/<stage>.py`; they inherit
 PREFECT_API_URL, so their stage flow runs land on the same API as this one. Without a configured API this
 process starts Prefect's temporary server once and hands its URL down, instead of one server per stage
-(skincancer.prefect_server.shared_api).
+(flows/_prefect_server.shared_api).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.exceptions import TerminationSignal  # noqa: E402
 
-from skincancer import lifetime, paths, prefect_server  # noqa: E402
+import _prefect_server  # noqa: E402
+from skincancer import lifetime, paths  # noqa: E402
 from skincancer.metrics_diff import diff_markdown, flatten  # noqa: E402
 from skincancer.nightly import NightlyError, commit_message, publish_results, snapshot_records  # noqa: E402
-from skincancer.prefect_server import shared_api  # noqa: E402
+from _prefect_server import shared_api  # noqa: E402
 
 
 class StageFailed(RuntimeError):
@@ -78,7 +79,7 @@ def dvc_repro(targets: list[str] | None, force: bool) -> list[str]:
     try:
         stages = repo.reproduce(targets=targets or None, force=force)
     except (KeyboardInterrupt, TerminationSignal):  # SIGTERM (Prefect's bridge inside a flow run) or Ctrl-C
-        lifetime.stop([pid for pid in lifetime.children(os.getpid()) if pid not in prefect_server.SERVER_PIDS])
+        lifetime.stop([pid for pid in lifetime.children(os.getpid()) if pid not in _prefect_server.SERVER_PIDS])
         raise StageFailed(f"interrupted: the running stage was stopped and dvc.lock records nothing of it; "
                           f"{restore_recorded_outputs(repo, kept)}") from None
     except ReproductionError as error:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from project_copy import project_env
-from skincancer.prefect_server import prefect_server_start, running_server
+from project_copy import ROOT, project_env
+
+sys.path.append(str(ROOT / "flows"))  # flows/_prefect_server.py; last: no stage script shadows a module
+from _prefect_server import prefect_server_start, running_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")

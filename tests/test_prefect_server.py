@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-from skincancer.prefect_server import PORT_IN_USE_EXIT, ServerDidNotStart, running_server, shared_api
+from _prefect_server import PORT_IN_USE_EXIT, ServerDidNotStart, running_server, shared_api
+
+LIBRARY = Path(__file__).resolve().parents[1] / "src/skincancer"
 
 # a stand-in server: answers GET /api/health; exits with uvicorn's "port in use" code while `busy` exists
 HEALTH_SERVER = """
@@ -71,3 +76,23 @@ def test_without_an_api_one_temporary_server_is_named_for_subprocesses_and_stopp
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/health", timeout=2)
     assert (tmp_path / "prefect.db").is_file()  # the profile's PREFECT_HOME reached the server
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_the_library_never_imports_prefect_so_its_servers_live_in_flows():
+    """Starting Prefect's servers is orchestration: the library (skincancer, as predict and export use it)
+    imports no Prefect, and the module that starts servers sits beside the stage scripts."""
+    assert importlib.util.find_spec("skincancer.prefect_server") is None
+    for module in LIBRARY.glob("*.py"):
+        prefect = {name for name in imported_modules(module) if name.split(".")[0] in ("prefect", "_prefect_server")}
+        assert prefect == set(), f"{module.name} imports {prefect}"

@@ -1,6 +1,7 @@
 """split: stratified, seeded, group-aware, deduplicated, materialised into class folders."""
 
 import hashlib
+import json
 import zipfile
 
 import numpy as np
@@ -8,7 +9,10 @@ import pandas as pd
 import pytest
 
 from skincancer.params import LabelParams, SplitParams
-from skincancer.split import SplitError, build_manifest, materialise, plan_split, split_counts, summary
+from skincancer.split import (
+    SplitError, build_manifest, describe_summary, materialise, official_duplicate_pairs, plan_split, split_counts, summary,
+    write_summary,
+)
 
 LABELS = LabelParams()
 
@@ -244,3 +248,16 @@ def test_summary_counts_split_class_and_diagnosis(tmp_path):
         part = numbers[split]
         assert part["benign"] + part["malignant"] == part["images"] == sum(part["diagnosis"].values())
         assert part["malignant_share"] == pytest.approx(part["malignant"] / part["images"], abs=1e-4)
+    written = write_summary(plan, tmp_path / "reports/split.json")
+    assert json.loads((tmp_path / "reports/split.json").read_text()) == written == numbers
+    line = describe_summary(written)
+    counts = {name: numbers[name]["images"] for name in ("train", "val", "test")}
+    assert line == (f"split: {counts | numbers['removed']}; {numbers['groups']} groups; "
+                    "ids in two splits: {'patient_id': 0, 'lesion_id': 0}")
+
+
+def test_official_duplicate_pairs_are_read_from_fetchs_table(tmp_path):
+    assert official_duplicate_pairs(tmp_path / "duplicates.parquet") == []  # no table, no pairs
+    pd.DataFrame({"image_id_1": ["ISIC_1"], "image_id_2": ["ISIC_2"], "source": ["isic2020"]}).to_parquet(
+        tmp_path / "duplicates.parquet")
+    assert official_duplicate_pairs(tmp_path / "duplicates.parquet") == [("ISIC_1", "ISIC_2")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from skincancer.archives import read_uris, sha256_hex
-from skincancer.atomic import atomic_dir
+from skincancer.atomic import atomic_dir, atomic_write_text
 from skincancer.image_ids import canonical_image_ids
 from skincancer.labels import CLASS_NAMES, is_labellable, label_of
 from skincancer.params import LabelParams, SplitParams
@@ -300,6 +301,27 @@ def summary(plan: SplitPlan) -> dict:
             "diagnosis": {str(k): int(v) for k, v in manifest.loc[part, "diagnosis"].value_counts().sort_index().items()},
         }
     return result
+
+
+def write_summary(plan: SplitPlan, path: Path) -> dict:
+    """reports/split.json (git-tracked, a DVC metric): the summary, whole or not at all."""
+    result = summary(plan)
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def describe_summary(result: dict) -> str:
+    """The split in one line, for the terminal and the Prefect run log."""
+    counts = {name: result[name]["images"] for name in SPLITS} | result["removed"]
+    return f"split: {counts}; {result['groups']} groups; ids in two splits: {result['spanning_splits']}"
+
+
+def official_duplicate_pairs(path: Path) -> list[tuple[str, str]]:
+    """The published duplicate pairs fetch recorded (data/raw/duplicates.parquet); none without the file."""
+    if not path.is_file():
+        return []
+    pairs = pd.read_parquet(path)
+    return list(zip(pairs["image_id_1"], pairs["image_id_2"], strict=True))
 
 
 def split_counts(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:

@@ -1,5 +1,6 @@
 """Prefect API servers on loopback: the temporary one a pipeline run shares with its stage
-subprocesses, and `prefect server start` for tests and benchmarks.
+subprocesses, and `prefect server start` for tests and benchmarks. Orchestration, not the library:
+it lives beside the stage scripts, which import it as a top-level module.
 
 Without a configured API every Prefect process starts its own temporary server (Prefect's
 SubprocessASGIServer, ~8 s here). The pipeline starts that same server once and hands its URL to
