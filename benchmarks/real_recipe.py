@@ -38,7 +38,7 @@ import pandas as pd
 import yaml
 
 from common import ROOT, committed_project, project_env, run, say, say_machine, stages_run
-from project_copy import merge, set_params
+from project_copy import set_params
 from recipe.linear_probe import frozen_features, probe_probabilities
 from recipe.scores import in_words, split_scores
 
@@ -132,24 +132,24 @@ def probe_entries(name: str, description: str, shards: Path, weights: str) -> li
     return entries
 
 
-def robustness_entry(name: str, project: Path, saved: Path, params: dict, out_dir: Path) -> dict:
+def robustness_entry(name: str, project: Path, saved: Path, out_dir: Path) -> dict:
     """A model's probabilities on each test image and on its half-size, JPEG q75 and quarter-turned
     copies: median |delta p| per perturbation (bar: 0.05), for all test images and the full-size ones alone."""
     from perturbations import MAX_MEDIAN_DELTA, median_abs_delta, write_perturbed_copies
     from recipe.scores import FULL_SIZE_SOURCE
 
-    from skincancer.params import Params
-    from skincancer.predict import load_model, predict, read_calibration
+    from skincancer.inference import load_for_inference
+    from skincancer.model_card import read_card
+    from skincancer.predict import predict
 
-    settings = Params.model_validate(params)
     manifest = pd.read_parquet(project / "data" / "split" / "manifest.parquet").query("split == 'test'")
     originals = [project / "data" / "split" / path for path in manifest["path"]]
     full_size = (manifest["source"] == FULL_SIZE_SOURCE).to_numpy()
-    model, calibration = load_model(saved / "models" / "model.keras"), read_calibration(saved / "metrics.json")
+    model_path = saved / "models" / "model.keras"
+    model, card = load_for_inference(model_path), read_card(saved / "models" / "card.json", model_path)
 
     def probabilities(files: list[Path]):
-        return predict(files, model, 0.5, settings.shard, calibration=calibration, tta=settings.evaluate.tta,
-                       tta_scales=settings.evaluate.tta_scales, progress=False)["probability"].to_numpy()
+        return predict(files, model, card, progress=False)["probability"].to_numpy()
 
     base = probabilities(originals)
     deltas = {}
@@ -193,7 +193,7 @@ def main() -> int:
         for entry in probe_entries("recipe", "linear probe on the recipe's shards", project / "data" / "shards", weights):
             record(results, out, entry)
     if "robustness" not in done and (not wanted or "robustness" in wanted):
-        record(results, out, robustness_entry("robustness", project, args.work / "recipe-reports", params,
+        record(results, out, robustness_entry("robustness", project, args.work / "recipe-reports",
                                               args.work / "perturbed"))
     if args.skip_ablations:
         return 0
@@ -219,7 +219,7 @@ def main() -> int:
         set_params(project, change)
         record(results, out, repro_entry(name, project, env, description=description, change=change))
         if name in ROBUSTNESS_OF:
-            record(results, out, robustness_entry(f"{name}/robustness", project, project, merge(params, change),
+            record(results, out, robustness_entry(f"{name}/robustness", project, project,
                                                   args.work / "perturbed"))
     write_params(project, params)
     for entry in results:

@@ -1,4 +1,5 @@
-"""DVC stage `evaluate`: model + shards -> metrics.json and reports/ (threshold frozen on val)."""
+"""DVC stage `evaluate`: model + shards -> metrics.json, reports/ (threshold frozen on val) and the
+evaluated model card, models/card.json."""
 
 from _stage import run_stage
 from prefect import flow, task
@@ -15,7 +16,8 @@ def evaluate_flow(params: Params) -> dict:
 
     metrics = task(evaluate, name="evaluate-model", cache_policy=NO_CACHE)(
         params.evaluate, paths.MODEL, paths.SHARDS, paths.METRICS, paths.REPORTS,
-        history_path=paths.HISTORY, shown_params=params.reported(),
+        history_path=paths.HISTORY, shown_params=params.reported(), train_card_path=paths.TRAIN_CARD,
+        card_path=paths.CARD,
     )
     create_markdown_artifact(
         key="skincancer-report", markdown=(paths.REPORTS / "report.md").read_text(), description="reports/report.md"

@@ -9,11 +9,12 @@ from prefect.cache_policies import NO_CACHE
 
 from skincancer import paths, shard
 from skincancer.params import Params
+from skincancer.prepare import Encoded, EncodeJob
 
 
 def chunks_as_tasks(
-    encode_chunk: shard.EncodeChunk, chunks: list[list[shard.EncodeJob]]
-) -> Iterator[list[shard.Encoded]]:
+    encode_chunk: shard.EncodeChunk, chunks: list[list[EncodeJob]]
+) -> Iterator[list[Encoded]]:
     """Each chunk of images is a Prefect task run, on the flow's thread pool (Pillow releases the GIL).
 
     Results are handed back in chunk order while later chunks still run, and each is let go once

@@ -1,4 +1,5 @@
-"""DVC stage `train`: data/shards/ -> models/model.keras (best val AUC) + models/history.csv."""
+"""DVC stage `train`: data/shards/ -> models/model.keras (best val AUC), models/history.csv and the
+model's training card, models/train_card.json."""
 
 from _stage import run_stage
 from prefect import flow, task
@@ -15,7 +16,7 @@ def train_flow(params: Params) -> float:
     history = task(train, name="fit", cache_policy=NO_CACHE)(
         params.train, paths.SHARDS, paths.MODEL, paths.HISTORY,
         image_size=params.shard.image_size,
-        tensorboard_dir=paths.TENSORBOARD if params.train.tensorboard else None,
+        tensorboard_dir=paths.TENSORBOARD if params.train.tensorboard else None, card_path=paths.TRAIN_CARD,
     )
     return float(history["val_auc"].max())
 

@@ -25,22 +25,42 @@ def test_check_params_names_the_bad_key(tmp_path):
     assert "split.seeed: unknown key" in result.output
 
 
-def test_metrics_prints_test_values(tmp_path):
+def test_metrics_shows_val_and_test_with_their_intervals(tmp_path):
     path = tmp_path / "metrics.json"
-    path.write_text(json.dumps({"threshold": 0.25, "val": {}, "test": {"roc_auc": 0.91, "n": 120}}))
+    val = {"roc_auc": 0.95, "roc_auc_ci_low": 0.9, "roc_auc_ci_high": 0.99, "n": 60}
+    test = {"roc_auc": 0.91, "roc_auc_ci_low": 0.85, "roc_auc_ci_high": 0.96, "sensitivity": None, "n": 120}
+    path.write_text(json.dumps({"threshold": 0.25, "val": val, "test": test}))
     result = runner.invoke(app, ["metrics", str(path)])
     assert result.exit_code == 0
-    assert "threshold (chosen on val): 0.2500" in result.output
-    assert "test roc_auc  0.9100" in result.output and "test n        120" in result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "threshold (chosen on val): 0.2500"
+    assert lines[1].split() == ["val", "test"]
+    assert lines[2].split() == ["roc_auc", "0.9500", "(0.9000-0.9900)", "0.9100", "(0.8500-0.9600)"]
+    assert "n/a (undefined)" in next(line for line in lines if line.startswith("sensitivity"))
+    assert next(line for line in lines if line.startswith("n ")).split() == ["n", "60", "120"]
     missing = runner.invoke(app, ["metrics", str(tmp_path / "none.json")])
     assert missing.exit_code == 2 and "dvc repro" in missing.output
 
 
-def test_metrics_prints_undefined_values_as_such(tmp_path):
-    path = tmp_path / "metrics.json"
-    path.write_text(json.dumps({"threshold": 0.5, "val": {}, "test": {"roc_auc": None, "n": 12}}))
-    result = runner.invoke(app, ["metrics", str(path)])
-    assert result.exit_code == 0 and "test roc_auc  n/a (undefined)" in result.output
+def test_top_level_help_teaches_the_workflow_and_the_exit_codes():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for step in ("skincancer run", "skincancer metrics", "skincancer predict", "skincancer export", "skincancer diff-report",
+                 "dvc repro"):
+        assert step in result.output, step
+    assert "Exit codes: 0" in result.output
+
+
+def test_run_refuses_an_unknown_stage_naming_the_known_ones(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    result = runner.invoke(app, ["run", "trian"])
+    assert result.exit_code == 2 and "unknown stage(s) ['trian']" in result.output and "'train'" in result.output
+    monkeypatch.chdir(tmp_path)
+    elsewhere = runner.invoke(app, ["run"])
+    assert elsewhere.exit_code == 2 and "run from the project root" in elsewhere.output
 
 
 def test_diff_report_without_metrics_says_to_run_the_pipeline(tmp_path, monkeypatch):

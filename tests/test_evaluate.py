@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from skincancer.data import ShardSpecMismatch, eval_dataset
-from skincancer.evaluate import DIHEDRAL, PREDICTION_COLUMNS, at_scale, evaluate, predict_split
+from skincancer.evaluate import PREDICTION_COLUMNS, evaluate, predict_split
+from skincancer.inference import DIHEDRAL, at_scale
 from skincancer.metrics import METRIC_KEYS
 from skincancer.models import build_classifier
 from skincancer.params import EvaluateParams, TrainParams
@@ -20,11 +21,23 @@ PLOTS = ["calibration", "confusion", "pr_test", "pr_val", "roc_test", "roc_val"]
 FIGURES = ["calibration.png", "confusion.png", "false_negatives.png", "false_positives.png", "history.png", "pr.png", "roc.png"]
 
 
+def save_with_card(model: keras.Model, path, shards_dir, params: TrainParams) -> None:
+    """A model saved as training saves one: with its training card, which evaluate checks it against."""
+    from skincancer.data import read_shard_manifest, split_records
+    from skincancer.model_card import card_input, train_card_path_for, training_card, write_card
+
+    model.save(path)
+    manifest_path = shards_dir / "manifest.json"
+    prepared_as = card_input(read_shard_manifest(shards_dir), manifest_path)
+    card = training_card(params, prepared_as, manifest_path, split_records(shards_dir, "train"), path, "float32")
+    write_card(card, train_card_path_for(path))
+
+
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
+def model_path(tiny_shards, tmp_path_factory):
     """An untrained small_cnn: scores vary from image to image, which is all evaluate needs."""
     path = tmp_path_factory.mktemp("model") / "model.keras"
-    build_classifier(TrainParams(seed=3), 32).model.save(path)
+    save_with_card(build_classifier(TrainParams(seed=3), 32).model, path, tiny_shards, TrainParams(seed=3))
     return path
 
 
@@ -118,7 +131,7 @@ def test_report_html_is_self_contained_and_carries_the_report(evaluated):
 
 def test_model_for_another_image_size_is_refused(tiny_shards, tmp_path):
     path = tmp_path / "model.keras"
-    build_classifier(TrainParams(), 48).model.save(path)
+    save_with_card(build_classifier(TrainParams(), 48).model, path, tiny_shards, TrainParams())
     with pytest.raises(ShardSpecMismatch, match=r"48x48 images but the shards .* hold 32x32"):
         evaluate(EvaluateParams(), path, tiny_shards, tmp_path / "metrics.json", tmp_path / "reports")
     assert not (tmp_path / "metrics.json").exists()

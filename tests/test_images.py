@@ -239,7 +239,7 @@ def test_shades_of_gray_leaves_a_grey_lit_image_as_it_was() -> None:
 
 
 def test_colour_constancy_is_a_shard_param_that_predict_applies_too() -> None:
-    from skincancer.shard import encode_job
+    from skincancer.prepare import encode_job
 
     job = encode_job("x.jpg", ShardParams(color_constancy="shades_of_gray"), size=64)
     assert job.color_constancy == "shades_of_gray" and job.size == 64

@@ -62,7 +62,8 @@ def test_pipeline_flow_runs_every_stage_on_the_server_and_records_the_outputs(re
     assert list(metrics) == ["threshold", "val", "test", "calibration"]
     assert list(metrics["test"]) == list(METRIC_KEYS) and list(metrics["val"]) == list(METRIC_KEYS)
     for path in ("data/raw/index.parquet", "data/split/manifest.parquet", "data/shards/manifest.json",
-                 "models/model.keras", "models/history.csv", "reports/report.md", "reports/predictions.csv",
+                 "models/model.keras", "models/history.csv", "models/train_card.json", "models/card.json",
+                 "reports/report.md", "reports/predictions.csv",
                  "reports/report.html", "reports/plots/roc_val.csv", "reports/plots/roc_test.csv",
                  "reports/plots/confusion.csv", "reports/figures/roc.png", "reports/figures/false_negatives.png",
                  "reports/split.json", "data/split/removed.csv", "data/raw/duplicates.parquet"):
@@ -152,12 +153,13 @@ def test_the_shard_stage_depends_on_the_image_size_not_on_the_word_auto(repo):
 
 
 def test_pipeline_without_a_server_starts_one_for_all_stages_and_diffs_the_metrics(repo):
-    """No PREFECT_API_URL at all: one temporary server for the flow and its stage subprocesses."""
+    """`skincancer run` without any PREFECT_API_URL: one temporary server for the pipeline flow and its
+    stage subprocesses."""
     root, env = repo
     before = json.loads((root / "metrics.json").read_text())
     set_params(root, {"evaluate": {"tta": 2}})
     alone = {key: value for key, value in env.items() if key != "PREFECT_API_URL"}
-    result = run([str(BIN / "python"), "flows/pipeline.py"], root, alone)
+    result = run([str(BIN / "skincancer"), "run"], root, alone)  # the CLI's way to flows/pipeline.py
     output = result.stdout + result.stderr
     assert list(dict.fromkeys(stages_run(output))) == ["evaluate"]  # only what the change made stale
     assert re.search(r"stages run: evaluate in \d+ s\ntest: ROC AUC [\d.]+ \(95% CI [\d.]+-[\d.]+\), "
@@ -204,14 +206,16 @@ def test_diff_report_against_a_base_without_predictions_says_why_there_is_no_pai
 def test_a_failing_stage_fails_the_flow_naming_it_and_records_nothing(repo, prefect_api):
     root, env = repo
     lock, history = (root / "dvc.lock").read_bytes(), (root / "models/history.csv").read_bytes()
-    set_params(root, {"train": {"weights": "missing/backbone.weights.h5"}})
+    (root / "broken.weights.h5").write_bytes(b"not HDF5")  # passes the params check, fails inside the train flow
+    set_params(root, {"train": {"weights": "broken.weights.h5"}})
     try:
         result = run([str(BIN / "python"), "flows/pipeline.py"], root, env, check=False)
     finally:
         set_params(root, {"train": {"weights": None}})
+        (root / "broken.weights.h5").unlink()
     assert result.returncode == 1
     assert "error: failed to reproduce 'train'" in result.stderr and "dvc.lock records nothing of it" in result.stderr
-    assert "missing/backbone.weights.h5 does not exist" in result.stdout + result.stderr  # the stage's own error
+    assert "train.weights: broken.weights.h5" in result.stdout + result.stderr  # the stage's own error
     assert (root / "dvc.lock").read_bytes() == lock
     assert (root / "models/model.keras").is_file()  # the last good model is back in the workspace
     assert (root / "models/history.csv").read_bytes() == history  # not cached by DVC: put back as it was

@@ -13,7 +13,9 @@ from perturbations import MAX_MEDIAN_DELTA, median_abs_delta, write_perturbed_co
 from project_copy import ROOT
 from skincancer.evaluate import evaluate
 from skincancer.params import EvaluateParams, ShardParams, TrainParams
-from skincancer.predict import image_files, load_model, predict, read_calibration
+from skincancer.inference import load_for_inference
+from skincancer.model_card import card_path_for, read_card
+from skincancer.predict import image_files, predict
 from skincancer.shard import write_shards
 from skincancer.train import train
 
@@ -38,11 +40,13 @@ def recipe_model(tmp_path_factory):
 def test_recipe_predictions_survive_resizing_reencoding_and_rotation(recipe_model, tmp_path):
     out, shard, chosen = recipe_model
     originals = image_files([out / "split" / "test"])
-    model, calibration = load_model(out / "model.keras"), read_calibration(out / "metrics.json")
+    model, card = load_for_inference(out / "model.keras"), read_card(card_path_for(out / "model.keras"), out / "model.keras")
+    # the card carries what predict needs, as sharded and evaluated
+    assert (card.tta, card.tta_scales) == (chosen.tta, tuple(chosen.tta_scales))
+    assert (card.shard.resize, card.shard.color_constancy, card.image_size) == (shard.resize, shard.color_constancy, 48)
 
     def probabilities(files):
-        frame = predict(files, model, 0.5, shard, calibration=calibration, tta=chosen.tta,
-                        tta_scales=chosen.tta_scales, progress=False)
+        frame = predict(files, model, card, progress=False)
         assert (frame["error"] == "").all()
         return frame["probability"].to_numpy()
 

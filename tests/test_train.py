@@ -47,9 +47,10 @@ def test_training_is_deterministic_and_writes_outputs(tiny_shards, tmp_path):
     pd.testing.assert_frame_equal(first, second)
     assert (tmp_path / "a/history.csv").read_bytes() == (tmp_path / "b/history.csv").read_bytes()
     assert (tmp_path / "a/model.keras").read_bytes() == (tmp_path / "b/model.keras").read_bytes()  # DVC: one hash
+    assert (tmp_path / "a/train_card.json").read_bytes() == (tmp_path / "b/train_card.json").read_bytes()
     assert list(first.columns) == HISTORY_COLUMNS  # loss, AUC, precision, recall (+ val_), learning rate
     assert first["epoch"].tolist() == [0, 1, 2] and first["learning_rate"].iloc[0] == pytest.approx(FAST.learning_rate)
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["history.csv", "model.keras"]  # no state left
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["history.csv", "model.keras", "train_card.json"]  # no state left
     np.testing.assert_array_equal(val_predictions(tmp_path / "a/model.keras", tiny_shards),
                                   val_predictions(tmp_path / "b/model.keras", tiny_shards))
 
@@ -258,7 +259,7 @@ def test_two_workers_train_what_one_process_over_two_replicas_does_and_only_the_
     for output in (chief_output, other_output):
         assert "train.distribute auto: KerasMultiWorkerMirrored over 2 replica(s)" in output
     assert "chief of 2 workers: writes the outputs" in chief_output and "writes nothing shared" in other_output
-    assert sorted(path.name for path in chief.iterdir()) == ["history.csv", "model.keras"]
+    assert sorted(path.name for path in chief.iterdir()) == ["history.csv", "model.keras", "train_card.json"]
     assert not other.exists()
     assert not list(chief.parent.glob("tmp*/skincancer-worker-*"))  # the other worker's private state went with it
 

@@ -1,14 +1,47 @@
-"""`skincancer` command line: the library's entry points that make sense outside dvc repro."""
+"""skincancer: ISIC dermoscopy archives -> a benign-vs-malignant classifier with a diffable evaluation.
+
+\b
+The workflow, from the project root:
+  skincancer check-params               validate params.yaml before anything runs
+  skincancer run                        every stale stage (dvc repro under one Prefect server)
+  skincancer run train evaluate         those stages and what they need (or: dvc repro evaluate)
+  skincancer metrics                    val and test metrics with 95% intervals
+  skincancer predict photos/ --output out.csv
+                                        P(malignant) per image, from models/model.keras and its card
+  skincancer export --format savedmodel a SavedModel taking image bytes or uint8 pixels (or tflite)
+  skincancer diff-report --base main    a PR comment: params and metrics against another revision
+
+\b
+Exit codes: 0 done; 1 some images could not be classified (predict; each row says why);
+2 bad input or usage (a missing or mismatched file, invalid params, an unknown choice),
+nothing written; a failing stage's own code (run).
+"""
 
 from __future__ import annotations
 
+import enum
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
+
+
+class ExportFormat(str, enum.Enum):
+    """skincancer.export.EXPORTERS' names, known here without importing TensorFlow."""
+
+    savedmodel = "savedmodel"
+    tflite = "tflite"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
 
 
 @app.callback()
@@ -34,29 +67,67 @@ def sample(
 
 @app.command("check-params")
 def check_params(path: Annotated[Path, typer.Argument()] = Path("params.yaml")) -> None:
-    """Validate params.yaml without running anything."""
-    from skincancer.params import ParamsError, load_params
+    """Validate params.yaml without running anything; settings that would have no effect are warned about."""
+    from skincancer.params import ParamsError, load_params, unused_settings
 
     try:
-        load_params(path)
+        params = load_params(path)
     except ParamsError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2) from None
+        raise _fail(str(error)) from None
+    for warning in unused_settings(params):
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"{path}: ok")
 
 
 @app.command()
+def run(
+    stages: Annotated[list[str] | None, typer.Argument(help="stages to bring up to date, with what they need (default: all)", show_default=False)] = None,
+    force: Annotated[bool, typer.Option(help="rerun them even if up to date")] = False,
+) -> None:
+    """Run the pipeline flow: `dvc repro` as one Prefect run, only stale stages (flows/pipeline.py)."""
+    import yaml
+
+    pipeline, dvc_yaml = Path("flows/pipeline.py"), Path("dvc.yaml")
+    if not (pipeline.is_file() and dvc_yaml.is_file()):
+        raise _fail(f"{pipeline} or {dvc_yaml} not found in {Path.cwd()}: run from the project root")
+    known = list(yaml.safe_load(dvc_yaml.read_text())["stages"])
+    if unknown := [stage for stage in stages or [] if stage not in known]:
+        raise _fail(f"unknown stage(s) {unknown}; dvc.yaml has {known}")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [sys.executable, str(pipeline), *(stages or []), *(["--force"] if force else [])]
+    raise typer.Exit(subprocess.run(command, env=env).returncode)
+
+
+def _shown(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "n/a (undefined)" if value is None else str(value)
+
+
+METRIC_ROWS = ("roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "brier")
+
+
+@app.command()
 def metrics(path: Annotated[Path, typer.Argument()] = Path("metrics.json")) -> None:
-    """Print the test metrics of the last evaluation (and its validation-chosen threshold)."""
+    """The last evaluation: val and test side by side, with 95% intervals where it has them, and the
+    threshold chosen on val."""
     if not path.is_file():
-        typer.echo(f"{path} not found: run the pipeline first (`dvc repro`)", err=True)
-        raise typer.Exit(2)
+        raise _fail(f"{path} not found: run the pipeline first (`skincancer run` or `dvc repro`)")
     values = json.loads(path.read_text())
     typer.echo(f"threshold (chosen on val): {values['threshold']:.4f}")
-    width = max(map(len, values["test"]))
-    for key, value in values["test"].items():
-        shown = f"{value:.4f}" if isinstance(value, float) else "n/a (undefined)" if value is None else value
-        typer.echo(f"test {key:<{width}}  {shown}")
+    splits = [split for split in ("val", "test") if values.get(split)]
+    keys = [key for key in METRIC_ROWS if any(key in values[split] for split in splits)]
+    keys += [key for split in splits for key in values[split]
+             if key not in keys and not key.endswith(("_ci_low", "_ci_high"))]
+    keys = list(dict.fromkeys(keys))
+    width = max(map(len, keys), default=0)
+    typer.echo(f"{'':<{width}}  " + "  ".join(f"{split:<26}" for split in splits).rstrip())
+    for key in keys:
+        cells = []
+        for split in splits:
+            m = values[split]
+            low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+            interval = f" ({_shown(low)}-{_shown(high)})" if low is not None and high is not None else ""
+            cells.append(f"{_shown(m.get(key)) + interval:<26}")
+        typer.echo(f"{key:<{width}}  " + "  ".join(cells).rstrip())
 
 
 @app.command("diff-report")
@@ -80,39 +151,41 @@ def diff_report(
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="image files and/or folders (walked recursively)", show_default=False)],
     model: Annotated[Path, typer.Option(help="the trained classifier")] = Path("models/model.keras"),
-    metrics: Annotated[Path, typer.Option(help="metrics.json holding the evaluated threshold")] = Path("metrics.json"),
-    threshold: Annotated[float | None, typer.Option(min=0, max=1, help="decide at this probability instead")] = None,
+    card: Annotated[Path | None, typer.Option(help="its evaluated card (default: card.json beside the model)", show_default=False)] = None,
+    threshold: Annotated[float | None, typer.Option(min=0, max=1, help="decide at this probability instead of the card's")] = None,
     output: Annotated[Path | None, typer.Option(help="out.csv or out.json (default: CSV on stdout)")] = None,
-    params: Annotated[Path, typer.Option(help="params.yaml: shard resize/quality and evaluate.tta(_scales), as trained")] = Path("params.yaml"),
     explain: Annotated[Path | None, typer.Option(help="folder for one Grad-CAM overlay PNG per image")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
-    """P(malignant) per image, calibrated as evaluated (column score: the model's raw output; prevalence:
-    the malignant share the probability is calibrated to), and the decision at the evaluated threshold;
-    exit 1 if any image failed."""
-    from skincancer.params import Params, ParamsError, load_params
-    from skincancer.predict import NoThreshold, decision_threshold, image_files, load_model, read_calibration, write_predictions
-    from skincancer.predict import predict as classify
+    """P(malignant) per image, prepared and calibrated as the card says (column score: the model's raw output;
+    prevalence: the malignant share the probability is calibrated to), and the decision at the evaluated
+    threshold; exit 1 if any image failed.
+
+    \b
+    skincancer predict lesion.jpg
+    skincancer predict photos/ --output predictions.json --explain cams/
+    """
+    from skincancer.model_card import CardError, card_path_for, read_card
 
     try:
-        chosen = decision_threshold(metrics, threshold)
-        settings = load_params(params) if params.is_file() else Params()
-        classifier = load_model(model)
-    except (NoThreshold, ParamsError, FileNotFoundError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        model_card = read_card(card or card_path_for(model), model)
+        calibration = model_card.calibration  # a training card has none: refused here, before any work
+    except CardError as error:
+        raise _fail(str(error)) from None
+    from skincancer.predict import image_files, write_predictions
+    from skincancer.predict import predict as classify
+
     files = image_files(inputs)
     if not files:
-        typer.echo(f"error: no images found in {', '.join(map(str, inputs))}", err=True)
-        raise typer.Exit(2)
-    calibration = read_calibration(metrics)
+        raise _fail(f"no images found in {', '.join(map(str, inputs))}")
+    classifier = _load(model)
+    chosen = model_card.threshold if threshold is None else threshold
     typer.echo(f"{calibration.in_words()}; malignant at p >= {chosen:.4f}", err=True)
-    frame = classify(files, classifier, chosen, settings.shard, calibration=calibration,
-                     tta=settings.evaluate.tta, tta_scales=settings.evaluate.tta_scales, batch_size=batch_size)
+    frame = classify(files, classifier, model_card, threshold=threshold, batch_size=batch_size)
     if explain is not None:
         from skincancer.predict import write_explanations
 
-        write_explanations(frame, classifier, settings.shard, explain)
+        write_explanations(frame, classifier, model_card, explain)
     text = write_predictions(frame, output)
     if text is not None:
         typer.echo(text, nl=False)
@@ -122,26 +195,40 @@ def predict(
         raise typer.Exit(1)
 
 
+def _load(model: Path):
+    from skincancer.inference import ModelUnreadable, load_for_inference
+
+    try:
+        return load_for_inference(model)
+    except (FileNotFoundError, ModelUnreadable) as error:
+        raise _fail(str(error)) from None
+
+
 @app.command()
 def export(
-    format: Annotated[str, typer.Option("--format", help="savedmodel | tflite")] = "savedmodel",
+    format: Annotated[ExportFormat, typer.Option("--format", help="savedmodel: signatures serve (uint8) and serve_bytes (encoded images); tflite: uint8")] = ExportFormat.savedmodel,
     model: Annotated[Path, typer.Option(help="the trained classifier")] = Path("models/model.keras"),
-    output: Annotated[Path | None, typer.Option(help="where to write (default: exports/<model_savedmodel|model.tflite>)")] = None,
+    card: Annotated[Path | None, typer.Option(help="its card (default: card.json beside the model)", show_default=False)] = None,
+    output: Annotated[Path | None, typer.Option(help="where to write (default: exports/<model_savedmodel|model.tflite>)", show_default=False)] = None,
 ) -> None:
-    """Export for serving: takes raw uint8 RGB images at the model's size, returns its raw score (uncalibrated)."""
-    from skincancer.export import EXPORTERS
-    from skincancer.predict import load_model
+    """Export for serving, in float32: returns the model's raw score (uncalibrated; the card beside the
+    export holds the calibration and threshold).
 
-    if format not in EXPORTERS:
-        typer.echo(f"error: unknown --format {format!r}; known: {sorted(EXPORTERS)}", err=True)
-        raise typer.Exit(2)
+    \b
+    skincancer export --format savedmodel --output exports/model_savedmodel
+    skincancer export --format tflite
+    """
+    from skincancer.model_card import CardError, card_path_for, read_card
+
     try:
-        classifier = load_model(model)
-    except FileNotFoundError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
-    exporter, default_name = EXPORTERS[format]
-    typer.echo(exporter(classifier, output or Path("exports") / default_name))
+        model_card = read_card(card or card_path_for(model), model)
+    except CardError as error:
+        raise _fail(str(error)) from None
+    classifier = _load(model)
+    from skincancer.export import EXPORTERS
+
+    exporter, default_name = EXPORTERS[format.value]
+    typer.echo(exporter(classifier, model_card, output or Path("exports") / default_name))
 
 
 if __name__ == "__main__":

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
-import skincancer.models  # noqa: F401  (registers the custom layers load_model needs)
 from skincancer.atomic import atomic_write_text
-from skincancer.augment import lose_resolution
 from skincancer.calibration import Calibration, fit_calibration
 from skincancer.data import ShardSpecMismatch, eval_dataset, read_shard_manifest, shard_paths, split_records
+from skincancer.inference import load_for_inference, predict_images
 from skincancer.metrics import DECIMALS, evaluation_metrics
+from skincancer.model_card import card_path_for, evaluated_card, read_card, train_card_path_for, write_card
 from skincancer.params import EvaluateParams
 from skincancer.report import confident_mistakes, split_scores, write_report
 from skincancer.tfrecords import read_examples
@@ -26,24 +25,6 @@ from skincancer.tfrecords import read_examples
 log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ["image_id", "split", "label", "diagnosis", "probability", "prediction", "source", "group", "score"]
-
-
-def _transpose(images: tf.Tensor) -> tf.Tensor:
-    return tf.transpose(images, [0, 2, 1, 3])
-
-
-# The dihedral group of the square, ordered so the first n are the natural choice for evaluate.tta = n:
-# 2 = a mirror, 4 = all flips, 8 = flips and quarter turns. Lesions have no up or left.
-DIHEDRAL: tuple[Callable[[tf.Tensor], tf.Tensor], ...] = (
-    lambda x: x,
-    lambda x: x[:, :, ::-1],
-    lambda x: x[:, ::-1],
-    lambda x: x[:, ::-1, ::-1],
-    _transpose,
-    lambda x: _transpose(x)[:, :, ::-1],
-    lambda x: _transpose(x)[:, ::-1],
-    lambda x: _transpose(x)[:, ::-1, ::-1],
-)
 
 
 def check_model_fits_shards(model: keras.Model, shards_dir: Path, model_path: Path) -> None:
@@ -56,28 +37,6 @@ def check_model_fits_shards(model: keras.Model, shards_dir: Path, model_path: Pa
             f"{model_path} takes {expected[0]}x{expected[1]} images but the shards in {shards_dir} hold "
             f"{found}x{found}; rerun `dvc repro train` (or `dvc repro` for the whole pipeline)"
         )
-
-
-def at_scale(images: tf.Tensor, scale: float) -> tf.Tensor:
-    """uint8 images as they would look photographed at `scale` of their side and upsampled back."""
-    if scale == 1.0:
-        return images
-    smaller = lose_resolution(tf.cast(images, tf.float32), scale)
-    return tf.cast(tf.round(tf.clip_by_value(smaller, 0.0, 255.0)), tf.uint8)
-
-
-def predict_images(
-    model: keras.Model, images: tf.data.Dataset, tta: int = 1, scales: Sequence[float] = (1.0,)
-) -> np.ndarray:
-    """P(malignant) for batches of uint8 images, averaged over the first `tta` dihedral views, each at every
-    scale (a model that sees each image also at half its detail answers alike for a half-size copy); what
-    evaluate and `skincancer predict` both call, so their numbers agree."""
-    views = [
-        model.predict(images.map(lambda x, view=view, scale=scale: at_scale(view(x), scale)), verbose=0).reshape(-1)
-        for view in DIHEDRAL[:tta]
-        for scale in scales
-    ]
-    return np.mean(views, axis=0, dtype=np.float64)
 
 
 def predict_split(
@@ -119,9 +78,14 @@ def evaluate(
     reports_dir: Path,
     history_path: Path | None = None,
     shown_params: dict | None = None,
+    train_card_path: Path | None = None,
+    card_path: Path | None = None,
 ) -> dict:
-    """metrics.json and reports/; `shown_params` are printed in the report (the params that produced it)."""
-    model = keras.saving.load_model(model_path)
+    """metrics.json, reports/ and the model card (`card_path`, default card.json beside the model): the
+    training card (default train_card.json beside it) with this evaluation added. `shown_params` are
+    printed in the report (the params that produced it)."""
+    training = read_card(train_card_path or train_card_path_for(model_path), model_path, written_by="train")
+    model = load_for_inference(model_path)
     check_model_fits_shards(model, shards_dir, model_path)
     predictions, calibration = _predictions(model, shards_dir, params)
     metrics = evaluation_metrics(split_scores(predictions, "val"), split_scores(predictions, "test"), params)
@@ -137,6 +101,7 @@ def evaluate(
         mistakes=params.gallery,
     )
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    write_card(evaluated_card(training.document, metrics, params), card_path or card_path_for(model_path))
     _log_summary(metrics)
     return metrics
 

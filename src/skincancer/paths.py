@@ -16,6 +16,8 @@ SHARDS_MANIFEST = SHARDS / "manifest.json"
 MODELS = Path("models")
 MODEL = MODELS / "model.keras"
 HISTORY = MODELS / "history.csv"
+TRAIN_CARD = MODELS / "train_card.json"  # the model's contract (skincancer.model_card), as trained
+CARD = MODELS / "card.json"  # and as evaluated: what `skincancer predict` and `export` read
 TENSORBOARD = Path("logs/train")  # train.tensorboard: true
 METRICS = Path("metrics.json")
 REPORTS = Path("reports")
@@ -35,7 +37,7 @@ STAGE_INPUTS: dict[str, dict[Path, str]] = {
     "split": {INDEX: "fetch"},
     "shard": {SPLIT_MANIFEST: "split"},
     "train": {SHARDS_MANIFEST: "shard"},
-    "evaluate": {MODEL: "train", SHARDS_MANIFEST: "shard"},
+    "evaluate": {MODEL: "train", TRAIN_CARD: "train", SHARDS_MANIFEST: "shard"},
 }
 
 

@@ -1,16 +1,15 @@
-"""Classify new images with the evaluated model at its frozen operating point.
+"""Classify new images with the evaluated model at its frozen operating point, as its card says.
 
-Each image goes through the shard stage's own function (EXIF transpose, reduced-scale decode, crop or
-pad, JPEG at the shard quality) and TensorFlow's JPEG decoder, exactly as training and evaluation saw
-their images, so a test image scores here what it scored in reports/predictions.csv.
+Each image goes through the shard stage's own encoding (skincancer.inference.prepare: EXIF transpose,
+reduced-scale decode, crop or pad, JPEG at the shard quality) and the training pipeline's JPEG decoder,
+so a test image scores here what it scored in reports/predictions.csv. Everything it needs to know
+(image size, resize, quality, views, calibration, threshold) comes from the model card, not params.yaml.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import keras
@@ -18,29 +17,17 @@ import pandas as pd
 import tensorflow as tf
 from tqdm import tqdm
 
-from skincancer.calibration import Calibration
-from skincancer.evaluate import predict_images
+from skincancer.atomic import atomic_write_text
+from skincancer.inference import Prepared, decode, predict_images, prepare
 from skincancer.labels import CLASS_NAMES
 from skincancer.metrics import DECIMALS
-from skincancer.params import ShardParams
-from skincancer.shard import encode_file, encode_job
+from skincancer.model_card import ModelCard
 
 log = logging.getLogger(__name__)
 
 # what a folder walk picks up (an explicit file is always tried, whatever its name)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm"}
 COLUMNS = ["path", "probability", "prediction", "label", "threshold", "error", "score", "prevalence"]
-
-
-class NoThreshold(ValueError):
-    """Neither --threshold nor a metrics.json with the evaluated threshold."""
-
-
-@dataclass(frozen=True)
-class Prepared:
-    path: Path
-    jpeg: bytes | None
-    error: str | None
 
 
 def image_files(inputs: Iterable[Path]) -> list[Path]:
@@ -52,35 +39,6 @@ def image_files(inputs: Iterable[Path]) -> list[Path]:
         else:
             found.append(item)
     return found
-
-
-def decision_threshold(metrics_path: Path, override: float | None) -> float:
-    if override is not None:
-        return override
-    try:
-        return float(json.loads(metrics_path.read_text())["threshold"])
-    except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
-        raise NoThreshold(
-            f"no decision threshold: {metrics_path} is missing or has no 'threshold' ({type(error).__name__}: {error}); "
-            "run `dvc repro evaluate` for the evaluated operating point, or pass --threshold"
-        ) from None
-
-
-def read_calibration(metrics_path: Path) -> Calibration:
-    """The evaluated calibration (metrics.json's `calibration`); without one, scores are printed as they are."""
-    try:
-        return Calibration.from_json(json.loads(metrics_path.read_text()).get("calibration"))
-    except (FileNotFoundError, ValueError):
-        return Calibration("none")
-
-
-def prepare(path: Path, size: int, shard: ShardParams) -> Prepared:
-    """The shard stage's own encode_file; an unreadable file becomes an error row, not a crash."""
-    try:
-        encoded = encode_file(encode_job(str(path), shard, size))
-    except OSError as error:
-        return Prepared(path, None, f"unreadable: {error.strerror or error}")
-    return Prepared(path, None, encoded) if isinstance(encoded, str) else Prepared(path, encoded.data, None)
 
 
 def _batches(prepared: Iterator[Prepared], batch_size: int) -> Iterator[list[Prepared]]:
@@ -97,28 +55,24 @@ def _batches(prepared: Iterator[Prepared], batch_size: int) -> Iterator[list[Pre
 def predict(
     files: list[Path],
     model: keras.Model,
-    threshold: float,
-    shard: ShardParams,
+    card: ModelCard,
     *,
-    calibration: Calibration = Calibration("none"),
-    tta: int = 1,
-    tta_scales: Sequence[float] = (1.0,),
+    threshold: float | None = None,
     batch_size: int = 64,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """One row per file: P(malignant) (the score calibrated as evaluate did, both rounded like predictions.csv),
-    the call at `threshold`, or the error."""
-    size = int(model.inputs[0].shape[1])
+    """One row per file: P(malignant) (the score calibrated as evaluated, both rounded like predictions.csv),
+    the call at the card's threshold (or `threshold`), or the error."""
+    threshold = card.threshold if threshold is None else threshold
+    calibration, shard = card.calibration, card.shard
     rows = []
     bar = tqdm(total=len(files), unit="image", disable=not progress or len(files) <= batch_size, leave=False)
-    for batch in _batches((prepare(path, size, shard) for path in files), batch_size):
+    for batch in _batches((prepare(path, shard) for path in files), batch_size):
         good = [item for item in batch if item.jpeg is not None]
         probabilities = iter(())
         if good:
-            images = tf.data.Dataset.from_tensor_slices([item.jpeg for item in good]).map(
-                lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3)
-            ).batch(batch_size)
-            scores = predict_images(model, images, tta, tta_scales).round(DECIMALS)
+            images = tf.data.Dataset.from_tensor_slices([item.jpeg for item in good]).map(decode).batch(batch_size)
+            scores = predict_images(model, images, card.tta, card.tta_scales).round(DECIMALS)
             probabilities = iter(zip(scores, calibration.apply(scores).round(DECIMALS), strict=True))
         for item in batch:
             if item.error is not None:
@@ -137,32 +91,20 @@ def predict(
 
 
 def write_predictions(frame: pd.DataFrame, output: Path | None) -> str | None:
-    """CSV or JSON by the output's suffix; without an output, the CSV text to print."""
+    """CSV or JSON by the output's suffix, written whole or not at all; without an output, the CSV text to print."""
     if output is None:
         return frame.to_csv(index=False)
-    if output.suffix.lower() == ".json":
-        output.write_text(frame.to_json(orient="records", indent=2) + "\n")
-    else:
-        frame.to_csv(output, index=False)
+    json_output = output.suffix.lower() == ".json"
+    atomic_write_text(output, frame.to_json(orient="records", indent=2) + "\n" if json_output else frame.to_csv(index=False))
     return None
 
 
-def load_model(path: Path) -> keras.Model:
-    import skincancer.models  # noqa: F401  (registers the custom layers)
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `dvc repro train` (or pass --model)")
-    return keras.saving.load_model(path)
-
-
-def write_explanations(frame: pd.DataFrame, model: keras.Model, shard: ShardParams, out_dir: Path) -> None:
+def write_explanations(frame: pd.DataFrame, model: keras.Model, card: ModelCard, out_dir: Path) -> None:
     """One Grad-CAM overlay PNG per classified image, named after it (`<stem>.gradcam.png`)."""
     from skincancer.atomic import atomic_write_bytes
     from skincancer.explain import grad_cam, overlay_png
 
-    size = int(model.inputs[0].shape[1])
     for row in frame[frame["error"] == ""].itertuples():
-        prepared = prepare(Path(row.path), size, shard)
-        image = tf.io.decode_jpeg(prepared.jpeg, channels=3).numpy()
+        image = decode(prepare(Path(row.path), card.shard).jpeg).numpy()
         title = f"{Path(row.path).name}: p={row.probability:.3f} ({row.label})"
         atomic_write_bytes(out_dir / f"{Path(row.path).stem}.gradcam.png", overlay_png(image, grad_cam(model, image), title))

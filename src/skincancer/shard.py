@@ -18,15 +18,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from skincancer.atomic import atomic_dir
-from skincancer.images import ColorConstancy, CorruptImage, Resized, ResizeMode, resize_jpeg
+from skincancer.images import Resized
 from skincancer.labels import CLASS_NAMES
 from skincancer.paths import SPLITS
+from skincancer.prepare import Encoded, EncodeJob, encode_file, encode_job
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,19 +48,6 @@ MAX_CHUNK = 256
 SHOWN_SKIPPED = 5
 
 
-@dataclass(frozen=True)
-class EncodeJob:
-    """One image to encode: small and picklable; the worker reads the file itself."""
-
-    path: str
-    size: int
-    mode: ResizeMode
-    quality: int
-    max_pixels: int
-    color_constancy: ColorConstancy = "none"
-
-
-Encoded = Resized | str  # the re-encoded image, or why it was skipped
 EncodeChunk = Callable[[list[EncodeJob]], list[Encoded]]
 ChunkMapper = Callable[[EncodeChunk, list[list[EncodeJob]]], Iterable[list[Encoded]]]
 
@@ -215,26 +202,6 @@ def _job(split_root: Path, row: dict[str, Any], params: ShardParams) -> EncodeJo
     return encode_job(path, params)
 
 
-def encode_job(path: str, params: ShardParams, size: int | None = None) -> EncodeJob:
-    """How one image is encoded under `params` (at `size`, else shard.image_size): the one place shard and
-    predict take it from, so they never prepare an image differently."""
-    return EncodeJob(
-        path, size or params.image_size, params.resize, params.jpeg_quality, params.max_pixels, params.color_constancy
-    )
-
-
-def encode_file(job: EncodeJob) -> Encoded:
-    """The resized image, or why it was skipped (returned, so one bad file never stops its chunk)."""
-    data = Path(job.path).read_bytes()
-    try:
-        return resize_jpeg(
-            data, job.size, job.mode, job.quality,
-            name=job.path, max_pixels=job.max_pixels, color_constancy=job.color_constancy,
-        )
-    except CorruptImage as error:
-        return error.reason
-
-
 def _serialize(tfrecords: ModuleType, row: dict[str, Any], image: Resized) -> bytes:
     return tfrecords.serialize_example(
         encoded=image.data,
@@ -338,6 +305,8 @@ def _document(params: ShardParams, spec_version: int, shards: list[dict], skippe
         "image_size": params.image_size,
         "resize": params.resize,
         "color_constancy": params.color_constancy,
+        "jpeg_quality": params.jpeg_quality,  # with the three above: how predict must prepare an image (the model card)
+        "max_pixels": params.max_pixels,
         "shards": shards,
         "splits": splits,
         "skipped": skipped,

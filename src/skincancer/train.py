@@ -28,6 +28,7 @@ from skincancer.data import (
 )
 from skincancer.diagnosis_classes import DiagnosisClasses, diagnosis_classes
 from skincancer.hardware import check_devices, make_deterministic, pick_strategy, seeded_construction, set_precision
+from skincancer.model_card import card_input, train_card_path_for, training_card, write_card
 from skincancer.model_file import save_model
 from skincancer.models import Classifier, build_classifier, malignant_probability, unfreeze_top
 from skincancer.multi_worker import is_chief, worker_count
@@ -246,13 +247,16 @@ def train(
     history_path: Path,
     image_size: int | None = None,
     tensorboard_dir: Path | None = None,
+    card_path: Path | None = None,
 ) -> pd.DataFrame:
-    """Fit, keep the best-validation-AUC model at model_path, write the per-epoch history CSV.
+    """Fit, keep the best-validation-AUC model at model_path, write the per-epoch history CSV and the
+    model's training card (card_path, default train_card.json beside the model).
 
     image_size: what the shards must hold (params' shard.image_size); None accepts the shards' own.
     In a TF_CONFIG cluster every worker calls this with the same arguments; only the chief writes.
     """
     manifest = check_image_size(shards_dir, image_size) if image_size else read_shard_manifest(shards_dir)
+    prepared_as = card_input(manifest, Path(shards_dir) / "manifest.json")
     require_both_classes(shards_dir)
     check_devices()
     strategy = pick_strategy(params.distribute)  # before any op: MultiWorkerMirroredStrategy sets up collectives first
@@ -289,5 +293,8 @@ def train(
             with atomic_path(model_path) as partial:
                 save_model(classifier.serving, partial)
             atomic_write_text(history_path, history.to_csv(index=False, float_format="%.6g"))
+            card = training_card(params, prepared_as, Path(shards_dir) / "manifest.json", split_records(shards_dir, "train"),
+                                 model_path, str(policy), None if classes is None else list(classes.names))
+            write_card(card, card_path or train_card_path_for(model_path))
         state.clear()
     return history
