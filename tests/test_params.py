@@ -142,7 +142,8 @@ def test_group_by_takes_a_list_of_keys(tmp_path, written, keys):
     assert load_params(write(tmp_path, data)).split.group_by == keys
 
 
-def _error(tmp_path, change: dict) -> str:
+def _changed(change: dict) -> dict:
+    """The project's params with dotted keys set, e.g. {"train.weights": "imagenet"}."""
     data = project_params()
     for dotted, value in change.items():
         section, *keys = dotted.split(".")
@@ -150,44 +151,72 @@ def _error(tmp_path, change: dict) -> str:
         for key in keys[:-1]:
             target = target[key]
         target[keys[-1]] = value
+    return data
+
+
+def _error(tmp_path, change: dict) -> str:
     with pytest.raises(ParamsError) as error:
-        load_params(write(tmp_path, data))
+        load_params(write(tmp_path, _changed(change)))
     return str(error.value)
 
 
 @pytest.mark.parametrize(("change", "names", "value", "fix"), [
-    ({"train.weights": "imagenet"}, "train: weights: imagenet, but backbone small_cnn has no ImageNet weights", "imagenet",
-     "set weights to null"),
+    ({"train.weights": "imagenet"}, "train.weights: 'imagenet', but backbone small_cnn has no ImageNet weights",
+     "imagenet", "set it to null or a weights file"),
     ({"train.weights": "nowhere/backbone.weights.h5"}, "train.weights: nowhere/backbone.weights.h5 does not exist",
      "nowhere/backbone.weights.h5", "point it at a no-top"),
-    ({"train.fine_tune_epochs": 5}, "train: fine_tune_epochs: 5 fine-tunes a pretrained backbone", "fine_tune_epochs: 5",
-     "set fine_tune_epochs: 0 or weights: imagenet"),
+    ({"train.fine_tune_epochs": 5}, "train.fine_tune_epochs: 5 fine-tunes a pretrained backbone", "fine_tune_epochs: 5",
+     "set fine_tune_epochs: 0, or weights: imagenet"),
     ({"evaluate.tta": 3}, "evaluate.tta: Input should be 1, 2, 4 or 8", "3", "(got 3)"),
-    ({"train.epochs": True}, "train: epochs: true is yes/no, not a number", "true", "write a number"),
-    ({"shard.jpeg_quality": False}, "shard: jpeg_quality: false is yes/no, not a number", "false", "write a number"),
+    ({"evaluate.tta": True}, "evaluate.tta: true is yes/no, not a number", "true", "write a number"),
+    ({"train.epochs": True}, "train.epochs: true is yes/no, not a number", "true", "write a number"),
+    ({"shard.jpeg_quality": False}, "shard.jpeg_quality: false is yes/no, not a number", "false", "write a number"),
+    ({"evaluate.tta_scales": [True]}, "evaluate.tta_scales.0: true is yes/no, not a number", "true", "write a number"),
+    ({"train.epochs": "30"}, "train.epochs: Input should be a valid integer", "'30'", "valid integer"),
+    ({"split.fractions": [1, 1, 1]}, "split.fractions: must be three positive numbers summing to 1", "[1",
+     "summing to 1"),
+    ({"train.backbone": "inception_v3", "shard.image_size": 64}, "  shard.image_size 64 is below inception_v3's minimum 75",
+     "64", "set it to at least 75, or auto (299)"),
 ])
 def test_mistakes_are_caught_naming_the_key_the_value_once_and_the_fix(tmp_path, change, names, value, fix):
     message = _error(tmp_path, change)
     assert names in message and fix in message, message
     problems = message.split("\n", 1)[1]  # after the file's name
     assert problems.count(value) == 1, message
-    assert "'fetch'" not in message and "backbone': " not in message  # no section or document dumped
+    assert "'fetch'" not in message and "backbone': " not in message and "<root>" not in message  # nothing dumped
+
+
+def test_numbers_keep_their_yaml_types(tmp_path):
+    """Strict numbers still take a YAML int where a float is meant, and a float as written."""
+    params = load_params(write(tmp_path, _changed({"shard.target_shard_mb": 16, "train.learning_rate": 0.002,
+                                                   "split.fractions": [0.8, 0.1, 0.1], "evaluate.tta": 8})))
+    assert params.shard.target_shard_mb == 16.0 and isinstance(params.shard.target_shard_mb, float)
+    assert params.train.learning_rate == 0.002 and params.evaluate.tta == 8
 
 
 def test_an_empty_file_or_a_missing_section_is_named_with_the_other_problems(tmp_path):
+    from skincancer.params import parse_params
+
     empty = tmp_path / "params.yaml"
     empty.write_text("")
     with pytest.raises(ParamsError) as error:
         load_params(empty)
-    for section in ("fetch", "labels", "split", "shard", "train", "evaluate", "orchestration"):
-        assert f"  {section}: missing section" in str(error.value)
+    assert "missing section(s): fetch, labels, split, shard, train, evaluate, orchestration;" in str(error.value)
+    assert "as the params.yaml shipped with the project does" in str(error.value)
     data = project_params()
     del data["evaluate"]
     data["train"]["epochs"] = 0
     with pytest.raises(ParamsError) as error:
         load_params(write(tmp_path, data))
-    assert "  evaluate: missing section" in str(error.value) and "train.epochs" in str(error.value)
-    assert "  fetch: missing section" not in str(error.value)
+    assert "  missing section(s): evaluate;" in str(error.value) and "train.epochs" in str(error.value)
+    with pytest.raises(ParamsError, match="missing section"):  # a document given as a dict is held to the same
+        parse_params({"train": project_params()["train"]})
+
+
+def test_a_section_that_is_not_a_mapping_is_named_not_a_traceback(tmp_path):
+    data = project_params() | {"train": 5}
+    with pytest.raises(ParamsError, match="train: Input should be a valid dictionary"):
+        load_params(write(tmp_path, data))
 
 
 def test_the_shipped_params_have_nothing_unused():
@@ -211,6 +240,40 @@ def test_augmentation_that_would_never_run_is_warned_about(tmp_path):
     assert "evaluate.calibration.prevalence 0.02 is unused with method: none" in warnings[1]
     data["train"]["fine_tune_epochs"] = 3  # augmented while fine-tuning
     assert len(unused_settings(load_params(write(tmp_path, data)))) == 1
+
+
+@pytest.mark.parametrize(("change", "warning"), [
+    ({"train.cache_features": False}, "train.cache_features: false has no effect without train.weights"),
+    ({"train.fine_tune_layers": 60}, "train.fine_tune_layers 60 is unused with fine_tune_epochs: 0"),
+    ({"evaluate.threshold.policy": "youden", "evaluate.threshold.target": 0.95},
+     "evaluate.threshold.target 0.95 is unused with policy: youden"),
+    ({"fetch.datasets": ["isic2019"], "fetch.sample.n_images": 100}, "fetch.sample is unused"),
+    ({"orchestration.dask_address": "tcp://scheduler:8786", "orchestration.dask_workers": 2},
+     "orchestration.dask_workers 2 is unused"),
+])
+def test_a_changed_setting_that_has_no_effect_is_warned_about_once(tmp_path, change, warning):
+    from skincancer.params import unused_settings
+
+    warnings = unused_settings(load_params(write(tmp_path, _changed(change))))
+    assert len(warnings) == 1 and warnings[0].startswith(warning), warnings
+
+
+def test_defaults_left_in_place_are_not_warned_about(tmp_path):
+    """params.yaml spells every key: a default the setting ignores is not the user's choice."""
+    from skincancer.params import unused_settings
+
+    change = {"evaluate.threshold.policy": "fixed", "fetch.datasets": ["isic2019"], "orchestration.dask_address": "tcp://h:8786"}
+    assert unused_settings(load_params(write(tmp_path, _changed(change)))) == []
+
+
+def test_every_stage_prints_the_warnings_and_still_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "flows"))
+    from _params import stage_params
+
+    path = write(tmp_path, _changed({"evaluate.calibration": {"method": "none", "prevalence": 0.02}}))
+    monkeypatch.setenv("SKINCANCER_PARAMS", str(path))
+    assert stage_params("fetch").evaluate.calibration.prevalence == 0.02
+    assert "warning: evaluate.calibration.prevalence 0.02 is unused" in capsys.readouterr().err
 
 
 def test_check_params_prints_the_warnings_and_still_passes(tmp_path):

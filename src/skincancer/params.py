@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -275,20 +275,23 @@ class TrainParams(_Section):
 
     @field_validator("weights")
     @classmethod
-    def _weights_source(cls, value: str | None) -> str | None:
-        if value is None or value == "imagenet" or value.endswith((".h5", ".hdf5")):
-            return value
-        raise ValueError("must be 'imagenet', null, or a path to a .weights.h5/.h5 file")
+    def _weights_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value != "imagenet" and not value.endswith((".h5", ".hdf5")):
+            raise ValueError(f"must be 'imagenet', null, or a path to a .weights.h5/.h5 file, got {value!r}")
+        backbone = info.data.get("backbone")  # absent when it failed its own check
+        if value == "imagenet" and backbone and BACKBONES[backbone].application == "small_cnn":
+            raise ValueError(f"{value!r}, but backbone {backbone} has no ImageNet weights (it trains from scratch); "
+                             "set it to null or a weights file, or pick an ImageNet backbone such as efficientnet_b0")
+        return value
 
-    @model_validator(mode="after")
-    def _weights_fit_the_backbone(self) -> TrainParams:
-        if self.weights == "imagenet" and BACKBONES[self.backbone].application == "small_cnn":
-            raise ValueError(f"weights: imagenet, but backbone {self.backbone} has no ImageNet weights; "
-                             "set weights to null, a weights file, or pick an ImageNet backbone")
-        if self.fine_tune_epochs and self.weights is None:
-            raise ValueError(f"fine_tune_epochs: {self.fine_tune_epochs} fine-tunes a pretrained backbone, but weights "
-                             "is null (trained from scratch in phase 1); set fine_tune_epochs: 0 or weights: imagenet")
-        return self
+    @field_validator("fine_tune_epochs")
+    @classmethod
+    def _fine_tunes_pretrained(cls, value: int, info: ValidationInfo) -> int:
+        """train.py runs phase 2 only for a pretrained backbone: fine-tuning from scratch would be silently skipped."""
+        if value and "weights" in info.data and info.data["weights"] is None:
+            raise ValueError(f"{value} fine-tunes a pretrained backbone (phase 2), but train.weights is null, so it "
+                             "would never run; set fine_tune_epochs: 0, or weights: imagenet (or a weights file)")
+        return value
 
 
 class ThresholdParams(_Section):
@@ -304,18 +307,21 @@ class CalibrationParams(_Section):
     )
 
 
+# the first n dihedral views of skincancer.inference that make a group: identity, mirror, all flips, flips + turns
+TtaViews = Annotated[Literal[1, 2, 4, 8], BeforeValidator(_not_yes_no)]
+
+
 class EvaluateParams(_Section):
     threshold: ThresholdParams = ThresholdParams()
     calibration: CalibrationParams = CalibrationParams()
     bootstrap: Int = Field(1000, ge=0, description="resamples for the ROC AUC confidence interval")
-    tta: Literal[1, 2, 4, 8] = Field(1, description="test-time augmentation: mean over a mirror (2), all flips (4), flips and turns (8)")
+    tta: TtaViews = Field(1, description="test-time augmentation: mean over 1 (off), a mirror (2), all flips (4), flips and quarter turns (8)")
     tta_scales: list[Annotated[Float, Field(gt=0, le=1)]] = Field(
         [1.0], min_length=1,
         description="each view also scored down at these fractions of its side and back up (1.0: as sharded)",
     )
     gallery: Int = Field(8, ge=0, description="most confident false negatives/positives shown in the report")
     seed: Int = 0
-
 
     @field_validator("tta_scales")
     @classmethod
@@ -354,8 +360,10 @@ class Params(_Section):
             return raw
         if shard.get("image_size") != "auto":
             return raw
-        backbone = (raw.get("train") or {}).get("backbone", TrainParams().backbone)
-        size = BACKBONES[backbone].default_size if backbone in BACKBONES else ShardParams().image_size
+        train = raw.get("train")
+        backbone = train.get("backbone", TrainParams().backbone) if isinstance(train, dict) else None
+        spec = BACKBONES.get(backbone) if isinstance(backbone, str) else None  # else train's own check names it
+        size = spec.default_size if spec else ShardParams().image_size
         return {**raw, "shard": {**shard, "image_size": size}}
 
     @model_validator(mode="after")
@@ -363,7 +371,8 @@ class Params(_Section):
         spec = BACKBONES[self.train.backbone]
         if self.shard.image_size < spec.min_size:
             raise ValueError(
-                f"shard.image_size {self.shard.image_size} is below {self.train.backbone}'s minimum {spec.min_size}"
+                f"shard.image_size {self.shard.image_size} is below {self.train.backbone}'s minimum {spec.min_size}; "
+                f"set it to at least {spec.min_size}, or auto ({spec.default_size})"
             )
         return self
 
@@ -373,17 +382,19 @@ class Params(_Section):
 
 
 def _problems(error: ValidationError) -> list[str]:
-    """One line per problem: the key, the message, the value once (a section's own check names its keys
-    and values itself, so the section it was given is never dumped)."""
+    """One line per problem, `key: message`. Our own checks (value errors) state the value they refuse and
+    a section's or the document's checks name their keys, so only pydantic's messages get the value
+    appended, once; a section or the whole document given as input is never shown."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        key = ".".join(str(part) for part in item["loc"])
         message, value = item["msg"], item.get("input")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling and section)"
-        message = message.removeprefix("Value error, ")
-        shown = "" if isinstance(value, dict) or repr(value) in message else f" (got {value!r})"
-        lines.append(f"  {key}: {message}{shown}")
+        ours = item["type"] == "value_error"
+        message = str(item["ctx"]["error"]) if ours else message
+        shown = "" if ours or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {key}: {message}{shown}" if key else f"  {message}")
     return lines
 
 
@@ -392,24 +403,34 @@ def _invalid(path: Path, problems: list[str]) -> ParamsError:
 
 
 def _missing_sections(raw: dict) -> list[str]:
-    return [f"  {name}: missing section; write it out (the project's params.yaml lists every section with its "
-            "defaults)" for name in Params.model_fields if name not in raw]
+    """Every section written out, so `dvc params diff` and the report show every knob a run used."""
+    missing = [name for name in Params.model_fields if name not in raw]
+    if not missing:
+        return []
+    return [f"  missing section(s): {', '.join(missing)}; write each out with all its keys, as the params.yaml "
+            "shipped with the project does (copy them from it)"]
 
 
-def _missing_files(params: Params, root: Path) -> list[str]:
-    """Paths params.yaml names that are not there (relative ones from the project root, as stages read them)."""
+def _missing_files(params: Params) -> list[str]:
+    """Files params.yaml names that are not there; a relative path is read from the current directory, the
+    project root where stages run (skincancer.weights reads it the same way)."""
     weights = params.train.weights
-    if weights not in (None, "imagenet") and not (root / weights).is_file():
-        return [f"  train.weights: {weights} does not exist (from {root.resolve()}); point it at a no-top "
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        return [f"  train.weights: {weights} does not exist (from {Path.cwd()}); point it at a no-top "
                 ".weights.h5/.h5 file, or set it to imagenet or null"]
     return []
 
 
-def parse_params(raw: dict, path: Path = Path("params.yaml")) -> Params:
+def parse_params(raw: dict | None, path: Path = Path("params.yaml")) -> Params:
+    """Validate a whole params document: every section present, every value valid, the files it names there."""
+    problems = _missing_sections(raw or {})
     try:
-        return Params.model_validate(raw or {})
+        params = Params.model_validate(raw or {})
     except ValidationError as error:
-        raise _invalid(path, _problems(error)) from None
+        raise _invalid(path, problems + _problems(error)) from None
+    if problems := problems + _missing_files(params):
+        raise _invalid(path, problems)
+    return params
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
@@ -423,26 +444,54 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of stage sections, got {type(raw).__name__}")
-    problems = _missing_sections(raw or {})
-    try:
-        params = Params.model_validate(raw or {})
-    except ValidationError as error:
-        raise _invalid(path, problems + _problems(error)) from None
-    if problems := problems + _missing_files(params, Path.cwd()):
-        raise _invalid(path, problems)
-    return params
+    return parse_params(raw, path)
+
+
+def _changed(section: BaseModel, key: str) -> bool:
+    """Set to other than its default: params.yaml spells every key, so only a changed value is a choice."""
+    return getattr(section, key) != type(section).model_fields[key].default
+
+
+def _unused_train(train: TrainParams) -> Iterator[str]:
+    """Mirrors train.py: phase 1 runs on cached features when pretrained with cache_features, phase 2 only
+    when pretrained with fine_tune_epochs (an error otherwise, above)."""
+    pretrained = train.weights is not None
+    if pretrained and train.cache_features and train.augment.active and not train.fine_tune_epochs:
+        yield ("train.augment is never applied: with weights and cache_features: true, phase 1 trains on "
+               "features of the unaugmented images and fine_tune_epochs is 0; set cache_features: false to "
+               "augment phase 1, or fine_tune_epochs > 0 to augment while fine-tuning")
+    if not pretrained and not train.cache_features:
+        yield ("train.cache_features: false has no effect without train.weights (only a pretrained backbone's "
+               "features are cached); set it back to true")
+    for key in ("fine_tune_layers", "fine_tune_learning_rate"):
+        if not train.fine_tune_epochs and _changed(train, key):
+            yield (f"train.{key} {getattr(train, key)} is unused with fine_tune_epochs: 0 (there is no phase 2); "
+                   f"set fine_tune_epochs > 0 (with train.weights), or {key} back to "
+                   f"{TrainParams.model_fields[key].default}")
+
+
+def _unused_evaluate(evaluate: EvaluateParams) -> Iterator[str]:
+    threshold, calibration = evaluate.threshold, evaluate.calibration
+    if threshold.policy != "sensitivity" and _changed(threshold, "target"):
+        yield (f"evaluate.threshold.target {threshold.target} is unused with policy: {threshold.policy}; "
+               f"set policy: sensitivity, or target back to {ThresholdParams.model_fields['target'].default}")
+    if calibration.method == "none" and calibration.prevalence is not None:
+        yield (f"evaluate.calibration.prevalence {calibration.prevalence} is unused with method: none; "
+               "set method: platt or prevalence: null")
+
+
+def _unused_elsewhere(params: Params) -> Iterator[str]:
+    if "sample" not in params.fetch.datasets and params.fetch.sample != SampleParams():
+        yield ("fetch.sample is unused: `sample` is not in fetch.datasets; add it, or set fetch.sample back to "
+               f"its defaults {SampleParams().model_dump()}")
+    orchestration = params.orchestration
+    if orchestration.dask_address and orchestration.dask_workers:
+        yield (f"orchestration.dask_workers {orchestration.dask_workers} is unused: stages run on the cluster "
+               "at dask_address; set dask_workers: 0, or dask_address: null for a local cluster")
 
 
 def unused_settings(params: Params) -> list[str]:
-    """Settings that would have no effect as combined: each names the keys and what to change. Stages and
-    `skincancer check-params` print them as warnings; nothing fails."""
-    train, found = params.train, []
-    if train.weights is not None and train.cache_features and train.augment.active and not train.fine_tune_epochs:
-        found.append("train.augment is never applied: with weights and cache_features: true, phase 1 trains on "
-                     "features of the unaugmented images and fine_tune_epochs is 0; set cache_features: false to "
-                     "augment phase 1, or fine_tune_epochs > 0 to augment while fine-tuning")
-    calibration = params.evaluate.calibration
-    if calibration.method == "none" and calibration.prevalence is not None:
-        found.append(f"evaluate.calibration.prevalence {calibration.prevalence} is unused with method: none; "
-                     "set method: platt or prevalence: null")
-    return found
+    """Settings that have no effect as combined (a changed value, or augmentation that never runs): each
+    names the keys and what to change. Stages and `skincancer check-params` print them as warnings;
+    nothing fails."""
+    return [*_unused_train(params.train), *_unused_evaluate(params.evaluate), *_unused_elsewhere(params)]
