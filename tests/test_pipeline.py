@@ -229,7 +229,11 @@ def descendants(pid: int) -> dict[int, str]:
     found, todo = {}, [pid]
     while todo:
         for child in children(todo.pop()):
-            found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:  # it exited between the two reads: not a process left behind
+                continue
+            found[child] = command.replace(b"\0", b" ").decode(errors="replace")
             todo.append(child)
     return found
 

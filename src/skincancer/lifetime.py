@@ -30,7 +30,11 @@ def die_with_parent() -> None:
 def children(pid: int) -> list[int]:
     """Direct child processes of `pid`, from /proc (Linux; empty elsewhere)."""
     found = []
-    for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else []:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # not Linux, or `pid` exited meanwhile
+        return found
+    for task in tasks:
         try:
             with open(f"/proc/{pid}/task/{task}/children") as listing:
                 found += [int(child) for child in listing.read().split()]
