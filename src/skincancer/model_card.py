@@ -186,8 +186,8 @@ def read_card(card_path: Path, model_path: Path, written_by: str = "evaluate") -
     if document.get("card_version") != CARD_VERSION:
         raise CardError(f"{card_path} has card_version {document.get('card_version')!r}, this code reads "
                         f"{CARD_VERSION}; rerun `dvc repro {written_by}`")
-    if recorded != file_sha256(model_path):
+    if recorded != (actual := file_sha256(model_path)):
         raise CardError(f"{card_path} describes another model than {model_path} (SHA-256 {recorded[:12]}... vs "
-                        f"{file_sha256(model_path)[:12]}...): use the card written with this model, or rerun "
+                        f"{actual[:12]}...): use the card written with this model, or rerun "
                         f"`dvc repro {written_by}`")
     return ModelCard(document, card_path)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from skincancer.images import SHADES_OF_GRAY_POWER
+
 EXIF_SEARCH_BYTES = 1 << 16  # an APP1 segment is at most 64 KiB and comes first
 MAX_IFD_ENTRIES = 64
 ORIENTATION_TAG = 0x0112
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SHADES_OF_GRAY_POWER = 6.0  # skincancer.images.SHADES_OF_GRAY_POWER
 
 # EXIF orientation -> the transform that makes the image upright (Pillow's ImageOps.exif_transpose)
 UPRIGHT = (
