@@ -165,13 +165,8 @@ def predict(
     skincancer predict lesion.jpg
     skincancer predict photos/ --output predictions.json --explain cams/
     """
-    from skincancer.model_card import CardError, card_path_for, read_card
-
-    try:
-        model_card = read_card(card or card_path_for(model), model)
-        calibration = model_card.calibration  # a training card has none: refused here, before any work
-    except CardError as error:
-        raise _fail(str(error)) from None
+    model_card = _read_card(model, card, evaluated=True)
+    calibration = model_card.calibration
     from skincancer.predict import image_files, write_predictions
     from skincancer.predict import predict as classify
 
@@ -193,6 +188,20 @@ def predict(
     if failed:
         typer.echo(f"{failed} of {len(frame)} images could not be classified (see the error column)", err=True)
         raise typer.Exit(1)
+
+
+def _read_card(model: Path, card: Path | None, *, evaluated: bool = False):
+    """The model's card (default: beside it), checked against it before any work; `evaluated`: a training
+    card, which has no threshold or calibration, is refused too."""
+    from skincancer.model_card import CardError, card_path_for, read_card
+
+    try:
+        found = read_card(card or card_path_for(model), model)
+        if evaluated:
+            found.evaluation  # noqa: B018  (raises CardError for a training card)
+    except CardError as error:
+        raise _fail(str(error)) from None
+    return found
 
 
 def _load(model: Path):
@@ -218,12 +227,7 @@ def export(
     skincancer export --format savedmodel --output exports/model_savedmodel
     skincancer export --format tflite
     """
-    from skincancer.model_card import CardError, card_path_for, read_card
-
-    try:
-        model_card = read_card(card or card_path_for(model), model)
-    except CardError as error:
-        raise _fail(str(error)) from None
+    model_card = _read_card(model, card)
     classifier = _load(model)
     from skincancer.export import EXPORTERS
 
