@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed$(if $(GPU),-gpu)
 # stage scripts (`python flows/<stage>.py`) must find the venv's python first
 RUN := PATH="$(BIN):$$PATH" DVC_NO_ANALYTICS=1 TF_CPP_MIN_LOG_LEVEL=2
 
-.PHONY: install demo test bench lock check-gpu-lock clean
+.PHONY: install demo test bench bench-scale bench-tables lock check-gpu-lock clean
 
 install: $(STAMP)
 
@@ -30,12 +30,22 @@ test: install
 
 # every benchmarks/<topic>.py (common.py holds their helpers); `make bench BENCH_ARGS=--quick` for small corpora.
 # real_recipe.py trains for about two hours on 2 cores: run it on its own (docs/model-quality.md).
-# Each script's figures (its last lines, JSON) are collected into benchmarks/results.json.
-BENCH_SCRIPTS = $(filter-out benchmarks/common.py benchmarks/__init__.py benchmarks/real_recipe.py,$(sort $(wildcard benchmarks/*.py)))
+# Each run's raw figures and the machine's facts go to benchmarks/results/<date>-<host>.json;
+# `make bench-tables` rewrites BENCHMARKS.md's tables from those files.
+BENCH_SCRIPTS = $(filter-out benchmarks/common.py benchmarks/__init__.py benchmarks/real_recipe.py benchmarks/tables.py,$(sort $(wildcard benchmarks/*.py)))
 BENCH_ARGS ?=
+SCALE_SIZES ?= 2000 8000 33126
 
 bench: install
-	$(RUN) $(BIN)/python benchmarks/common.py $(BENCH_ARGS) --output benchmarks/results.json $(BENCH_SCRIPTS)
+	$(RUN) $(BIN)/python benchmarks/common.py $(BENCH_ARGS) --command "make bench $(BENCH_ARGS)" $(BENCH_SCRIPTS)
+
+# the whole pipeline on generated ISIC 2020-shaped corpora up to its 33,126 images (about an hour on 2 cores,
+# the corpus generated once first: ~15 GB under $$TMPDIR/skincancer-bench-cache, and ~30 GB more while it runs)
+bench-scale: install
+	$(RUN) $(BIN)/python benchmarks/common.py --args "--sizes $(SCALE_SIZES)" --command "make bench-scale" benchmarks/scale.py
+
+bench-tables: install
+	$(BIN)/python benchmarks/tables.py
 
 COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28
 

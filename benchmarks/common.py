@@ -1,9 +1,13 @@
 """Helpers shared by the benchmarks: timing, figures printed as JSON lines, generated ISIC-like corpora.
 
-Each ``benchmarks/<topic>.py`` prints human lines while it runs and, as its last lines, one JSON object
-per figure: ``{"benchmark": name, "ours": x, "baseline": y, "unit": u, "ratio": r}`` (plus ``"quick": true``
-on a ``--quick`` run). Run as a script, this module is the runner behind ``make bench``: it runs the
-benchmark scripts it is given, passes their output through and writes every figure to one JSON list.
+Each ``benchmarks/<topic>.py`` prints human lines while it runs and, as its last lines, one JSON object per
+figure, made by ``figure`` (ours against a baseline doing the same work: ``baseline``, ``ratio``, ``better``),
+``target_figure`` (an absolute value against its goal: ``target``, ``met``) or ``measurement`` (a cost that
+explains a choice, no verdict), with ``"quick": true`` on a
+``--quick`` run and the raw passes under ``detail``. Run as a script, this module is the runner behind
+``make bench``: it runs the benchmark scripts it is given, passes their output through and writes every figure,
+with the machine's facts, to ``benchmarks/results/<date>-<host>.json`` (benchmarks/tables.py turns those files
+into BENCHMARKS.md's tables).
 
 Top-level imports stay light (standard library only): numpy, Pillow and pandas load inside functions.
 """
@@ -12,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -75,17 +82,51 @@ def best_of(repeats: int, function: Callable[[], object]) -> float:
     return min(timed(function)[0] for _ in range(repeats))
 
 
-def figure(name: str, ours: float, baseline: float, unit: str, *, quick: bool = False) -> dict:
-    """One figure; ratio = baseline / ours (how many times better ours is, for seconds and bytes)."""
-    record = {
-        "benchmark": name,
-        "ours": round(ours, 4) if isinstance(ours, float) else ours,
-        "baseline": round(baseline, 4) if isinstance(baseline, float) else baseline,
-        "unit": unit,
-        "ratio": round(baseline / ours, 3) if ours else None,
-    }
+def _rounded(value):
+    """Floats to 4 decimals, inside lists and dicts too (raw passes)."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, list | tuple):
+        return [_rounded(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    return value
+
+
+def figure(name: str, ours: float, baseline: float, unit: str, *, better: str = "lower", quick: bool = False,
+           **detail) -> dict:
+    """Ours against a baseline doing the same work on the same inputs in the same run, with the same threads and
+    timed passes. ratio = how many times better ours is: baseline / ours where lower is better (seconds, bytes),
+    ours / baseline where higher is (rates). ``detail`` keeps the raw passes and whatever else explains it."""
+    if better not in ("lower", "higher"):
+        raise ValueError(f"better must be 'lower' or 'higher', not {better!r}")
+    ratio = (baseline / ours if better == "lower" else ours / baseline) if ours and baseline else None
+    record = {"benchmark": name, "ours": _rounded(ours), "baseline": _rounded(baseline), "unit": unit,
+              "better": better, "ratio": round(ratio, 3) if ratio is not None else None}
+    return _finish(record, quick, detail)
+
+
+def target_figure(name: str, ours: float, target: float, unit: str, *, better: str = "lower", quick: bool = False,
+                  **detail) -> dict:
+    """An absolute figure against its goal, where no second way of doing the same work exists to compare with."""
+    if better not in ("lower", "higher"):
+        raise ValueError(f"better must be 'lower' or 'higher', not {better!r}")
+    met = ours <= target if better == "lower" else ours >= target
+    record = {"benchmark": name, "ours": _rounded(ours), "target": _rounded(target), "unit": unit,
+              "better": better, "met": bool(met)}
+    return _finish(record, quick, detail)
+
+
+def measurement(name: str, ours: float, unit: str, *, quick: bool = False, **detail) -> dict:
+    """A cost measured to explain a choice, with neither a baseline doing the same work nor a goal: no verdict."""
+    return _finish({"benchmark": name, "ours": _rounded(ours), "unit": unit}, quick, detail)
+
+
+def _finish(record: dict, quick: bool, detail: dict) -> dict:
     if quick:
         record["quick"] = True
+    if detail:
+        record["detail"] = _rounded(detail)
     return record
 
 
@@ -96,7 +137,7 @@ def print_figures(figures: Iterable[dict]) -> None:
 
 
 def machine() -> dict:
-    """nproc, CPU model and RAM, for BENCHMARKS.md."""
+    """nproc, CPU model and RAM: what a figure needs beside it to be read."""
     model = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -108,6 +149,56 @@ def machine() -> dict:
     except (OSError, StopIteration, ValueError):
         mem_kb = 0
     return {"nproc": os.cpu_count(), "cpu": model, "ram_gib": round(mem_kb / 1024**2, 1)}
+
+
+MEASURED_PACKAGES = ("tensorflow", "keras", "pillow", "numpy", "pandas", "pyarrow", "scikit-learn", "dvc", "prefect")
+
+
+def machine_facts() -> dict:
+    """machine() plus what else moves a figure: kernel, Python, package versions, the temp folder's filesystem,
+    the load average when the run began (a busy machine reads slower), whether a GPU is visible, and the code."""
+    import platform
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        **machine(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": {name: version(name) for name in MEASURED_PACKAGES},
+        "tmp_filesystem": _filesystem_of(Path(os.environ.get("SKINCANCER_BENCH_TMP") or tempfile.gettempdir())),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "gpu": shutil.which("nvidia-smi") is not None,
+        "code": code_version(),
+    }
+
+
+def code_version() -> dict:
+    """The commit measured, and whether the working tree differed from it (figures of uncommitted code)."""
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", "src", "flows",
+                                                                            "benchmarks", "dvc.yaml", "params.yaml"))}
+
+
+def _filesystem_of(path: Path) -> str:
+    """The type and device of the mount holding ``path`` (from /proc/mounts), e.g. "ext4 on /dev/vda"."""
+    best = ("", "unknown", "unknown")
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            device, mount, kind = line.split()[:3]
+            if str(path.resolve()).startswith(mount) and len(mount) > len(best[0]):
+                best = (mount, kind, device)
+    except OSError:
+        pass
+    return f"{best[1]} on {best[2]}"
 
 
 def say_machine() -> None:
@@ -297,36 +388,57 @@ def _figure_line(line: str) -> dict | None:
     return record if isinstance(record, dict) and "benchmark" in record else None
 
 
-def run_all(scripts: list[str], output: Path, extra: list[str]) -> int:
-    """Run each script in turn (its output passed through), then write every figure it printed."""
+def results_path(folder: Path, when: datetime.datetime | None = None) -> Path:
+    """``<folder>/<date>-<host>.json``; a later run on the same day and host gets ``-2``, ``-3``, ..."""
+    stem = f"{(when or datetime.datetime.now()).date().isoformat()}-{socket.gethostname()}"
+    path, count = folder / f"{stem}.json", 1
+    while path.exists():
+        count += 1
+        path = folder / f"{stem}-{count}.json"
+    return path
+
+
+def run_all(scripts: list[str], output: Path, extra: list[str], command: str) -> int:
+    """Run each script in turn (its output passed through), then write every figure it printed, with the
+    machine's facts and each script's wall time and exit code: the raw results BENCHMARKS.md's tables come from."""
+    started = datetime.datetime.now().astimezone()
+    facts = machine_facts()  # before any script: the load average is the machine's, not ours
     figures: list[dict] = []
-    failed = []
+    runs = []
     for script in scripts:
         say(f"== {script} {' '.join(extra)}".rstrip())
+        script_command = " ".join([".venv/bin/python", script, *extra])
+        start = time.perf_counter()
         process = subprocess.Popen([sys.executable, script, *extra], stdout=subprocess.PIPE, text=True, bufsize=1)
         assert process.stdout is not None
         for line in process.stdout:
             sys.stdout.write(line)
             sys.stdout.flush()
             if (record := _figure_line(line)) is not None:
-                figures.append(record)
-        if process.wait() != 0:
-            failed.append(script)
-    if failed:
-        say(f"failed: {failed}; {output} not written")
-        return 1
-    output.write_text(json.dumps(figures, indent=2) + "\n")
-    say(f"{len(figures)} figure(s) -> {output}")
-    return 0
+                figures.append({**record, "script": script, "command": script_command})
+        runs.append({"script": script, "command": script_command, "returncode": process.wait(),
+                     "seconds": round(time.perf_counter() - start, 1)})
+    failed = [entry["script"] for entry in runs if entry["returncode"] != 0]
+    document = {"date": started.date().isoformat(), "started": started.isoformat(timespec="seconds"),
+                "host": socket.gethostname(), "command": command, "machine": facts, "runs": runs,
+                "failed": failed, "figures": figures}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(document, indent=2) + "\n")
+    say(f"{len(figures)} figure(s) -> {output}" + (f"; failed: {failed}" if failed else ""))
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="run benchmark scripts and collect their figures")
+    parser = argparse.ArgumentParser(description="run benchmark scripts and keep their raw figures")
     parser.add_argument("scripts", nargs="+")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument("--output", type=Path, help="default: benchmarks/results/<date>-<host>.json")
     parser.add_argument("--quick", action="store_true", help="passed on to every script")
+    parser.add_argument("--args", default="", help="more arguments for every script, e.g. '--sizes 2000 8000'")
+    parser.add_argument("--command", default="make bench", help="what ran this, as the results file records it")
     args = parser.parse_args(argv)
-    return run_all(args.scripts, args.output, ["--quick"] if args.quick else [])
+    extra = (["--quick"] if args.quick else []) + shlex.split(args.args)
+    output = args.output or results_path(ROOT / "benchmarks" / "results")
+    return run_all(args.scripts, output, extra, args.command)
 
 
 if __name__ == "__main__":

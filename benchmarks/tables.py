@@ -1,0 +1,164 @@
+"""BENCHMARKS.md's generated tables, from the raw results `make bench` keeps in benchmarks/results/.
+
+    .venv/bin/python benchmarks/tables.py [--check]
+
+Every results file that `benchmarks/common.py` wrote (``<date>-<host>.json``: machine facts, the scripts' runs and
+their figures) is read; for each figure name the latest full (not ``--quick``) figure of a script that finished
+is the one shown. The real-data recipe's own results file adds its whole-pipeline timing. Each table lives in
+BENCHMARKS.md between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->`` and is rewritten in place; with
+--check nothing is written and the exit code says whether BENCHMARKS.md matches (tests/test_benchmark_tables.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCUMENT = ROOT / "BENCHMARKS.md"
+RECIPE_TIMING = "*-real-recipe-timing.json"
+RECIPE_LIMIT_S = 1800.0  # issue #16: the recipe's whole `dvc repro` under 30 minutes on 2 cores
+RECIPE_COMMAND = ".venv/bin/python benchmarks/real_recipe.py --real ../shared/real --skip-ablations"
+
+
+def load_runs(folder: Path = RESULTS) -> list[dict]:
+    """Every results file the runner wrote, oldest first (by start time, then name)."""
+    runs = []
+    for path in sorted(folder.glob("*.json")):
+        document = json.loads(path.read_text())
+        if isinstance(document, dict) and {"machine", "figures", "runs"} <= document.keys():
+            runs.append({**document, "file": path.name})
+    return sorted(runs, key=lambda run: (run["started"], run["file"]))
+
+
+def latest_figures(runs: list[dict]) -> dict[str, dict]:
+    """Figure name -> the latest full figure of a script that exited 0, with its run's file, date and machine."""
+    latest: dict[str, dict] = {}
+    for run in runs:
+        finished = {entry["script"] for entry in run["runs"] if entry["returncode"] == 0}
+        for record in run["figures"]:
+            if record.get("quick") or record.get("script") not in finished:
+                continue
+            latest.pop(record["benchmark"], None)  # re-inserted last: in the order of the latest runs
+            latest[record["benchmark"]] = {**record, "file": run["file"], "date": run["date"], "machine": run["machine"]}
+    return latest
+
+
+def recipe_figure(folder: Path = RESULTS) -> dict | None:
+    """The real-data recipe's whole-pipeline time, from benchmarks/real_recipe.py's own results file."""
+    files = sorted(folder.glob(RECIPE_TIMING))
+    if not files:
+        return None
+    entry = next(e for e in json.loads(files[-1].read_text()) if e.get("kind") == "pipeline" and e["name"] == "recipe")
+    return {"benchmark": "real_recipe_repro", "ours": entry["seconds"], "target": RECIPE_LIMIT_S, "unit": "s",
+            "better": "lower", "met": entry["seconds"] < RECIPE_LIMIT_S, "command": RECIPE_COMMAND,
+            "file": files[-1].name, "date": files[-1].name[:10], "machine": None}
+
+
+# ---------------------------------------------------------------- cells
+
+
+def number(value: float | int | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    magnitude = abs(value)
+    if magnitude >= 1e5:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.1f}".rstrip("0").rstrip(".") if isinstance(value, float) else f"{value:,}"
+    if magnitude >= 1:
+        return f"{value:.3g}" if magnitude < 10 else f"{value:.1f}"
+    return f"{value:.4g}"
+
+
+def verdict(record: dict) -> str:
+    """The ratio (how many times better ours is) or the target with met / not met."""
+    if "ratio" in record:
+        ratio = record["ratio"]
+        return "-" if ratio is None else f"{ratio:.2f}x"
+    if "target" in record:
+        sign = "<=" if record["better"] == "lower" else ">="
+        return f"{sign} {number(record['target'])}: **{'met' if record['met'] else 'not met'}**"
+    return "measured (no goal)"
+
+
+def machine_cell(machine: dict | None) -> str:
+    if machine is None:
+        return "not recorded"
+    cpu = re.sub(r"\((R|TM)\)|Processor|CPU|@.*", "", machine["cpu"]).split()
+    gpu = ", GPU" if machine.get("gpu") else ""
+    return f"{machine['nproc']} cores ({' '.join(cpu)}), {machine['ram_gib']} GiB{gpu}, load {machine['load_average_1m']}"
+
+
+def figure_row(record: dict) -> str:
+    baseline = number(record["baseline"]) if "baseline" in record else "-"
+    date = f"[{record['date']}](benchmarks/results/{record['file']})"
+    return (f"| `{record['benchmark']}` | {number(record['ours'])} | {baseline} | {record['unit']} | {verdict(record)} | "
+            f"{machine_cell(record['machine'])} | {date} | `{record['command']}` |")
+
+
+def figures_table(runs: list[dict], folder: Path = RESULTS) -> str:
+    records = sorted(latest_figures(runs).values(), key=lambda record: record["script"])  # stable: run order within
+    if (recipe := recipe_figure(folder)) is not None:
+        records.append(recipe)
+    header = ("| figure | ours | baseline | unit | ratio (x better) or target | machine | date (raw results) | command |\n"
+              "|---|---:|---:|---|---|---|---|---|")
+    return "\n".join([header, *(figure_row(record) for record in records)])
+
+
+def scale_table(runs: list[dict], folder: Path = RESULTS) -> str:
+    """Per size and stage: wall time, peak RSS (process tree and largest process) and disk added."""
+    latest = latest_figures(runs)
+    sizes = sorted((r for name, r in latest.items() if name.startswith("scale_data_path_")),
+                   key=lambda r: int(r["benchmark"].rsplit("_", 1)[1]))
+    lines = ["| images | stage | wall s | peak RSS, tree (MB) | largest process (MB) | disk added (GB) |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for record in sizes:
+        images = record["benchmark"].rsplit("_", 1)[1]
+        for stage in record["detail"]["stages"]:
+            lines.append(f"| {int(images):,} | {stage['stage']} | {stage['seconds']:.1f} | {stage['peak_tree_mb']:.0f} | "
+                         f"{stage['largest_process_mb']:.0f} | {stage['disk_added_bytes'] / 1e9:.2f} |")
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[list[dict], Path], str]] = {"figures": figures_table, "scale": scale_table}
+
+
+def rewritten(text: str, runs: list[dict], folder: Path = RESULTS) -> str:
+    """``text`` with every generated block replaced by its table, built from ``runs``."""
+    for name, build in TABLES.items():
+        pattern = re.compile(rf"(<!-- generated: {name} -->\n).*?(\n<!-- end: {name} -->)", re.DOTALL)
+        if not pattern.search(text):
+            raise SystemExit(f"{DOCUMENT.name}: no `<!-- generated: {name} -->` ... `<!-- end: {name} -->` block")
+        table = build(runs, folder)
+        text = pattern.sub(lambda match: match.group(1) + table + match.group(2), text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when BENCHMARKS.md differs")
+    parser.add_argument("--document", type=Path, default=DOCUMENT)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    text = args.document.read_text()
+    new = rewritten(text, load_runs(args.results), args.results)
+    if args.check:
+        if new != text:
+            print(f"{args.document}: its tables differ from benchmarks/results/; run `make bench-tables`", file=sys.stderr)
+            return 1
+        return 0
+    args.document.write_text(new)
+    print(f"{args.document}: tables rewritten from {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
