@@ -27,10 +27,12 @@ TensorFlow, DVC and Prefect are imported once (no side pays for a cold disk cach
 servers' SQLite database (PREFECT_HOME/prefect.db, one PREFECT_HOME for the shared and per-stage sides) is
 created and migrated, as a user's ~/.prefect already is. The sides alternate, best of REPEATS each.
 
-orchestration_overhead            ours: the shared side's overhead; baseline: the per-stage side's overhead;
+orchestration_overhead            ours: the shared side's overhead; baseline: the per-stage side's overhead
+                                  (two ways of running the same pipeline, each timed REPEATS passes);
                                   ratio = how many times less overhead one shared server costs. Target: ours <= 20 s.
-orchestration_overhead_per_stage  ours: the server-up side's overhead / 5; baseline: the issue's 2.5 s target,
-                                  so ratio >= 1 is a pass.
+orchestration_overhead_per_stage  absolute, against the issue's goal (<= 2.5 s per stage once a server is up):
+                                  the server-up side's overhead / 5. No baseline: no other way of running a
+                                  stage against a running server does the same work.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pathlib import Path
 
 from common import (
     BIN, TINY_PARAMS, bench_tmp, committed_project, figure, merge, parse_args, print_figures, project_env, run, say,
-    say_machine, stages_run, timed,
+    say_machine, stages_run, target_figure, timed,
 )
 
 from _prefect_server import prefect_server_start, running_server  # noqa: E402  (on the path through common)
@@ -167,19 +169,20 @@ def main(argv: list[str] | None = None) -> int:
                 "server-up": (run_dvc([str(BIN / "dvc"), "repro"], SERVER_STARTS["server-up"]),
                               env | {"PREFECT_API_URL": api}),
             }
-            best: dict[str, float] = {}
+            times: dict[str, list[float]] = {name: [] for name in sides}
             outputs: dict[str, dict[str, str]] = {}
             for repeat in range(repeats):
                 for name, (side, side_env) in sides.items():
                     project = committed_project(tmp / f"{name}-{repeat}", env, change)
                     seconds, detail = timed(lambda: side(project, side_env))
-                    best[name] = min(seconds, best.get(name, seconds))
+                    times[name].append(round(seconds, 2))
                     outputs[f"{name} {repeat + 1}"] = fingerprint(project)
                     say(f"{name} (run {repeat + 1}/{repeats}): {seconds:.1f} s ({detail})")
     if len({json.dumps(digests) for digests in outputs.values()}) > 1:
         raise AssertionError("not the same work on every side: outputs differ\n"
                              + "\n".join(f"{run_name}: {digests}" for run_name, digests in outputs.items()))
 
+    best = {name: min(seconds) for name, seconds in times.items()}
     overhead = {name: best[name] - best["plain"] for name in sides if name != "plain"}
     say(f"best of {repeats}: " + "; ".join(f"{name} {best[name]:.1f} s" for name in sides)
         + "; outputs byte-identical on every side")
@@ -191,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     say(f"server up: {per_stage:.2f} s overhead per stage; target <= {PER_STAGE_LIMIT_S} s: "
         f"{'PASS' if per_stage <= PER_STAGE_LIMIT_S else 'FAIL'}")
     print_figures([
-        figure("orchestration_overhead", overhead["shared"], overhead["per-stage"], "s", quick=args.quick),
-        figure("orchestration_overhead_per_stage", per_stage, PER_STAGE_LIMIT_S, "s", quick=args.quick),
+        figure("orchestration_overhead", overhead["shared"], overhead["per-stage"], "s", quick=args.quick,
+               target_s=TOTAL_LIMIT_S, passes=times),
+        target_figure("orchestration_overhead_per_stage", per_stage, PER_STAGE_LIMIT_S, "s", quick=args.quick,
+                      passes=times),
     ])
     return 0
 

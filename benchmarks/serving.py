@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import BIN, ROOT, bench_tmp, parse_args, print_figures, say, say_machine
+from common import BIN, ROOT, bench_tmp, parse_args, print_figures, say, say_machine, target_figure
 
 MODEL, CARD, TEST_IMAGES = ROOT / "models/model.keras", ROOT / "models/card.json", ROOT / "data/split/test"
 SERVE_BYTES = (
@@ -42,8 +42,8 @@ def bytes_gap(tmp: Path) -> dict:
     scores = json.loads(served.stdout.strip().splitlines()[-1])
     gaps = [abs(a - b) for a, b in zip(scores, ours, strict=True)]
     say(f"{len(files)} test images: max |delta score| {max(gaps):.5f}, mean {sum(gaps) / len(gaps):.5f}")
-    return {"benchmark": "serving_bytes_vs_predict_max", "ours": round(max(gaps), 5), "target": 0.02, "unit": "score",
-            "images": len(files), "mean": round(sum(gaps) / len(gaps), 5)}
+    return target_figure("serving_bytes_vs_predict_max", round(max(gaps), 5), 0.02, "score", images=len(files),
+                         mean=round(sum(gaps) / len(gaps), 5))
 
 
 def refusal_time() -> dict:
@@ -53,7 +53,7 @@ def refusal_time() -> dict:
         result = subprocess.run([str(BIN / "skincancer"), "export", "--format", "onnx"], capture_output=True, text=True)
         times.append(time.perf_counter() - start)
         assert result.returncode == 2 and "'onnx'" in result.stderr, result.stderr
-    return {"benchmark": "cli_refuses_a_bad_format", "ours": round(min(times), 3), "target": 1.0, "unit": "s"}
+    return target_figure("cli_refuses_a_bad_format", round(min(times), 3), 1.0, "s", passes=[round(t, 3) for t in times])
 
 
 def main() -> int:
