@@ -1,0 +1,199 @@
+"""The benchmarks' own machinery: figures, raw results files, BENCHMARKS.md's generated tables, the ISIC 2020-shaped
+corpus and the scale benchmark's measurements. (The figures themselves are measured by `make bench`, never here.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from project_copy import ROOT
+
+sys.path.append(str(ROOT / "benchmarks"))  # last: benchmarks/split.py and friends must not shadow anything
+import common  # noqa: E402
+import tables  # noqa: E402
+from corpora import isic2020  # noqa: E402
+
+
+# ---------------------------------------------------------------- figures
+
+
+def test_a_ratio_says_how_many_times_better_ours_is_for_costs_and_for_rates():
+    assert common.figure("cost", 2.0, 6.0, "s")["ratio"] == 3.0
+    assert common.figure("rate", 60.0, 20.0, "images/s", better="higher")["ratio"] == 3.0
+    assert common.figure("slower", 4.0, 2.0, "s")["ratio"] == 0.5
+    with pytest.raises(ValueError, match="better"):
+        common.figure("typo", 1.0, 2.0, "s", better="faster")
+
+
+def test_a_target_figure_says_whether_the_goal_is_met_and_keeps_its_raw_passes():
+    met = common.target_figure("noop", 1.23456, 3.0, "s", passes=[1.234561, 1.5])
+    assert met["met"] is True and "baseline" not in met and "ratio" not in met
+    assert met["detail"]["passes"] == [1.2346, 1.5]
+    assert common.target_figure("recall", 0.9, 0.99, "fraction", better="higher")["met"] is False
+    assert "target" not in common.measurement("cost", 5.0, "images/s")
+
+
+# ---------------------------------------------------------------- the runner's raw results
+
+
+def test_make_bench_keeps_each_runs_figures_with_the_machines_facts_in_a_dated_file(tmp_path):
+    script = tmp_path / "fake_bench.py"
+    script.write_text(
+        "import json, sys\n"
+        "print('a human line')\n"
+        "print(json.dumps({'benchmark': 'fake_speed', 'ours': 2.0, 'baseline': 4.0, 'unit': 's', 'ratio': 2.0,"
+        " 'better': 'lower', **({'quick': True} if '--quick' in sys.argv else {})}))\n"
+    )
+    broken = tmp_path / "broken_bench.py"
+    broken.write_text("raise SystemExit(3)\n")
+    first = common.results_path(tmp_path / "results")
+    assert first.name.endswith(f"-{__import__('socket').gethostname()}.json") and first.name[:4].isdigit()
+
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/common.py"), str(script), str(broken),
+                             "--output", str(first), "--command", "make bench"], capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout + result.stderr  # a failed script fails the run ...
+    document = json.loads(first.read_text())  # ... and the raw results are still kept
+    assert document["command"] == "make bench" and document["failed"] == [str(broken)]
+    assert {"nproc", "cpu", "ram_gib", "kernel", "python", "packages", "load_average_1m", "gpu"} <= set(document["machine"])
+    assert document["machine"]["packages"]["tensorflow"]
+    assert [run["returncode"] for run in document["runs"]] == [0, 3]
+    (speed,) = document["figures"]
+    assert speed["benchmark"] == "fake_speed" and speed["script"] == str(script)
+    assert speed["command"] == f".venv/bin/python {script}"
+    assert common.results_path(tmp_path / "results").name == first.name.replace(".json", "-2.json")
+
+
+# ---------------------------------------------------------------- generated tables
+
+
+def _results_file(folder: Path, name: str, started: str, figures: list[dict], failed: tuple[str, ...] = ()) -> None:
+    machine = {"nproc": 2, "cpu": "Intel(R) Xeon(R) Processor", "ram_gib": 23.5, "load_average_1m": 0.1, "gpu": False}
+    scripts = sorted({record["script"] for record in figures})
+    runs = [{"script": s, "command": f".venv/bin/python {s}", "returncode": 1 if s in failed else 0, "seconds": 1.0}
+            for s in scripts]
+    (folder / name).write_text(json.dumps({"date": started[:10], "started": started, "host": "box", "command": "make bench",
+                                           "machine": machine, "runs": runs, "failed": list(failed), "figures": figures}))
+
+
+def _record(name: str, ours: float, script: str = "benchmarks/a.py", **extra) -> dict:
+    return {"benchmark": name, "ours": ours, "unit": "s", "better": "lower", "script": script,
+            "command": f".venv/bin/python {script}", **extra}
+
+
+def test_the_tables_show_the_latest_full_figure_of_each_name_from_a_script_that_finished(tmp_path):
+    _results_file(tmp_path, "2026-12-01-box.json", "2026-12-01T10:00:00+00:00", [
+        _record("speed", 3.0, baseline=6.0, ratio=2.0),
+        _record("noop", 2.5, target=3.0, met=True),
+    ])
+    _results_file(tmp_path, "2026-12-02-box.json", "2026-12-02T10:00:00+00:00", [
+        _record("speed", 1.0, baseline=6.0, ratio=6.0, quick=True),  # --quick: never shown
+        _record("noop", 4.0, target=3.0, met=False),
+        _record("crash", 1.0, script="benchmarks/b.py", target=2.0, met=True),  # its script failed
+        _record("cost", 12.5, script="benchmarks/c.py"),
+    ], failed=("benchmarks/b.py",))
+    (tmp_path / "2026-12-01-real-recipe.json").write_text("[]")  # another script's own format: ignored
+
+    rows = tables.figures_table(tables.load_runs(tmp_path), tmp_path).splitlines()[2:]
+    assert len(rows) == 3, rows
+    speed, noop, cost = rows
+    assert speed.startswith("| `speed` | 3 | 6 | s | 2.00x |") and "(benchmarks/results/2026-12-01-box.json)" in speed
+    assert noop.startswith("| `noop` | 4 | - | s | <= 3: **not met** |") and "2026-12-02-box.json" in noop
+    assert cost.startswith("| `cost` | 12.5 | - | s | measured (no goal) |")
+    assert "2 cores (Intel Xeon), 23.5 GiB, load 0.1" in speed and "`.venv/bin/python benchmarks/a.py`" in speed
+
+
+def test_benchmarks_md_tables_are_the_ones_generated_from_the_committed_results():
+    """A figure copied by hand, or a results file BENCHMARKS.md does not show, fails here: `make bench-tables`."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/tables.py"), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_hand_edited_table_is_caught(tmp_path):
+    document = tmp_path / "BENCHMARKS.md"
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    start = text.index("<!-- generated: figures -->")
+    row = text.index("\n| `", start) + 1
+    edited = text[:row] + text[row:].replace("|", "| 0 |", 1)
+    document.write_text(edited)
+    assert tables.main(["--check", "--document", str(document)]) == 1
+    assert tables.main(["--document", str(document)]) == 0
+    assert document.read_text() == text
+
+
+# ---------------------------------------------------------------- the ISIC 2020-shaped corpus
+
+
+def test_the_corpus_has_isic_2020s_shape_and_every_size_is_a_prefix_of_the_next():
+    rows = isic2020.rows(isic2020.ISIC2020_IMAGES)
+    patients = {row.patient_id for row in rows}
+    malignant = sum(row.malignant for row in rows) / len(rows)
+    duplicates = [row for row in rows if row.duplicate_of is not None]
+    assert 1850 <= len(patients) <= 2260  # 2,056 patients, ~16 images each
+    assert 0.015 <= malignant <= 0.021  # 1.8%
+    assert 0.010 <= len(duplicates) / len(rows) <= 0.016  # 425 listed pairs
+    assert all(rows[row.duplicate_of].duplicate_of is None for row in duplicates)  # a copy of an original
+    assert all(rows[row.duplicate_of].patient_id == row.patient_id for row in duplicates)
+    assert {row.size for row in rows} == {(w, h) for w, h, _ in isic2020.SIZE_MIX}
+    assert isic2020.rows(2000) == rows[:2000]
+
+
+def test_a_generated_corpus_reads_through_the_isic2020_layout_and_a_larger_one_copies_it(tmp_path, monkeypatch):
+    from skincancer.layouts import read_isic2020_duplicates, read_layout
+
+    monkeypatch.setenv("SKINCANCER_BENCH_CACHE", str(tmp_path / "cache"))
+    small = isic2020.isic2020_corpus(12, workers=1)
+    larger = isic2020.isic2020_corpus(20, workers=1)
+    assert sorted(p.name for p in larger.iterdir()) == sorted(
+        [isic2020.ZIP_NAME, isic2020.TRUTH_NAME, isic2020.DUPLICATES_NAME])
+    with zipfile.ZipFile(small / isic2020.ZIP_NAME) as a, zipfile.ZipFile(larger / isic2020.ZIP_NAME) as b:
+        assert a.namelist() == b.namelist()[:12]
+        assert all(a.read(name) == b.read(name) for name in a.namelist())
+    assert isic2020.isic2020_corpus(20) == larger  # cached: found, not generated again
+
+    index = read_layout("isic2020", larger, source="isic2020", raw_root=larger.parent)
+    rows = isic2020.rows(20)
+    assert list(index["image_id"]) == [row.image_name for row in rows]
+    assert list(index["benign_malignant"]) == ["malignant" if row.malignant else "benign" for row in rows]
+    pairs = read_isic2020_duplicates(larger)
+    assert pairs == [(rows[row.duplicate_of].image_name, row.image_name) for row in rows if row.duplicate_of is not None]
+    by_id = index.set_index("image_id")["sha256"]
+    assert all(by_id[original] == by_id[copy] for original, copy in pairs)
+
+
+# ---------------------------------------------------------------- the scale benchmark's measurements
+
+
+def test_the_growth_exponent_is_the_power_of_n():
+    import scale
+
+    sizes = [2000, 8000, 33126]
+    assert scale.growth_exponent(sizes, [3 * n for n in sizes]) == pytest.approx(1.0)
+    assert scale.growth_exponent(sizes, [n**2 / 100 for n in sizes]) == pytest.approx(2.0)
+    assert scale.growth_exponent(sizes, [5.0, 5.0, 5.0]) == pytest.approx(0.0)
+
+
+def test_a_commands_peak_memory_counts_its_whole_process_tree(tmp_path):
+    import scale
+
+    child = "import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
+    measured = scale.measured([sys.executable, "-c", parent], tmp_path, {"PATH": "/usr/bin:/bin"}, tmp_path / "log")
+    assert measured.returncode == 0
+    assert measured.peak_tree_mb > 300  # the grandchild's 300 MB, sampled while it held them
+    assert 300 < measured.largest_process_mb < measured.peak_tree_mb + 50
+    assert measured.seconds >= 1.5
+
+
+def test_the_marginal_exponent_reads_the_growth_between_the_two_largest_sizes():
+    import scale
+
+    sizes = [2000, 8000, 32000]
+    with_fixed_cost = [20 + n / 100 for n in sizes]  # 40, 100, 340 s: linear plus 20 s of imports
+    assert scale.growth_exponent(sizes, with_fixed_cost) < 0.85  # the fit reads the fixed cost as sublinear growth
+    assert scale.marginal_exponent(sizes, with_fixed_cost) == pytest.approx(0.88, abs=0.01)
+    assert scale.marginal_exponent(sizes, [n**1.2 for n in sizes]) == pytest.approx(1.2)
