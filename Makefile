@@ -39,8 +39,8 @@ SCALE_SIZES ?= 2000 8000 33126
 bench: install
 	$(RUN) $(BIN)/python benchmarks/common.py $(BENCH_ARGS) --command "make bench $(BENCH_ARGS)" $(BENCH_SCRIPTS)
 
-# the whole pipeline on generated ISIC 2020-shaped corpora up to its 33,126 images (about an hour on 2 cores,
-# the corpus generated once first: ~15 GB under $$TMPDIR/skincancer-bench-cache, and ~30 GB more while it runs)
+# the whole pipeline on generated ISIC 2020-shaped corpora up to its 33,126 images: 20-25 min on 2 cores, after
+# generating the corpora once (~15 min; 19 GB under $$TMPDIR/skincancer-bench-cache); ~30 GB more while it runs
 bench-scale: install
 	$(RUN) $(BIN)/python benchmarks/common.py --args "--sizes $(SCALE_SIZES)" --command "make bench-scale" benchmarks/scale.py
 

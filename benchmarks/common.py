@@ -184,8 +184,8 @@ def code_version() -> dict:
         result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return result.stdout.strip() if result.returncode == 0 else ""
 
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", "src", "flows",
-                                                                            "benchmarks", "dvc.yaml", "params.yaml"))}
+    measured = ("src", "flows", "benchmarks", "dvc.yaml", "params.yaml", ":!benchmarks/results")
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", *measured))}
 
 
 def _filesystem_of(path: Path) -> str:

@@ -15,7 +15,7 @@ box. Every stage runs as `dvc repro --single-item <stage>`, in dvc.yaml's order,
 
 wall time       of the command (DVC's own work, hashing outputs into its cache, included).
 peak RSS        the largest sum of resident memory over the command's process tree (DVC, the stage script and
-                whatever it starts), sampled every SAMPLE_S; and the largest single process (wait4's ru_maxrss).
+                whatever it starts), sampled every SAMPLE_S; and the largest peak (VmHWM) of one process in it.
 disk            bytes the stage added to the project folder (workspace and .dvc/cache, each inode once).
 
 Then `dvc repro` with nothing changed, best of NOOP_PASSES (it must run no stage).
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -64,7 +63,6 @@ TIME_EXPONENT_LIMIT = 1.1
 MEMORY_GROWTH_LIMIT = 1.2
 NOOP_PASSES = 3
 SAMPLE_S = 0.1
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def params_change(corpus: Path) -> dict:
@@ -96,32 +94,31 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _resident_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/statm") as statm:
-                total += int(statm.read().split()[1]) * PAGE_BYTES
-        except (OSError, IndexError, ValueError):  # exited meanwhile
-            continue
-    return total
+def _memory(pid: int) -> tuple[int, int]:
+    """(resident now, resident peak) in bytes of one process: VmRSS and VmHWM. Not wait4's ru_maxrss, which a
+    forked child starts at its parent's resident size; VmHWM starts afresh at exec."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            fields = dict(line.split(":", 1) for line in status if line.startswith(("VmRSS", "VmHWM")))
+        return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # exited meanwhile, or a zombie with no memory left
+        return 0, 0
 
 
 def measured(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Measured:
-    """Run ``command`` (output to ``log``), sampling its process tree's resident memory until it exits."""
+    """Run ``command`` (output to ``log``), sampling its process tree's resident memory until it exits: the largest
+    sum over the tree, and the largest peak of any one process in it."""
     with log.open("w") as out:
         start = time.perf_counter()
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        peak = 0
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            peak = max(peak, _resident_bytes([process.pid, *_descendants(process.pid)]))
+        tree_peak = process_peak = 0
+        while process.poll() is None:
+            memory = [_memory(pid) for pid in (process.pid, *_descendants(process.pid))]
+            tree_peak = max(tree_peak, sum(now for now, _ in memory))
+            process_peak = max(process_peak, *(peak for _, peak in memory))
             time.sleep(SAMPLE_S)
         seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, by wait4
-    return Measured(seconds, peak / 1e6, usage.ru_maxrss * 1024 / 1e6, process.returncode)
+    return Measured(seconds, tree_peak / 1e6, process_peak / 1e6, process.returncode)
 
 
 # ---------------------------------------------------------------- one size

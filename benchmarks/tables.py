@@ -73,8 +73,10 @@ def number(value: float | int | None) -> str:
         return f"{value:,.0f}"
     if magnitude >= 100:
         return f"{value:.1f}".rstrip("0").rstrip(".") if isinstance(value, float) else f"{value:,}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
     if magnitude >= 1:
-        return f"{value:.3g}" if magnitude < 10 else f"{value:.1f}"
+        return f"{value:.3f}".rstrip("0").rstrip(".")
     return f"{value:.4g}"
 
 
@@ -97,9 +99,17 @@ def machine_cell(machine: dict | None) -> str:
     return f"{machine['nproc']} cores ({' '.join(cpu)}), {machine['ram_gib']} GiB{gpu}, load {machine['load_average_1m']}"
 
 
+def code_cell(machine: dict | None) -> str:
+    """The commit measured, marked when the working tree held changes to it (the code of a later commit)."""
+    code = (machine or {}).get("code") or {}
+    if not code.get("commit"):
+        return "commit not recorded"
+    return f"`{code['commit'][:7]}`" + (" + uncommitted changes" if code.get("dirty") else "")
+
+
 def figure_row(record: dict) -> str:
     baseline = number(record["baseline"]) if "baseline" in record else "-"
-    date = f"[{record['date']}](benchmarks/results/{record['file']})"
+    date = f"[{record['date']}](benchmarks/results/{record['file']}), {code_cell(record['machine'])}"
     return (f"| `{record['benchmark']}` | {number(record['ours'])} | {baseline} | {record['unit']} | {verdict(record)} | "
             f"{machine_cell(record['machine'])} | {date} | `{record['command']}` |")
 
@@ -108,23 +118,22 @@ def figures_table(runs: list[dict], folder: Path = RESULTS) -> str:
     records = sorted(latest_figures(runs).values(), key=lambda record: record["script"])  # stable: run order within
     if (recipe := recipe_figure(folder)) is not None:
         records.append(recipe)
-    header = ("| figure | ours | baseline | unit | ratio (x better) or target | machine | date (raw results) | command |\n"
+    header = ("| figure | ours | baseline | unit | ratio (x better) or target | machine | date (raw results), code | command |\n"
               "|---|---:|---:|---|---|---|---|---|")
     return "\n".join([header, *(figure_row(record) for record in records)])
 
 
 def scale_table(runs: list[dict], folder: Path = RESULTS) -> str:
-    """Per size and stage: wall time, peak RSS (process tree and largest process) and disk added."""
+    """Per size and stage: wall time, peak RSS of the process tree and disk added."""
     latest = latest_figures(runs)
     sizes = sorted((r for name, r in latest.items() if name.startswith("scale_data_path_")),
                    key=lambda r: int(r["benchmark"].rsplit("_", 1)[1]))
-    lines = ["| images | stage | wall s | peak RSS, tree (MB) | largest process (MB) | disk added (GB) |",
-             "|---:|---|---:|---:|---:|---:|"]
+    lines = ["| images | stage | wall s | peak RSS, process tree (MB) | disk added (GB) |", "|---:|---|---:|---:|---:|"]
     for record in sizes:
         images = record["benchmark"].rsplit("_", 1)[1]
         for stage in record["detail"]["stages"]:
             lines.append(f"| {int(images):,} | {stage['stage']} | {stage['seconds']:.1f} | {stage['peak_tree_mb']:.0f} | "
-                         f"{stage['largest_process_mb']:.0f} | {stage['disk_added_bytes'] / 1e9:.2f} |")
+                         f"{stage['disk_added_bytes'] / 1e9:.2f} |")
     return "\n".join(lines)
 
 
@@ -134,11 +143,11 @@ TABLES: dict[str, Callable[[list[dict], Path], str]] = {"figures": figures_table
 def rewritten(text: str, runs: list[dict], folder: Path = RESULTS) -> str:
     """``text`` with every generated block replaced by its table, built from ``runs``."""
     for name, build in TABLES.items():
-        pattern = re.compile(rf"(<!-- generated: {name} -->\n).*?(\n<!-- end: {name} -->)", re.DOTALL)
+        pattern = re.compile(rf"(<!-- generated: {name} -->\n)(?:.*?\n)?(<!-- end: {name} -->)", re.DOTALL)
         if not pattern.search(text):
             raise SystemExit(f"{DOCUMENT.name}: no `<!-- generated: {name} -->` ... `<!-- end: {name} -->` block")
         table = build(runs, folder)
-        text = pattern.sub(lambda match: match.group(1) + table + match.group(2), text)
+        text = pattern.sub(lambda match: match.group(1) + table + "\n" + match.group(2), text)
     return text
 
 
