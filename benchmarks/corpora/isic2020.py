@@ -69,6 +69,11 @@ class Row:
     duplicate_of: int | None
 
     @property
+    def index(self) -> int:
+        """Its place in the archive, from 0: what its pixels are drawn from."""
+        return int(self.image_name[5:]) - FIRST_ID
+
+    @property
     def malignant(self) -> bool:
         return self.diagnosis == "melanoma"
 
@@ -111,7 +116,7 @@ def _patient(seed: int, patient: int, first_index: int) -> list[Row]:
             sex=sex, age_approx=age, site=str(rng.choice(SITES)),
             diagnosis=original.diagnosis if original else diagnosis,
             size=original.size if original else (width, height),
-            duplicate_of=int(original.image_name[5:]) - FIRST_ID if original else None,
+            duplicate_of=original.index if original else None,
         ))
     return rows
 
@@ -188,7 +193,16 @@ def _cached_source(n: int, seed: int) -> Path | None:
 
 
 def _members(rows_: list[Row], seed: int, prefix: Path | None, workers: int) -> Iterator[tuple[Row, bytes]]:
-    """(row, JPEG bytes) in order: the members a cached corpus holds first, then generated ones."""
+    """(row, JPEG bytes) in order: the members a cached corpus holds first, then generated ones. Only the bytes of
+    images that a later duplicate copies are kept, so memory does not grow with the corpus."""
+    copied_by_duplicates = {row.duplicate_of for row in rows_ if row.duplicate_of is not None}
+    kept: dict[int, bytes] = {}
+
+    def keep(row: Row, data: bytes) -> tuple[Row, bytes]:
+        if row.index in copied_by_duplicates:
+            kept[row.index] = data
+        return row, data
+
     copied = 0
     if prefix is not None:
         with zipfile.ZipFile(prefix / ZIP_NAME) as archive:
@@ -196,27 +210,14 @@ def _members(rows_: list[Row], seed: int, prefix: Path | None, workers: int) -> 
             for row in rows_:
                 if f"train/{row.image_name}.jpg" not in names:
                     break
-                yield row, archive.read(f"train/{row.image_name}.jpg")
+                yield keep(row, archive.read(f"train/{row.image_name}.jpg"))
                 copied += 1
     rest = rows_[copied:]
-    made: dict[int, bytes] = {}
-    jobs = [(seed, int(row.image_name[5:]) - FIRST_ID, row.size) for row in rest if row.duplicate_of is None]
+    jobs = [(seed, row.index, row.size) for row in rest if row.duplicate_of is None]
     with get_context("spawn").Pool(workers) as pool:
         generated = pool.imap(_generate, jobs, chunksize=8)
         for row in rest:
-            index = int(row.image_name[5:]) - FIRST_ID
-            if row.duplicate_of is None:
-                made[index] = next(generated)
-                yield row, made[index]
-            else:
-                yield row, made.get(row.duplicate_of) or _bytes_of(rows_, row.duplicate_of, prefix)
-
-
-def _bytes_of(rows_: list[Row], index: int, prefix: Path | None) -> bytes:
-    """An earlier image's bytes (a duplicate's original that came from the cached prefix)."""
-    assert prefix is not None, index
-    with zipfile.ZipFile(prefix / ZIP_NAME) as archive:
-        return archive.read(f"train/{rows_[index].image_name}.jpg")
+            yield keep(row, next(generated) if row.duplicate_of is None else kept[row.duplicate_of])
 
 
 def _write_csv(path: Path, header: tuple[str, ...], lines: list[tuple[str, ...]]) -> None:
@@ -240,13 +241,13 @@ def isic2020_corpus(n: int, seed: int = 0, workers: int | None = None) -> Path:
         for row, data in _members(rows_, seed, prefix, workers or os.cpu_count() or 1):
             archive.writestr(f"train/{row.image_name}.jpg", data)
     _write_csv(folder / TRUTH_NAME, TRUTH_COLUMNS, [row.truth() for row in rows_])
-    by_index = {int(row.image_name[5:]) - FIRST_ID: row for row in rows_}
-    _write_csv(folder / DUPLICATES_NAME, ("image_name_1", "image_name_2"),
-               [(by_index[row.duplicate_of].image_name, row.image_name) for row in rows_ if row.duplicate_of is not None])
+    _write_csv(folder / DUPLICATES_NAME, ("image_name_1", "image_name_2"),  # rows_[i] is image i
+               [(rows_[row.duplicate_of].image_name, row.image_name) for row in rows_ if row.duplicate_of is not None])
     os.replace(partial, folder / ZIP_NAME)
-    _done_marker(folder).write_text(describe(rows_, folder) + "\n")
+    about = describe(rows_, folder)
+    _done_marker(folder).write_text(about + "\n")
     say(f"generated {n} ISIC 2020-shaped images in {time.perf_counter() - start:.0f} s"
-        f"{f' (the first from {prefix.name})' if prefix else ''}: {describe(rows_, folder)}")
+        f"{f' (the first from {prefix.name})' if prefix else ''}: {about}")
     return folder
 
 
