@@ -93,13 +93,17 @@ def _rounded(value):
     return value
 
 
+def _check_better(better: str) -> None:
+    if better not in ("lower", "higher"):
+        raise ValueError(f"better must be 'lower' or 'higher', not {better!r}")
+
+
 def figure(name: str, ours: float, baseline: float, unit: str, *, better: str = "lower", quick: bool = False,
            **detail) -> dict:
     """Ours against a baseline doing the same work on the same inputs in the same run, with the same threads and
     timed passes. ratio = how many times better ours is: baseline / ours where lower is better (seconds, bytes),
     ours / baseline where higher is (rates). ``detail`` keeps the raw passes and whatever else explains it."""
-    if better not in ("lower", "higher"):
-        raise ValueError(f"better must be 'lower' or 'higher', not {better!r}")
+    _check_better(better)
     ratio = (baseline / ours if better == "lower" else ours / baseline) if ours and baseline else None
     record = {"benchmark": name, "ours": _rounded(ours), "baseline": _rounded(baseline), "unit": unit,
               "better": better, "ratio": round(ratio, 3) if ratio is not None else None}
@@ -109,8 +113,7 @@ def figure(name: str, ours: float, baseline: float, unit: str, *, better: str = 
 def target_figure(name: str, ours: float, target: float, unit: str, *, better: str = "lower", quick: bool = False,
                   **detail) -> dict:
     """An absolute figure against its goal, where no second way of doing the same work exists to compare with."""
-    if better not in ("lower", "higher"):
-        raise ValueError(f"better must be 'lower' or 'higher', not {better!r}")
+    _check_better(better)
     met = ours <= target if better == "lower" else ours >= target
     record = {"benchmark": name, "ours": _rounded(ours), "target": _rounded(target), "unit": unit,
               "better": better, "met": bool(met)}

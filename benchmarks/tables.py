@@ -6,7 +6,7 @@ Every results file that `benchmarks/common.py` wrote (``<date>-<host>.json``: ma
 their figures) is read; for each figure name the latest full (not ``--quick``) figure of a script that finished
 is the one shown. The real-data recipe's own results file adds its whole-pipeline timing. Each table lives in
 BENCHMARKS.md between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->`` and is rewritten in place; with
---check nothing is written and the exit code says whether BENCHMARKS.md matches (tests/test_benchmark_tables.py).
+--check nothing is written and the exit code says whether BENCHMARKS.md matches (tests/test_benchmarks.py).
 """
 
 from __future__ import annotations
