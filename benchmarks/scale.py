@@ -54,6 +54,8 @@ from isic2020 import ISIC2020_IMAGES, describe, isic2020_corpus, rows  # noqa: E
 
 from _prefect_server import prefect_server_start, running_server  # noqa: E402  (flows/ is on the path: common)
 
+from skincancer.lifetime import descendants  # noqa: E402
+
 DEFAULT_SIZES = (2_000,)
 QUICK_SIZES = (1_000,)  # fewer would leave a split without a malignant image
 DATA_PATH = ("fetch", "split", "shard")
@@ -84,16 +86,6 @@ class Measured:
     returncode: int
 
 
-def _descendants(pid: int) -> list[int]:
-    from skincancer.lifetime import children
-
-    found, todo = [], [pid]
-    while todo:
-        found += (kids := [kid for parent in todo for kid in children(parent)])
-        todo = kids
-    return found
-
-
 def _memory(pid: int) -> tuple[int, int]:
     """(resident now, resident peak) in bytes of one process: VmRSS and VmHWM. Not wait4's ru_maxrss, which a
     forked child starts at its parent's resident size; VmHWM starts afresh at exec."""
@@ -113,7 +105,7 @@ def measured(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> M
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         tree_peak = process_peak = 0
         while process.poll() is None:
-            memory = [_memory(pid) for pid in (process.pid, *_descendants(process.pid))]
+            memory = [_memory(pid) for pid in (process.pid, *descendants(process.pid))]
             tree_peak = max(tree_peak, sum(now for now, _ in memory))
             process_peak = max(process_peak, *(peak for _, peak in memory))
             time.sleep(SAMPLE_S)

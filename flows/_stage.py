@@ -18,7 +18,7 @@ from _params import stage_params  # noqa: E402
 from _prefect_server import shared_api  # noqa: E402
 
 from skincancer.params import OrchestrationParams, Params  # noqa: E402
-from skincancer.lifetime import die_with_parent, exit_on_sigterm  # noqa: E402
+from skincancer.lifetime import die_with_dvc, exit_on_sigterm  # noqa: E402
 from skincancer.native_stderr import filter_native_stderr  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def run_stage(stage: str, flow: Callable[[Params], object]) -> None:
     filter_native_stderr()  # before TensorFlow is imported: its C++ banners never reach the terminal
     logging.getLogger("skincancer").setLevel(logging.INFO)  # Prefect's root is WARNING: progress would be dropped
     params = stage_params(stage)
-    die_with_parent()  # `dvc repro` (or the pipeline) killed: this stage ends too, cleaning up its partial outputs
+    die_with_dvc()  # `dvc repro` (or the pipeline) killed: this stage ends too, cleaning up its partial outputs
     exit_on_sigterm()
     with temporary_settings(set_defaults={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), shared_api():
         flow(params)

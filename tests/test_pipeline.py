@@ -17,7 +17,6 @@ from project_copy import BIN, TINY_PARAMS, committed_project, project_env, run, 
 from skincancer.metrics import METRIC_KEYS
 from skincancer.metrics_diff import flatten
 from skincancer import lifetime
-from skincancer.lifetime import children
 from skincancer.params import FetchParams, ShardParams, TrainParams, execution_knobs
 
 pytestmark = pytest.mark.slow
@@ -226,15 +225,13 @@ def test_a_failing_stage_fails_the_flow_naming_it_and_records_nothing(repo, pref
 
 def descendants(pid: int) -> dict[int, str]:
     """Every process under `pid`, with its command line."""
-    found, todo = {}, [pid]
-    while todo:
-        for child in children(todo.pop()):
-            try:
-                command = Path(f"/proc/{child}/cmdline").read_bytes()
-            except OSError:  # it exited between the two reads: not a process left behind
-                continue
-            found[child] = command.replace(b"\0", b" ").decode(errors="replace")
-            todo.append(child)
+    found = {}
+    for child in lifetime.descendants(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:  # it exited meanwhile: not a process left behind
+            continue
+        found[child] = command.replace(b"\0", b" ").decode(errors="replace")
     return found
 
 
@@ -251,13 +248,17 @@ def alive(pids) -> list[int]:
     return [pid for pid in pids if lifetime.alive(pid)]
 
 
-@pytest.mark.parametrize("killed", ["stage", "dvc repro", "pipeline"])
-def test_sigkill_leaves_no_server_or_stage_behind(repo, killed):
-    """No PREFECT_API_URL: the killed process's temporary server and stage watch it and end with it."""
+@pytest.mark.parametrize("killed, shell", [("stage", "/bin/sh"), ("dvc repro", "/bin/sh"), ("dvc repro", "/bin/bash"),
+                                           ("pipeline", "/bin/sh")])
+def test_sigkill_leaves_no_server_or_stage_behind(repo, killed, shell):
+    """No PREFECT_API_URL: the killed process's temporary server and stage watch it and end with it. DVC runs
+    a stage as `$SHELL -c <cmd>`: bash execs the command, Debian's /bin/sh (dash, DVC's shell where SHELL is
+    unset) waits on it, so the stage outlives the shell's parent unless it watches that process too."""
     root, env = repo
     # PREFECT_CLIENT_MAX_RETRIES=0: the orphaned stage's last crash report would otherwise retry for half a
     # minute against the server that died with its parent; it ends either way
-    alone = {key: value for key, value in env.items() if key != "PREFECT_API_URL"} | {"PREFECT_CLIENT_MAX_RETRIES": "0"}
+    alone = {key: value for key, value in env.items() if key != "PREFECT_API_URL"} | {
+        "PREFECT_CLIENT_MAX_RETRIES": "0", "SHELL": shell}
     command = {"stage": [str(BIN / "python"), "flows/evaluate.py"],
                "dvc repro": [str(BIN / "dvc"), "repro", "--force", "--single-item", "evaluate"],
                "pipeline": [str(BIN / "python"), "flows/pipeline.py", "--force", "fetch"]}[killed]  # no upstream to rerun
@@ -265,8 +266,10 @@ def test_sigkill_leaves_no_server_or_stage_behind(repo, killed):
     process = subprocess.Popen(command, cwd=root, env=alone, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         tree = wait_for(lambda: (found := descendants(process.pid)) and any("uvicorn" in c for c in found.values())
-                        and (killed == "stage" or any(stage in c for c in found.values())) and found,
+                        and (killed == "stage" or any(c.startswith(f"python {stage}") for c in found.values())) and found,
                         what="a temporary server (and the stage) under the process")
+        waits = killed != "stage" and shell == "/bin/sh"
+        assert waits == any(c.startswith(f"{shell} -c python {stage}") for c in tree.values()), tree
         process.kill()
         process.wait()
         wait_for(lambda: not alive(tree), timeout_s=30, what=f"{tree} to exit after their parent was killed")

@@ -1,6 +1,7 @@
 """Processes that end with the process that started them: a stage with its `dvc repro`, a temporary
 Prefect server with the stage or pipeline that started it. A SIGKILL cannot be caught, so the child
-watches instead: Linux sends it SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG)."""
+watches instead: Linux sends it SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG), and a stage
+whose parent is DVC's shell also watches the process that started the shell (a pidfd)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import select
 import signal
 import sys
+import threading
 import time
 
 PR_SET_PDEATHSIG = 1
@@ -25,6 +28,64 @@ def die_with_parent() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:  # the parent died before the watch was set
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def die_with_dvc() -> None:
+    """die_with_parent, and under `dvc repro` also SIGTERM when the process that started DVC's shell exits.
+
+    DVC runs a stage's command as `$SHELL -c <cmd>`; bash replaces itself with the command, dash (Debian's
+    /bin/sh, what DVC runs where SHELL is unset: cron, systemd, CI) waits on it instead. A SIGKILLed
+    `dvc repro` then leaves that shell alive, so the parent's death signal never comes."""
+    die_with_parent()
+    stage = os.environ.get("DVC_STAGE")
+    shell = os.getppid()
+    if not stage or not sys.platform.startswith("linux") or started_environment(shell).get("DVC_STAGE") != stage:
+        return  # not a DVC stage, or DVC is the parent (the shell exec'd this command)
+    starter = parent_of(shell)
+    try:
+        handle = os.pidfd_open(starter)
+    except ProcessLookupError:
+        handle = None
+    except OSError:  # a kernel before Linux 5.3 has no pidfd: only the parent's death signal holds there
+        return
+    if handle is None or parent_of(shell) != starter:  # it exited already (and its number may be reused)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    threading.Thread(target=_sigterm_once_readable, args=(handle,), name=f"exit-with-{starter}", daemon=True).start()
+
+
+def _sigterm_once_readable(pidfd: int) -> None:
+    """A pidfd turns readable when its process exits."""
+    select.select([pidfd], [], [])
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def started_environment(pid: int) -> dict[str, str]:
+    """The environment `pid` was started with (empty if it has exited): DVC gives its shell DVC_STAGE."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as listing:
+            pairs = [entry.decode(errors="replace").partition("=") for entry in listing.read().split(b"\0") if entry]
+    except OSError:
+        return {}
+    return {name: value for name, _, value in pairs}
+
+
+def parent_of(pid: int) -> int:
+    """The parent's process id (0 if `pid` has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under `pid`, nearest first."""
+    found, todo = [], [pid]
+    while todo:
+        found += (kids := [kid for parent in todo for kid in children(parent)])
+        todo = kids
+    return found
 
 
 def children(pid: int) -> list[int]:
