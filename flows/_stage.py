@@ -34,6 +34,19 @@ def task_runner(orchestration: OrchestrationParams, threads: int) -> TaskRunner:
     return DaskTaskRunner(cluster_kwargs={"n_workers": orchestration.dask_workers, "threads_per_worker": 1})
 
 
+def return_arrow_memory_to_the_system() -> None:
+    """Arrow's default allocator (mimalloc) keeps what a stage's freed tables held for its own reuse, so a
+    stage's resident peak grows with every intermediate table of its index; jemalloc, told to purge at once,
+    hands it back. Where pyarrow was built without jemalloc, its default stays."""
+    import pyarrow
+
+    try:
+        pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
+        pyarrow.jemalloc_set_decay_ms(0)
+    except NotImplementedError:
+        pass
+
+
 def run_stage(stage: str, flow: Callable[[Params], object]) -> None:
     """Stage flows send no heartbeats unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set: a stage that dies
     fails its `dvc repro` (and the pipeline flow run, which keeps Prefect's heartbeats), and the heartbeat
@@ -43,5 +56,6 @@ def run_stage(stage: str, flow: Callable[[Params], object]) -> None:
     params = stage_params(stage)
     die_with_dvc()  # `dvc repro` (or the pipeline) killed: this stage ends too, cleaning up its partial outputs
     exit_on_sigterm()
+    return_arrow_memory_to_the_system()
     with temporary_settings(set_defaults={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), shared_api():
         flow(params)

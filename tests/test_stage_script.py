@@ -31,6 +31,14 @@ def test_a_heartbeat_frequency_the_user_set_is_kept(heartbeat_seen):
     assert heartbeat_seen == [60]
 
 
+def test_stages_allocate_arrow_memory_with_jemalloc(heartbeat_seen):
+    """mimalloc, Arrow's default, keeps freed table memory: split's peak grew 1.35x from 2k to 33k images."""
+    import pyarrow
+
+    run_stage("fetch", lambda params: heartbeat_seen.append(pyarrow.default_memory_pool().backend_name))
+    assert heartbeat_seen == ["jemalloc"]
+
+
 def test_a_bad_params_file_exits_2_naming_it_before_the_flow(monkeypatch, tmp_path, capsys):
     bad = tmp_path / "params.yaml"
     bad.write_text("train:\n  epochs: -1\n")
