@@ -9,12 +9,17 @@ from skincancer import paths, split
 from skincancer.params import Params
 
 
+@task(name="assign-splits", cache_policy=NO_CACHE)
+def plan_from_index(params: Params) -> split.SplitPlan:
+    """The index is read inside the task, so nothing holds it once the plan is made (Prefect keeps a task's
+    arguments while the flow runs)."""
+    index = pd.read_parquet(paths.INDEX)
+    return split.plan_split(index, params.split, params.labels, split.official_duplicate_pairs(paths.DUPLICATES))
+
+
 @flow(name="split")
 def split_flow(params: Params) -> dict:
-    index = pd.read_parquet(paths.INDEX)
-    plan = task(split.plan_split, name="assign-splits", cache_policy=NO_CACHE)(
-        index, params.split, params.labels, split.official_duplicate_pairs(paths.DUPLICATES)
-    )
+    plan = plan_from_index(params)
     task(split.materialise, name="materialise-folders", cache_policy=NO_CACHE)(plan.manifest, paths.RAW, paths.SPLIT, plan.removed)
     summary = split.write_summary(plan, paths.SPLIT_SUMMARY)
     get_run_logger().info(split.describe_summary(summary))

@@ -220,22 +220,42 @@ def check_every_split_has_both_classes(manifest: pd.DataFrame) -> None:
                 )
 
 
-def plan_split(
-    index: pd.DataFrame, split: SplitParams, labels: LabelParams, duplicate_pairs: Iterable[tuple[str, str]] = ()
-) -> SplitPlan:
-    """index.parquet rows -> manifest rows (split, label, group, path under data/split) and the removed rows."""
-    labelled, unlabelled = assign_labels(index, labels)
+def _planning_columns(index: pd.DataFrame, split: SplitParams) -> list[str]:
+    """What labelling, deduplication and grouping read; the index's other columns ride along untouched."""
+    wanted = ("image_id", "source", "diagnosis", "benign_malignant", "sha256", "image_hash", *split.group_by)
+    # image_hash is absent from an index written before fetch hashed images (_near_duplicate_pairs)
+    return [column for column in dict.fromkeys(wanted) if column != "image_hash" or column in index]
+
+
+def _planned_rows(
+    work: pd.DataFrame, split: SplitParams, labels: LabelParams, duplicate_pairs: Iterable[tuple[str, str]]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The kept rows of `work` in manifest order with label, group, split and path; the removed rows."""
+    labelled, unlabelled = assign_labels(work, labels)
     ordered = labelled.sort_values(["source", "image_id"], kind="stable").reset_index(drop=True)
     links = duplicate_links(ordered, duplicate_pairs)
     ordered = ordered.assign(group=group_names(ordered, split.group_by, links))
     unique, duplicates = drop_duplicates(ordered, links)
-    manifest = unique.assign(split=assign_splits(unique["group"], unique["label"], split))
-    check_every_split_has_both_classes(manifest)
-    class_name = np.asarray(CLASS_NAMES)[manifest["label"].to_numpy()]
-    manifest = manifest.assign(path=manifest["split"] + "/" + class_name + "/" + manifest["image_id"] + ".jpg")
-    manifest = manifest.sort_values(["split", "label", "image_id"], kind="stable").reset_index(drop=True)
+    planned = unique.assign(split=assign_splits(unique["group"], unique["label"], split))
+    check_every_split_has_both_classes(planned)
+    class_name = np.asarray(CLASS_NAMES)[planned["label"].to_numpy()]
+    planned = planned.assign(path=planned["split"] + "/" + class_name + "/" + planned["image_id"] + ".jpg")
     removed = pd.concat([unlabelled, duplicates], ignore_index=True).sort_values(["reason", "image_id"], kind="stable")
-    return SplitPlan(manifest, removed.reset_index(drop=True))
+    return planned.sort_values(["split", "label", "image_id"], kind="stable"), removed.reset_index(drop=True)
+
+
+def plan_split(
+    index: pd.DataFrame, split: SplitParams, labels: LabelParams, duplicate_pairs: Iterable[tuple[str, str]] = ()
+) -> SplitPlan:
+    """index.parquet rows -> manifest rows (split, label, group, path under data/split) and the removed rows.
+
+    The plan works on the columns it reads, its intermediate copies gone before the index's rows are taken
+    into the manifest, once: at ISIC 2020's 33k images each whole-index copy is another 13 MB of peak memory."""
+    work = index[_planning_columns(index, split)].assign(index_row=np.arange(len(index)))
+    planned, removed = _planned_rows(work, split, labels, duplicate_pairs)
+    added = {column: planned[column].array for column in ("label", "group", "split", "path")}
+    manifest = index.take(planned["index_row"].to_numpy()).reset_index(drop=True).assign(**added)
+    return SplitPlan(manifest, removed)
 
 
 def build_manifest(index: pd.DataFrame, split: SplitParams, labels: LabelParams) -> pd.DataFrame:
@@ -256,13 +276,15 @@ def _place(source_path: Path, data: bytes, target: Path) -> None:
 
 def materialise(manifest: pd.DataFrame, raw_root: Path, split_root: Path, removed: pd.DataFrame | None = None) -> None:
     """Write data/split/<split>/<class>/<id>.jpg, manifest.parquet and removed.csv as one atomic folder."""
-    target = dict(zip(manifest["uri"], zip(manifest["path"], manifest["sha256"], strict=True), strict=True))
+    uris, targets, hashes = (manifest[column].array for column in ("uri", "path", "sha256"))
+    in_archive_order = manifest["uri"].argsort(kind="stable").to_numpy()  # each row's strings made as it is read
     with atomic_dir(split_root) as staging:
         for split in SPLITS:
             for name in CLASS_NAMES:
                 (staging / split / name).mkdir(parents=True)
-        for uri, data in read_uris(raw_root, sorted(target)):
-            path, expected = target[uri]
+        read = read_uris(raw_root, (uris[row] for row in in_archive_order))
+        for row, (uri, data) in zip(in_archive_order, read, strict=True):
+            path, expected = targets[row], hashes[row]
             if sha256_hex(data) != expected:
                 raise SplitError(
                     f"{uri}: bytes changed since fetch (sha256 mismatch); rerun the fetch stage (`dvc repro fetch -f`)"
