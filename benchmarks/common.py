@@ -401,6 +401,21 @@ def results_path(folder: Path, when: datetime.datetime | None = None) -> Path:
     return path
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds every process on the machine has used since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in stat.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's finished children and theirs (a benchmark script's whole tree)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_all(scripts: list[str], output: Path, extra: list[str], command: str) -> int:
     """Run each script in turn (its output passed through), then write every figure it printed, with the
     machine's facts and each script's wall time and exit code: the raw results BENCHMARKS.md's tables come from."""
@@ -411,7 +426,7 @@ def run_all(scripts: list[str], output: Path, extra: list[str], command: str) ->
     for script in scripts:
         say(f"== {script} {' '.join(extra)}".rstrip())
         script_command = " ".join([".venv/bin/python", script, *extra])
-        start = time.perf_counter()
+        start, machine_cpu, own_cpu = time.perf_counter(), busy_cpu_seconds(), children_cpu_seconds()
         process = subprocess.Popen([sys.executable, script, *extra], stdout=subprocess.PIPE, text=True, bufsize=1)
         assert process.stdout is not None
         for line in process.stdout:
@@ -419,8 +434,11 @@ def run_all(scripts: list[str], output: Path, extra: list[str], command: str) ->
             sys.stdout.flush()
             if (record := _figure_line(line)) is not None:
                 figures.append({**record, "script": script, "command": script_command})
-        runs.append({"script": script, "command": script_command, "returncode": process.wait(),
-                     "seconds": round(time.perf_counter() - start, 1)})
+        returncode = process.wait()
+        # what else ran meanwhile: a figure measured beside another job (a test suite, a build) reads slower
+        others = (busy_cpu_seconds() - machine_cpu) - (children_cpu_seconds() - own_cpu)
+        runs.append({"script": script, "command": script_command, "returncode": returncode,
+                     "seconds": round(time.perf_counter() - start, 1), "other_cpu_s": round(others, 1)})
     failed = [entry["script"] for entry in runs if entry["returncode"] != 0]
     document = {"date": started.date().isoformat(), "started": started.isoformat(timespec="seconds"),
                 "host": socket.gethostname(), "command": command, "machine": facts, "runs": runs,

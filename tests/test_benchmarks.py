@@ -68,6 +68,21 @@ def test_make_bench_keeps_each_runs_figures_with_the_machines_facts_in_a_dated_f
     assert common.results_path(tmp_path / "results").name == first.name.replace(".json", "-2.json")
 
 
+def test_each_run_records_the_cpu_other_processes_used_meanwhile(tmp_path):
+    """A figure measured beside another job reads slower: the results file says how busy the rest was."""
+    script = tmp_path / "sleeping_bench.py"
+    script.write_text("import time\ntime.sleep(2)\n")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # outside the benchmark's process tree
+    try:
+        subprocess.run([sys.executable, str(ROOT / "benchmarks/common.py"), str(script),
+                        "--output", str(tmp_path / "run.json")], check=True, capture_output=True)
+    finally:
+        busy.kill()
+        busy.wait()
+    (run,) = json.loads((tmp_path / "run.json").read_text())["runs"]
+    assert run["other_cpu_s"] >= 1.0, run  # the busy loop's ~2 s, not the sleeping script's ~0
+
+
 # ---------------------------------------------------------------- generated tables
 
 
