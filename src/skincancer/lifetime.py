@@ -70,13 +70,20 @@ def started_environment(pid: int) -> dict[str, str]:
     return {name: value for name, _, value in pairs}
 
 
-def parent_of(pid: int) -> int:
-    """The parent's process id (0 if `pid` has exited)."""
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (which may hold spaces and parentheses): state, parent,
+    ...; empty if `pid` has exited."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1])
+            return stat.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0
+        return []
+
+
+def parent_of(pid: int) -> int:
+    """The parent's process id (0 if `pid` has exited)."""
+    fields = _stat(pid)
+    return int(fields[1]) if fields else 0
 
 
 def descendants(pid: int) -> list[int]:
@@ -106,11 +113,8 @@ def children(pid: int) -> list[int]:
 
 def alive(pid: int) -> bool:
     """Running (an exited child not yet reaped, a zombie, is not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
-    except OSError:
-        return False
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z"  # a zombie has exited
 
 
 def stop(pids: list[int], grace_s: float = 30.0) -> None:

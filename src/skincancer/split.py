@@ -250,7 +250,7 @@ def plan_split(
     """index.parquet rows -> manifest rows (split, label, group, path under data/split) and the removed rows.
 
     The plan works on the columns it reads, its intermediate copies gone before the index's rows are taken
-    into the manifest, once: at ISIC 2020's 33k images each whole-index copy is another 13 MB of peak memory."""
+    into the manifest, once: at ISIC 2020's size each whole-index copy alive at once raises the stage's peak."""
     work = index[_planning_columns(index, split)].assign(index_row=np.arange(len(index)))
     planned, removed = _planned_rows(work, split, labels, duplicate_pairs)
     added = {column: planned[column].array for column in ("label", "group", "split", "path")}
