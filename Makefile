@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 # `make install GPU=1` (on a GPU box): TensorFlow with its CUDA runtime wheels, from their own lock
 LOCK := $(if $(GPU),requirements-gpu.lock,requirements.lock)
 STAMP := $(VENV)/.installed$(if $(GPU),-gpu)
-# stage scripts (`python flows/<stage>.py`) must find the venv's python first
+# stage scripts (`python -m flows.<stage>`) must find the venv's python first
 RUN := PATH="$(BIN):$$PATH" DVC_NO_ANALYTICS=1 TF_CPP_MIN_LOG_LEVEL=2
 
 .PHONY: install demo test bench bench-scale bench-tables lock check-gpu-lock clean
@@ -23,7 +23,7 @@ $(STAMP): $(LOCK) pyproject.toml Makefile
 
 # the pipeline flow: `dvc repro` with one temporary Prefect server for every stage; ends with a summary
 demo: install
-	$(RUN) $(BIN)/python flows/pipeline.py
+	$(RUN) $(BIN)/python -m flows.pipeline
 
 test: install
 	$(RUN) $(BIN)/python -m pytest -n 2 --dist loadfile  # both cores; a module's tests stay in one worker, in order

@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.append(str(ROOT / "flows"))  # the orchestration side: flows/_prefect_server.py
+sys.path.append(str(ROOT))  # the orchestration package: flows._prefect_server
 from project_copy import (  # noqa: E402,F401  (re-exported)
     BIN, TINY_PARAMS, committed_project, copy_project, merge, project_env, run, stages_run,
 )
@@ -45,13 +45,13 @@ PREVIOUS_SPLIT = "ca937e2"  # the last commit whose split grouped by one column:
 
 
 def plan_split_at(rev: str):
-    """skincancer.split.plan_split as committed at `rev`, loaded from git into a module of its own."""
+    """skincancer.split.split.plan_split as committed at `rev`, loaded from git into a module of its own."""
     import types
 
-    source = subprocess.run(["git", "show", f"{rev}:src/skincancer/split.py"], cwd=ROOT,
+    source = subprocess.run(["git", "show", f"{rev}:src/skincancer/split/split.py"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout
     module = types.ModuleType(f"split_at_{rev}")
-    exec(compile(source, f"{rev}:src/skincancer/split.py", "exec"), module.__dict__)  # noqa: S102
+    exec(compile(source, f"{rev}:src/skincancer/split/split.py", "exec"), module.__dict__)  # noqa: S102
     return module.plan_split
 
 

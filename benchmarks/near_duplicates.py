@@ -135,7 +135,7 @@ def bench_recall(rows: list[dict], hashes: list[str | None], quick: bool) -> lis
 
     import numpy as np
 
-    from skincancer.near_duplicates import THRESHOLD, hamming, image_hash
+    from skincancer.ingest.near_duplicates import THRESHOLD, hamming, image_hash
 
     rngs = [np.random.default_rng([SEED, i]) for i in range(len(rows))]
     with ThreadPoolExecutor(2) as pool:
@@ -155,7 +155,7 @@ def bench_recall(rows: list[dict], hashes: list[str | None], quick: bool) -> lis
 def bench_false_links(rows: list[dict], hashes: list[str | None], quick: bool) -> list[dict]:
     import numpy as np
 
-    from skincancer.near_duplicates import THRESHOLD, hamming, hash_words, near_duplicate_pairs
+    from skincancer.ingest.near_duplicates import THRESHOLD, hamming, hash_words, near_duplicate_pairs
 
     keys = np.array([row["key"] for row in rows])
     words, _ = hash_words(hashes)
@@ -199,7 +199,7 @@ def index_rates(raw: Path, uris: list[str], passes: int) -> tuple[float, float]:
     """(ours, baseline) images/s of layouts._hashes on these uris, with and without the perceptual hash."""
     import pandas as pd
 
-    from skincancer import layouts
+    from skincancer.ingest import layouts
 
     series = pd.Series(uris)
     ours = best_of(passes, lambda: layouts._hashes(raw, series, {}))  # nothing hashed before: the first fetch
@@ -213,7 +213,7 @@ def index_rates(raw: Path, uris: list[str], passes: int) -> tuple[float, float]:
 
 
 def bench_cost(rows: list[dict], real: Path, tmp: Path, quick: bool) -> list[dict]:
-    from skincancer.layouts import _HASH_WORKERS
+    from skincancer.ingest.layouts import _HASH_WORKERS
 
     passes = 1 if quick else 3
     sets = {
@@ -241,7 +241,7 @@ def bench_cost(rows: list[dict], real: Path, tmp: Path, quick: bool) -> list[dic
 def bench_pairs(quick: bool) -> list[dict]:
     import numpy as np
 
-    from skincancer.near_duplicates import hex_hashes, near_duplicate_pairs
+    from skincancer.ingest.near_duplicates import hex_hashes, near_duplicate_pairs
 
     rng = np.random.default_rng(SEED)
     hashes = hex_hashes(rng.integers(0, 2**64 - 1, (N_INDEX, 4), dtype=np.uint64, endpoint=True))
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from concurrent.futures import ThreadPoolExecutor
 
-    from skincancer.near_duplicates import THRESHOLD, image_hash
+    from skincancer.ingest.near_duplicates import THRESHOLD, image_hash
 
     say_machine()
     rows = originals(args.real, args.quick)

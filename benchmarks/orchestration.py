@@ -12,7 +12,7 @@ fresh git repository as that test does it, so no run finds another's outputs, DV
 plain       the baseline: the library calls each flows/<stage>.py makes (plain_stage below), without Prefect
             and without DVC, one `python` process per stage in order, as DVC runs them, so the interpreter,
             pandas and TensorFlow imports are paid alike on every side.
-shared      ours: `python flows/pipeline.py` with no PREFECT_API_URL: one temporary Prefect server for the
+shared      ours: `python -m flows.pipeline` with no PREFECT_API_URL: one temporary Prefect server for the
             pipeline flow and every stage's flow (flows/_prefect_server.shared_api); DVC's Python API runs the stages.
 per-stage   the status quo: `dvc repro` with no PREFECT_API_URL: every stage script starts its own temporary server.
 server-up   `dvc repro` with PREFECT_API_URL naming a `prefect server start` on 127.0.0.1, started and healthy
@@ -20,7 +20,7 @@ server-up   `dvc repro` with PREFECT_API_URL naming a `prefect server start` on 
 
 A side's overhead is its wall time minus plain's: everything Prefect and DVC add to the same work (DVC's
 own part included: reading dvc.yaml, hashing outputs into its cache, writing dvc.lock). Every side does the
-same work: training is deterministic on a CPU (skincancer.hardware.make_deterministic), every run's
+same work: training is deterministic on a CPU (skincancer.train.hardware.make_deterministic), every run's
 outputs (split manifest, shards, history.csv, metrics.json, predictions.csv) must be byte-identical, and
 every DVC side must have run all 5 stages, each started the expected number of temporary servers (shared 1, per-stage 5, server-up 0). Before any clock starts,
 TensorFlow, DVC and Prefect are imported once (no side pays for a cold disk cache), and the temporary
@@ -47,7 +47,7 @@ from common import (
     say_machine, stages_run, target_figure, timed,
 )
 
-from _prefect_server import prefect_server_start, running_server  # noqa: E402  (on the path through common)
+from flows._prefect_server import prefect_server_start, running_server  # noqa: E402  (on the path through common)
 
 STAGES = ("fetch", "split", "shard", "train", "evaluate")
 QUICK = merge(TINY_PARAMS, {"fetch": {"sample": {"n_images": 120}}, "train": {"epochs": 1}})
@@ -66,20 +66,20 @@ def plain_stage(stage: str) -> None:
     arguments), minus Prefect: default mappers instead of task runs, no flow run, no artifacts."""
     import logging
 
-    from skincancer import paths
-    from skincancer.params import load_params
+    from skincancer.core import paths
+    from skincancer.core.params import load_params
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params("params.yaml")
     paths.require_inputs(stage)
     if stage == "fetch":
-        from skincancer.fetch import fetch
+        from skincancer.ingest.fetch import fetch
 
         fetch(params.fetch, paths.RAW)
     elif stage == "split":
         import pandas as pd
 
-        from skincancer import split
+        from skincancer.split import split
 
         plan = split.plan_split(pd.read_parquet(paths.INDEX), params.split, params.labels,
                                 split.official_duplicate_pairs(paths.DUPLICATES))
@@ -88,16 +88,16 @@ def plain_stage(stage: str) -> None:
     elif stage == "shard":
         import pandas as pd
 
-        from skincancer.shard import write_shards
+        from skincancer.shard.shard import write_shards
 
         write_shards(pd.read_parquet(paths.SPLIT_MANIFEST), paths.SPLIT, paths.SHARDS, params.shard)
     elif stage == "train":
-        from skincancer.train import train
+        from skincancer.train.train import train
 
         train(params.train, paths.SHARDS, paths.MODEL, paths.HISTORY, image_size=params.shard.image_size,
               tensorboard_dir=paths.TENSORBOARD if params.train.tensorboard else None, card_path=paths.TRAIN_CARD)
     else:
-        from skincancer.evaluate import evaluate
+        from skincancer.evaluate.evaluate import evaluate
 
         evaluate(params.evaluate, paths.MODEL, paths.SHARDS, paths.METRICS, paths.REPORTS, history_path=paths.HISTORY,
                  shown_params=params.reported(), train_card_path=paths.TRAIN_CARD, card_path=paths.CARD)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"params {change}; prefect server up at {api} (start-up not timed)")
             sides: dict[str, tuple[Callable[[Path, dict[str, str]], str], dict[str, str]]] = {
                 "plain": (run_plain, env),
-                "shared": (run_dvc([str(BIN / "python"), "flows/pipeline.py"], SERVER_STARTS["shared"]), env),
+                "shared": (run_dvc([str(BIN / "python"), "-m", "flows.pipeline"], SERVER_STARTS["shared"]), env),
                 "per-stage": (run_dvc([str(BIN / "dvc"), "repro"], SERVER_STARTS["per-stage"]), env),
                 "server-up": (run_dvc([str(BIN / "dvc"), "repro"], SERVER_STARTS["server-up"]),
                               env | {"PREFECT_API_URL": api}),

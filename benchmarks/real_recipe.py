@@ -138,9 +138,9 @@ def robustness_entry(name: str, project: Path, saved: Path, out_dir: Path) -> di
     from perturbations import MAX_MEDIAN_DELTA, median_abs_delta, write_perturbed_copies
     from recipe.scores import FULL_SIZE_SOURCE
 
-    from skincancer.inference import load_for_inference
-    from skincancer.model_card import read_card
-    from skincancer.predict import predict
+    from skincancer.evaluate.inference import load_for_inference
+    from skincancer.core.model_card import read_card
+    from skincancer.serve.predict import predict
 
     manifest = pd.read_parquet(project / "data" / "split" / "manifest.parquet").query("split == 'test'")
     originals = [project / "data" / "split" / path for path in manifest["path"]]
@@ -201,8 +201,8 @@ def main() -> int:
     for name, description, change in PREPROCESSING_ABLATIONS:
         if f"{name}/probe_binary" in done or (wanted and name not in wanted):
             continue
-        from skincancer.params import ShardParams
-        from skincancer.shard import write_shards
+        from skincancer.core.params import ShardParams
+        from skincancer.shard.shard import write_shards
 
         shard_params = ShardParams.model_validate({**params["shard"], "image_size": 224, **change})
         shards = args.work / f"shards-{name}"

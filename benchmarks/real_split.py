@@ -29,8 +29,8 @@ SOURCES = (("isic-9class", "skin-cancer-9-classes.zip", "class-folders"), ("isic
 
 
 def fetch_real(real: Path, raw: Path) -> pd.DataFrame:
-    from skincancer.fetch import fetch
-    from skincancer.params import FetchParams
+    from skincancer.ingest.fetch import fetch
+    from skincancer.core.params import FetchParams
 
     params = FetchParams.model_validate({
         "datasets": [],
@@ -56,9 +56,9 @@ def main() -> int:
     if not all((args.real / name).is_file() for name in (HAM, *(file for _, file, _ in SOURCES))):
         say(f"{args.real}: no real data here; nothing measured")
         return 0
-    from skincancer.metadata import ORIGIN_COLUMNS, read_metadata_table
-    from skincancer.params import LabelParams, SplitParams
-    from skincancer.split import plan_split
+    from skincancer.ingest.metadata import ORIGIN_COLUMNS, read_metadata_table
+    from skincancer.core.params import LabelParams, SplitParams
+    from skincancer.split.split import plan_split
 
     say_machine()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

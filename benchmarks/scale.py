@@ -52,9 +52,9 @@ from common import (
 sys.path.insert(0, str(Path(__file__).resolve().parent / "corpora"))
 from isic2020 import ISIC2020_IMAGES, describe, isic2020_corpus, rows  # noqa: E402
 
-from _prefect_server import prefect_server_start, running_server  # noqa: E402  (flows/ is on the path: common)
+from flows._prefect_server import prefect_server_start, running_server  # noqa: E402  (flows/ is on the path: common)
 
-from skincancer.lifetime import descendants  # noqa: E402
+from skincancer.ops.lifetime import descendants  # noqa: E402
 
 DEFAULT_SIZES = (2_000,)
 QUICK_SIZES = (1_000,)  # fewer would leave a split without a malignant image

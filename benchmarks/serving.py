@@ -28,9 +28,9 @@ SERVE_BYTES = (
 
 
 def bytes_gap(tmp: Path) -> dict:
-    from skincancer.inference import load_for_inference
-    from skincancer.model_card import read_card
-    from skincancer.predict import image_files, predict
+    from skincancer.evaluate.inference import load_for_inference
+    from skincancer.core.model_card import read_card
+    from skincancer.serve.predict import image_files, predict
 
     exported = tmp / "savedmodel"
     subprocess.run([str(BIN / "skincancer"), "export", "--model", str(MODEL), "--output", str(exported)], check=True,

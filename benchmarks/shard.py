@@ -10,7 +10,7 @@ cached (benchmarks/common.py, `cache_dir()`). Every side is measured in the same
 one untimed read of every file (page cache warm for all), with TensorFlow imported before any clock starts, and
 timed the same REPEATS passes (the best is the figure; every pass is kept in the figure's detail).
 
-shard_vs_naive     ours: skincancer.shard.write_shards(workers=2, image_size=224, crop), images/s.
+shard_vs_naive     ours: skincancer.shard.shard.write_shards(workers=2, image_size=224, crop), images/s.
                    baseline: the tutorials' per-image work on a pool of as many threads: PIL full decode (no
                    draft), EXIF transpose, centre crop, LANCZOS resize to 224, JPEG encode (same quality and
                    subsampling), tf.train.Example serialisation; the records written in order by one
@@ -151,8 +151,8 @@ def ready_corpus(n: int) -> tuple[Path, object]:
 
 
 def ours(manifest, corpus: Path, out: Path, workers: int = WORKERS, map_chunks=None) -> dict:
-    from skincancer.params import ShardParams
-    from skincancer.shard import write_shards
+    from skincancer.core.params import ShardParams
+    from skincancer.shard.shard import write_shards
 
     params = ShardParams(image_size=IMAGE_SIZE, resize="crop", workers=workers)
     return write_shards(manifest, corpus, out, params, map_chunks)
@@ -168,7 +168,7 @@ def naive_record(corpus: Path, row) -> bytes:
     """The tutorials' work on one image: full decode, crop, resize, encode, serialise."""
     from PIL import Image, ImageOps
 
-    from skincancer import tfrecords
+    from skincancer.shard import tfrecords
 
     img = ImageOps.exif_transpose(Image.open(corpus / row.path)).convert("RGB")
     side = min(img.size)
@@ -185,7 +185,7 @@ def naive_record(corpus: Path, row) -> bytes:
 
 def naive(manifest, corpus: Path, out: Path, workers: int = WORKERS) -> int:
     """The tutorials' way on a thread pool: each image prepared on a thread, written in order by one writer."""
-    from skincancer import tfrecords
+    from skincancer.shard import tfrecords
 
     out.mkdir(parents=True, exist_ok=True)
     written = 0

@@ -9,9 +9,9 @@ malignant, ~5 images per patient. Generated once and cached (benchmarks/common.p
 
 split_10k        From the published zip to split folders, indexing included on both sides, the same 3 timed
                  passes each (alternating), the same threads each: ours hashes the images on the fetch stage's
-                 hashing threads (skincancer.layouts._HASH_WORKERS), the baseline copies them on a pool of as many.
-                 ours: skincancer.layouts.read_layout (the fetch stage's index: each member's sha256 and
-                 perceptual hash) + skincancer.split.build_manifest + materialise.
+                 hashing threads (skincancer.ingest.layouts._HASH_WORKERS), the baseline copies them on a pool of as many.
+                 ours: skincancer.ingest.layouts.read_layout (the fetch stage's index: each member's sha256 and
+                 perceptual hash) + skincancer.split.split.build_manifest + materialise.
                  baseline: a careful tutorial's way: ZipFile.extractall, pandas.read_csv, a group-aware
                  stratified 80/10/10 split with scikit-learn (StratifiedGroupKFold, 10 folds by patient_id,
                  seeded: one fold test, one val, eight train), shutil.copy of each image into <split>/<class>/
@@ -25,7 +25,7 @@ split_disk_overhead_10k
                  data/split and .dvc/cache together, each inode once (hardlinks are one file), leaving out cache
                  objects that are data/raw's own files, over the bytes of the images in data/split.
 split_groups_isic2020
-                 absolute, against issue #15's goal (< 10 s on 2 cores): skincancer.split.plan_split with the
+                 absolute, against issue #15's goal (< 10 s on 2 cores): skincancer.split.split.plan_split with the
                  default params (connected components of patient, lesion and duplicate links, including the
                  all-pairs near-duplicate pass over every image's 256-bit hash, then the class-share placement) on
                  a generated ISIC 2020-shaped index (tests/index_shapes.py: 2,056 patients, ~16 images each, 1.6%
@@ -105,9 +105,9 @@ def raw_folder(corpus: Path, tmp: Path) -> tuple[Path, Path]:
 
 def ours(folder: Path, raw_root: Path, split_root: Path):
     """The fetch stage's index of the zip, then the split stage's manifest and folders."""
-    from skincancer.layouts import read_layout
-    from skincancer.params import LabelParams, SplitParams
-    from skincancer.split import build_manifest, materialise
+    from skincancer.ingest.layouts import read_layout
+    from skincancer.core.params import LabelParams, SplitParams
+    from skincancer.split.split import build_manifest, materialise
 
     index = read_layout("isic-cli", folder, source="bench", raw_root=raw_root)
     manifest = build_manifest(index, SplitParams(), LabelParams())
@@ -132,7 +132,7 @@ def naive(zip_path: Path, work: Path, out: Path) -> int:
 
     import pandas as pd
 
-    from skincancer.layouts import _HASH_WORKERS
+    from skincancer.ingest.layouts import _HASH_WORKERS
 
     extracted = work / "extracted"
     with zipfile.ZipFile(zip_path) as archive:
@@ -154,8 +154,8 @@ def bench_split(corpus: Path, tmp: Path, n: int, quick: bool) -> dict:
     import pandas as pd  # noqa: F401  (imports paid before the clock starts, for both sides)
     import sklearn.model_selection  # noqa: F401
 
-    import skincancer.layouts  # noqa: F401
-    import skincancer.split  # noqa: F401
+    import skincancer.ingest.layouts  # noqa: F401
+    import skincancer.split.split  # noqa: F401
 
     raw_root, folder = raw_folder(corpus, tmp)
     (folder / CLI_ZIP).read_bytes()  # untimed: the archive in the page cache for both sides
@@ -197,8 +197,8 @@ def bench_groups(quick: bool) -> dict:
     from types import SimpleNamespace
 
     from index_shapes import isic2020_shaped
-    from skincancer.params import LabelParams, SplitParams
-    from skincancer.split import plan_split
+    from skincancer.core.params import LabelParams, SplitParams
+    from skincancer.split.split import plan_split
 
     index = isic2020_shaped(n_patients=300 if quick else 2056)
     index["image_hash"] = [secrets.token_hex(32) for _ in range(len(index))]

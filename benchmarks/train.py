@@ -5,7 +5,7 @@
 
 The corpus: benchmarks/shard.py's 320 ISIC-shaped JPEGs (40 with --quick; the same cached files): 80% 1024x768
 and 20% 6000x4000, laid out as the split stage leaves them (`<split>/<benign|malignant>/<id>.jpg`). The train
-split (256 images; 32 with --quick) is what every figure reads. skincancer.shard.write_shards turns the corpus
+split (256 images; 32 with --quick) is what every figure reads. skincancer.shard.shard.write_shards turns the corpus
 into TFRecord shards at 224 px (96 with --quick), crop, 2 threads, timed over REPEATS passes. Every side is
 measured in the same run on the same images and batch size (32, train's default), on tf.data's threads (the
 machine's cores, alike on both sides), with TensorFlow imported before any clock starts. With --quick the train
@@ -15,7 +15,7 @@ fixed cost per fit call, not the cache's saving.
 input_pipeline_vs_seed
     The same 224 px images on both sides: the shards' stored JPEGs, written out once as files in class folders
     for the baseline.
-    ours: skincancer.data.training_dataset(shards, 32, seed, AugmentParams(), "class_weight"): interleaved
+    ours: skincancer.train.data.training_dataset(shards, 32, seed, AugmentParams(), "class_weight"): interleaved
     shards, shuffle, decode, flips + rotation + zoom + colour jitter (stateless, per image), batch, prefetch.
     baseline: the seed tutorials' input over those files: keras.utils.image_dataset_from_directory(224,
     batch_size=32, shuffle=True, seed) then a .map of keras.Sequential([RandomFlip, RandomRotation, RandomZoom,
@@ -34,9 +34,9 @@ frozen_epoch_cache_vs_none
     It does not apply to params.yaml's small_cnn trained from scratch, nor to fine-tuning (augmented images).
     One epoch of the frozen phase: the head of a mobilenet_v2 classifier (params/real.yaml's backbone, built by
     build_classifier with "pretrained" weights saved here from the same backbone built at random: no network)
-    on the train split, compiled and fitted as skincancer.train does it (class weights, no augmentation; under
+    on the train split, compiled and fitted as skincancer.train.train does it (class weights, no augmentation; under
     make_deterministic, as train runs on a CPU; no validation pass on either side).
-    ours: classifier.head.fit on feature_dataset of the features skincancer.train.cached_features extracted.
+    ours: classifier.head.fit on feature_dataset of the features skincancer.train.train.cached_features extracted.
     baseline: classifier.model.fit on training_dataset without augmentation: the frozen backbone runs on every
     image, every epoch. Each side: one untimed warm-up epoch (traces the train step), then EPOCH_REPEATS timed
     epochs, s/epoch; ratio = baseline / ours (design target >= 10). The one-off feature extraction is timed
@@ -58,8 +58,8 @@ if TYPE_CHECKING:  # annotations only: TensorFlow loads after the corpus is read
     import numpy as np
     import tensorflow as tf
 
-    from skincancer.models import Classifier
-    from skincancer.params import TrainParams
+    from skincancer.train.models import Classifier
+    from skincancer.core.params import TrainParams
 
 BATCH_SIZE = 32
 SEED = 0
@@ -92,7 +92,7 @@ def seed_pipeline(folder: Path, size: int) -> tf.data.Dataset:
     import keras
     import tensorflow as tf
 
-    from skincancer.params import AugmentParams
+    from skincancer.core.params import AugmentParams
 
     ranges = AugmentParams()
     augmentation = keras.Sequential([
@@ -113,8 +113,8 @@ def seed_pipeline(folder: Path, size: int) -> tf.data.Dataset:
 
 def stored_images(shards: Path, out: Path) -> Path:
     """The train split's stored JPEGs, as the shards hold them, written to <out>/<benign|malignant>/<id>.jpg."""
-    from skincancer.data import shard_paths
-    from skincancer.tfrecords import read_examples
+    from skincancer.train.data import shard_paths
+    from skincancer.shard.tfrecords import read_examples
 
     for example in read_examples(shard_paths(shards, "train")):
         folder = out / ("malignant" if example["image/label"] else "benign")
@@ -136,8 +136,8 @@ def pass_rates(dataset: tf.data.Dataset) -> list[float]:
 
 def bench_pipeline(shards: Path, shard_times: list[float], train_folder: Path, tmp: Path, size: int,
                    quick: bool) -> list[dict]:
-    from skincancer.data import training_dataset
-    from skincancer.params import AugmentParams
+    from skincancer.train.data import training_dataset
+    from skincancer.core.params import AugmentParams
 
     ours = pass_rates(training_dataset(shards, BATCH_SIZE, SEED, augment=AugmentParams(), imbalance="class_weight"))
     same_images = pass_rates(seed_pipeline(stored_images(shards, tmp / "stored"), size))
@@ -167,8 +167,8 @@ def bench_pipeline(shards: Path, shard_times: list[float], train_folder: Path, t
 
 def frozen_classifier(size: int, tmp: Path) -> tuple[TrainParams, Classifier]:
     """(params, classifier) as train builds them from a weights file: backbone frozen, head trainable."""
-    from skincancer.models import build_backbone, build_classifier
-    from skincancer.params import AugmentParams, TrainParams
+    from skincancer.train.models import build_backbone, build_classifier
+    from skincancer.core.params import AugmentParams, TrainParams
 
     weights = tmp / "backbone.weights.h5"
     build_backbone(BACKBONE, size, None).save_weights(weights)
@@ -189,9 +189,9 @@ def epoch_seconds(model: keras.Model, dataset: tf.data.Dataset, class_weight: di
 
 
 def bench_frozen(shards: Path, size: int, tmp: Path, quick: bool) -> dict:
-    from skincancer.data import feature_dataset, split_labels, training_dataset
-    from skincancer.hardware import make_deterministic
-    from skincancer.train import cached_features, compile_for_training, class_weights
+    from skincancer.train.data import feature_dataset, split_labels, training_dataset
+    from skincancer.train.hardware import make_deterministic
+    from skincancer.train.train import cached_features, compile_for_training, class_weights
 
     make_deterministic(SEED)  # as train does on a CPU; only now: the tutorials' pipeline above runs without it
     params, classifier = frozen_classifier(size, tmp)
@@ -228,8 +228,8 @@ def shard_passes(corpus: Path, manifest, size: int, out: Path) -> list[float]:
     """The shard stage, REPEATS times: its output is what train reads, epoch after epoch."""
     import shutil
 
-    from skincancer.params import ShardParams
-    from skincancer.shard import write_shards
+    from skincancer.core.params import ShardParams
+    from skincancer.shard.shard import write_shards
 
     params = ShardParams(image_size=size, resize="crop", workers=WORKERS)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import sys
 
-from skincancer.params import Params, ParamsError, load_params, unused_settings
-from skincancer.paths import MissingInput, require_inputs
+from skincancer.core.params import Params, ParamsError, load_params, unused_settings
+from skincancer.core.paths import MissingInput, require_inputs
 
 
 def stage_params(stage: str) -> Params:

@@ -1,6 +1,6 @@
 """Prefect API servers on loopback: the temporary one a pipeline run shares with its stage
 subprocesses, and `prefect server start` for tests and benchmarks. Orchestration, not the library:
-it lives beside the stage scripts, which import it as a top-level module.
+it lives in the flows package beside the stage scripts.
 
 Without a configured API every Prefect process starts its own temporary server (Prefect's
 SubprocessASGIServer, ~8 s here). The pipeline starts that same server once and hands its URL to
@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from skincancer.lifetime import die_with_parent
+from skincancer.ops.lifetime import die_with_parent
 
 STARTUP_TIMEOUT_S = 120.0  # a loaded 2-core machine takes ~8 s; the limit only catches a server that hangs
 PORT_IN_USE_EXIT = 3  # uvicorn's exit code when the port was taken between choosing it and binding it

@@ -14,12 +14,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: E402
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
 
-from _params import stage_params  # noqa: E402
-from _prefect_server import shared_api  # noqa: E402
+from flows._params import stage_params  # noqa: E402
+from flows._prefect_server import shared_api  # noqa: E402
 
-from skincancer.params import OrchestrationParams, Params  # noqa: E402
-from skincancer.lifetime import die_with_dvc, exit_on_sigterm  # noqa: E402
-from skincancer.native_stderr import filter_native_stderr  # noqa: E402
+from skincancer.core.params import OrchestrationParams, Params  # noqa: E402
+from skincancer.ops.lifetime import die_with_dvc, exit_on_sigterm  # noqa: E402
+from skincancer.ops.native_stderr import filter_native_stderr  # noqa: E402
 
 
 def task_runner(orchestration: OrchestrationParams, threads: int) -> TaskRunner:

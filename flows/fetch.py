@@ -1,11 +1,13 @@
 """DVC stage `fetch`: every dataset in fetch.datasets/sources -> data/raw/ + data/raw/index.parquet."""
 
-from _stage import run_stage, task_runner
+from flows._stage import run_stage, task_runner
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from skincancer import fetch, paths
-from skincancer.params import Params
+from skincancer.ingest import fetch
+
+from skincancer.core import paths
+from skincancer.core.params import Params
 
 
 def concurrent_downloads(function, jobs):

@@ -1,10 +1,10 @@
 """Prefect flow `skincancer-pipeline`: `dvc repro` as one run (only stale stages run), for the nightly
-deployment in prefect.yaml and for `python flows/pipeline.py [TARGET...] [--force] [--no-pull] [--no-push]
+deployment in prefect.yaml and for `python -m flows.pipeline [TARGET...] [--force] [--no-pull] [--no-push]
 [--publish BRANCH]`.
 
 With a default DVC remote the run pulls first (the outputs the last run pushed) and pushes after; with
 `publish` it then commits dvc.lock and the git-tracked metrics and plots to that results branch and pushes
-it (skincancer.nightly). Each stage is still DVC's subprocess `python flows/<stage>.py`; they inherit
+it (skincancer.ops.nightly). Each stage is still DVC's subprocess `python -m flows.<stage>`; they inherit
 PREFECT_API_URL, so their stage flow runs land on the same API as this one. Without a configured API this
 process starts Prefect's temporary server once and hands its URL down, instead of one server per stage
 (flows/_prefect_server.shared_api).
@@ -28,11 +28,12 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.exceptions import TerminationSignal  # noqa: E402
 
-import _prefect_server  # noqa: E402
-from skincancer import lifetime, paths  # noqa: E402
-from skincancer.metrics_diff import diff_markdown, flatten  # noqa: E402
-from skincancer.nightly import NightlyError, commit_message, publish_results, snapshot_records  # noqa: E402
-from _prefect_server import shared_api  # noqa: E402
+from flows import _prefect_server  # noqa: E402
+from skincancer.ops import lifetime  # noqa: E402
+from skincancer.core import paths
+from skincancer.review.metrics_diff import diff_markdown, flatten  # noqa: E402
+from skincancer.ops.nightly import NightlyError, commit_message, publish_results, snapshot_records  # noqa: E402
+from flows._prefect_server import shared_api  # noqa: E402
 
 
 class StageFailed(RuntimeError):
@@ -125,7 +126,7 @@ def check_gpu_if_required() -> None:
     """SKINCANCER_REQUIRE_GPU: fail before any stage runs, not hours into training on the CPU."""
     if not os.environ.get("SKINCANCER_REQUIRE_GPU"):
         return
-    from skincancer.hardware import NoGPU, check_devices  # TensorFlow: only where a GPU is expected
+    from skincancer.train.hardware import NoGPU, check_devices  # TensorFlow: only where a GPU is expected
 
     try:
         check_devices()
@@ -195,7 +196,7 @@ def summary(ran: list[str], metrics: dict | None, seconds: float) -> str:
 
 
 def _head() -> str:
-    from skincancer.nightly import git
+    from skincancer.ops.nightly import git
 
     return git("rev-parse", "HEAD")
 

@@ -1,7 +1,7 @@
 """The pull-request check (.github/workflows/model-report.yml): start from the base's published outputs,
 rerun only what this change makes stale, and write the diff report against the base.
 
-    python flows/pr_report.py --base origin/results [--out diff-report]
+    python -m flows.pr_report --base origin/results [--out diff-report]
 
 The base (the results branch the nightly run publishes, or the PR's base branch) holds the dvc.lock of
 outputs that exist on the DVC remote, and the git-tracked outputs beside it. They replace this checkout's,
@@ -16,10 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import main as run_pipeline
+from flows.pipeline import main as run_pipeline
 
-from skincancer.diff_report import BaseUnreadable, write_diff_report
-from skincancer.nightly import NightlyError, take_records
+from skincancer.review.diff_report import BaseUnreadable, write_diff_report
+from skincancer.ops.nightly import NightlyError, take_records
 
 
 def take_base_records(base: str) -> None:

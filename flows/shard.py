@@ -3,13 +3,15 @@
 from collections.abc import Iterator
 
 import pandas as pd
-from _stage import run_stage, task_runner
+from flows._stage import run_stage, task_runner
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from skincancer import paths, shard
-from skincancer.params import Params
-from skincancer.prepare import Encoded, EncodeJob
+from skincancer.core import paths
+
+from skincancer.shard import shard
+from skincancer.core.params import Params
+from skincancer.shard.prepare import Encoded, EncodeJob
 
 
 def chunks_as_tasks(

@@ -10,8 +10,7 @@ import pytest
 
 from project_copy import ROOT, project_env
 
-sys.path.append(str(ROOT / "flows"))  # flows/_prefect_server.py; last: no stage script shadows a module
-from _prefect_server import prefect_server_start, running_server  # noqa: E402
+from flows._prefect_server import prefect_server_start, running_server
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +23,9 @@ def prefect_api(tmp_path_factory) -> Iterator[str]:
 
 def split_sample(root: Path, n_images: int, seed: int):
     """fetch -> split through the library (no Prefect): the sample's split manifest, images under root/split."""
-    from skincancer.fetch import fetch
-    from skincancer.params import FetchParams, LabelParams, SampleParams, SplitParams
-    from skincancer.split import build_manifest, materialise
+    from skincancer.ingest.fetch import fetch
+    from skincancer.core.params import FetchParams, LabelParams, SampleParams, SplitParams
+    from skincancer.split.split import build_manifest, materialise
 
     index = fetch(FetchParams(sample=SampleParams(n_images=n_images, seed=seed)), root / "raw")
     manifest = build_manifest(index, SplitParams(), LabelParams())
@@ -39,8 +38,8 @@ def tiny_shards(tmp_path_factory) -> Path:
     """fetch -> split -> shard through the library (no Prefect): 32 px shards of 120 images."""
     import pandas as pd  # noqa: F401  (pyarrow engine for parquet)
 
-    from skincancer.params import ShardParams
-    from skincancer.shard import write_shards
+    from skincancer.core.params import ShardParams
+    from skincancer.shard.shard import write_shards
 
     root = tmp_path_factory.mktemp("tiny")
     manifest = split_sample(root, 120, seed=1)

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from skincancer.layouts import INDEX_COLUMNS
+from skincancer.ingest.layouts import INDEX_COLUMNS
 
 # HAM10000 (ISIC 2018): 10,015 images of 7,470 lesions, lesion ids only
 HAM10000_DIAGNOSES = {

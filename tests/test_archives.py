@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from skincancer import archives
-from skincancer.archives import UnsafeArchive, member_uri, read_uris, safe_members, sha256_hex
+from skincancer.ingest import archives
+from skincancer.ingest.archives import UnsafeArchive, member_uri, read_uris, safe_members, sha256_hex
 
 
 def make_zip(path: Path, entries: list[tuple[str, bytes]], symlinks: tuple[str, ...] = ()) -> Path:

@@ -158,7 +158,7 @@ def test_the_corpus_has_isic_2020s_shape_and_every_size_is_a_prefix_of_the_next(
 
 
 def test_a_generated_corpus_reads_through_the_isic2020_layout_and_a_larger_one_copies_it(tmp_path, monkeypatch):
-    from skincancer.layouts import read_isic2020_duplicates, read_layout
+    from skincancer.ingest.layouts import read_isic2020_duplicates, read_layout
 
     monkeypatch.setenv("SKINCANCER_BENCH_CACHE", str(tmp_path / "cache"))
     small = isic2020.isic2020_corpus(12, workers=1)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from skincancer.calibration import Calibration, fit_calibration
-from skincancer.params import CalibrationParams
+from skincancer.core.calibration import Calibration, fit_calibration
+from skincancer.core.params import CalibrationParams
 
 
 def overcalled(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skincancer import paths
-from skincancer.diff_report import paired_markdown, read_predictions, shared_test_images
+from skincancer.core import paths
+from skincancer.review.diff_report import paired_markdown, read_predictions, shared_test_images
 
 PATIENTS, PER_PATIENT = 120, 3
 
@@ -83,7 +83,7 @@ def test_predictions_without_groups_count_one_group_per_image_with_one_warning(t
     (tmp_path / paths.REPORTS).mkdir()
     frame = predictions(np.linspace(0, 1, 9), np.array([0, 1] * 4 + [0])).drop(columns="group")
     frame.to_csv(tmp_path / paths.PREDICTIONS, index=False)
-    with caplog.at_level(logging.WARNING, logger="skincancer.diff_report"):
+    with caplog.at_level(logging.WARNING, logger="skincancer.review.diff_report"):
         read = read_predictions(None, tmp_path)
     assert (read["group"] == read["image_id"]).all()
     assert caplog.text.count("has no group column") == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from skincancer.download import ChecksumMismatch, DownloadError, Downloaded, download, redact
+from skincancer.ingest.download import ChecksumMismatch, DownloadError, Downloaded, download, redact
 
 PAYLOAD = random.Random(20240603).randbytes(3 * 2**20 + 12345)  # odd size: ranges are not aligned
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -143,7 +143,7 @@ def test_follows_redirects(server, tmp_path):
 
 
 def test_resumes_after_dropped_connection(server, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="skincancer.download")
+    caplog.set_level(logging.INFO, logger="skincancer.ingest.download")
     server.drop_first = 2
     dest = tmp_path / "a.zip"
     download(server.url, dest, sha256=SHA, **FAST)
@@ -166,7 +166,7 @@ def test_resumes_a_partial_left_by_an_earlier_run(server, tmp_path):
 
 @pytest.mark.parametrize("status", [500, 503, 429])
 def test_retries_server_errors_then_succeeds(server, tmp_path, caplog, status):
-    caplog.set_level(logging.INFO, logger="skincancer.download")
+    caplog.set_level(logging.INFO, logger="skincancer.ingest.download")
     server.fail_first, server.fail_status = 2, status
     download(server.url, tmp_path / "a.zip", sha256=SHA, retries=3, **FAST)
     assert server.requests == 3
@@ -268,7 +268,7 @@ def test_existing_mismatching_file_is_left_untouched(server, tmp_path):
 
 
 def test_stale_longer_partial_is_discarded_and_recovered(server, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="skincancer.download")
+    caplog.set_level(logging.INFO, logger="skincancer.ingest.download")
     dest = tmp_path / "a.zip"
     partial_of(dest).write_bytes(PAYLOAD + b"left over from an older, longer upstream file")
     download(server.url, dest, sha256=SHA, **FAST)

@@ -5,16 +5,16 @@ from pathlib import Path
 
 import yaml
 
-from skincancer import paths
-from skincancer.params import (
+from skincancer.core import paths
+from skincancer.core.params import (
     REPORTED_PARAMS, FetchParams, ShardParams, TrainParams, execution_knobs, result_keys,
 )
-from skincancer.resolved import RESOLVED_KEYS
+from skincancer.core.resolved import RESOLVED_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src"
 # params.py: its values reach stages as `params:` deps; atomic.py: how outputs are written, not what
-NOT_DEPS = {"src/skincancer/__init__.py", "src/skincancer/params.py", "src/skincancer/atomic.py"}
+NOT_DEPS = {"src/skincancer/__init__.py", "src/skincancer/core/params.py", "src/skincancer/core/atomic.py"}
 
 
 def stages() -> dict:
@@ -52,7 +52,7 @@ def code_closure(flow: Path) -> set[str]:
 def test_every_stage_depends_on_the_code_it_runs():
     for name, stage in stages().items():
         flow = f"flows/{name}.py"
-        assert stage["cmd"] == f"python {flow}"
+        assert stage["cmd"] == f"python -m flows.{name}"
         declared = {dep for dep in stage["deps"] if dep.endswith(".py")}
         needed = code_closure(ROOT / flow) | {flow}
         assert needed - declared == set(), f"{name}: dvc.yaml misses code deps"

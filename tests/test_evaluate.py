@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from skincancer.data import ShardSpecMismatch, eval_dataset
-from skincancer.evaluate import PREDICTION_COLUMNS, evaluate, predict_split
-from skincancer.inference import DIHEDRAL, at_scale
-from skincancer.metrics import METRIC_KEYS
-from skincancer.models import build_classifier
-from skincancer.params import EvaluateParams, TrainParams
+from skincancer.train.data import ShardSpecMismatch, eval_dataset
+from skincancer.evaluate.evaluate import PREDICTION_COLUMNS, evaluate, predict_split
+from skincancer.evaluate.inference import DIHEDRAL, at_scale
+from skincancer.evaluate.metrics import METRIC_KEYS
+from skincancer.train.models import build_classifier
+from skincancer.core.params import EvaluateParams, TrainParams
 
 PLOTS = ["calibration", "confusion", "pr_test", "pr_val", "roc_test", "roc_val"]
 FIGURES = ["calibration.png", "confusion.png", "false_negatives.png", "false_positives.png", "history.png", "pr.png", "roc.png"]
@@ -23,8 +23,8 @@ FIGURES = ["calibration.png", "confusion.png", "false_negatives.png", "false_pos
 
 def save_with_card(model: keras.Model, path, shards_dir, params: TrainParams) -> None:
     """A model saved as training saves one: with its training card, which evaluate checks it against."""
-    from skincancer.data import read_shard_manifest, split_records
-    from skincancer.model_card import card_input, train_card_path_for, training_card, write_card
+    from skincancer.train.data import read_shard_manifest, split_records
+    from skincancer.core.model_card import card_input, train_card_path_for, training_card, write_card
 
     model.save(path)
     manifest_path = shards_dir / "manifest.json"
@@ -91,7 +91,7 @@ def test_predictions_csv_rows_and_columns(evaluated, tiny_shards):
 def test_probabilities_are_scores_calibrated_on_val_and_the_brier_score_is_theirs(evaluated):
     from sklearn.metrics import brier_score_loss
 
-    from skincancer.calibration import Calibration
+    from skincancer.core.calibration import Calibration
 
     out, metrics = evaluated
     predictions = pd.read_csv(out / "reports/predictions.csv")
@@ -107,7 +107,7 @@ def test_probabilities_are_scores_calibrated_on_val_and_the_brier_score_is_their
 
 def test_predictions_carry_the_split_group_from_the_shards(evaluated, tiny_shards):
     """The group travels split manifest -> shard record -> predictions.csv, where the bootstrap reads it."""
-    from skincancer.tfrecords import read_examples
+    from skincancer.shard.tfrecords import read_examples
 
     out, _ = evaluated
     predictions = pd.read_csv(out / "reports/predictions.csv", dtype=str).set_index("image_id")

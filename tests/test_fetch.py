@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from layout_fixtures import write_class_folders, write_isic2019, write_isic_cli
-from skincancer.download import ChecksumMismatch, DownloadError
-from skincancer.fetch import CHECKSUMS, FetchError, fetch, read_checksums
-from skincancer.layouts import LayoutError
-from skincancer.params import FetchParams, SampleParams
+from skincancer.ingest.download import ChecksumMismatch, DownloadError
+from skincancer.ingest.fetch import CHECKSUMS, FetchError, fetch, read_checksums
+from skincancer.ingest.layouts import LayoutError
+from skincancer.core.params import FetchParams, SampleParams
 
 
 @dataclass
@@ -193,7 +193,7 @@ def test_flow_downloads_files_concurrently_as_prefect_tasks(mirror, tmp_path, pr
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["fetch"] |= {"datasets": ["isic2019"], "mirror": mirror.url, "workers": 3}
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    run([sys.executable, "flows/fetch.py"], project, project_env(project) | {"PREFECT_API_URL": prefect_api})
+    run([sys.executable, "-m", "flows.fetch"], project, project_env(project) | {"PREFECT_API_URL": prefect_api})
     assert len(pd.read_parquet(project / "data/raw/index.parquet")) > 0
     assert len(mirror.requests) == 3 and mirror.most_in_flight >= 2
     task_runs = httpx.post(f"{prefect_api}/task_runs/filter", json={"limit": 200}).json()
@@ -203,7 +203,7 @@ def test_flow_downloads_files_concurrently_as_prefect_tasks(mirror, tmp_path, pr
 
 def test_official_duplicate_pairs_are_collected_for_the_split(mirror, tmp_path):
     from layout_fixtures import write_isic2020_duplicates
-    from skincancer.sample import write_sample
+    from skincancer.ingest.sample import write_sample
 
     folder = mirror.root / "challenges/2020"
     sample = write_sample(tmp_path / "sample", n_images=40, seed=2)["isic2020"]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from skincancer.hardware import REQUIRE_GPU, STRATEGIES, NoGPU, auto_strategy_name, check_devices, pick_strategy, precision_policy
+from skincancer.train.hardware import REQUIRE_GPU, STRATEGIES, NoGPU, auto_strategy_name, check_devices, pick_strategy, precision_policy
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def test_one_device_is_tensorflows_default_placement(monkeypatch):
 def test_a_tf_config_the_strategy_ignores_makes_one_chief_worker_not_a_cluster(monkeypatch):
     """train.distribute one_device under a TF_CONFIG of three workers trains alone: it writes the outputs
     and keeps train.resume, rather than counting the workers TF_CONFIG names."""
-    from skincancer.multi_worker import cluster_size, is_chief, worker_count
+    from skincancer.train.multi_worker import cluster_size, is_chief, worker_count
 
     addresses = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": 1}}))
@@ -66,9 +66,9 @@ def test_a_model_built_while_other_threads_draw_random_numbers_gets_the_seeds_we
 
     import numpy as np
 
-    from skincancer.hardware import seeded_construction
-    from skincancer.models import build_classifier
-    from skincancer.params import TrainParams
+    from skincancer.train.hardware import seeded_construction
+    from skincancer.train.models import build_classifier
+    from skincancer.core.params import TrainParams
 
     params = TrainParams(backbone="small_cnn", weights=None, seed=7)
 
@@ -96,7 +96,7 @@ def test_a_model_built_while_other_threads_draw_random_numbers_gets_the_seeds_we
 def test_devices_are_logged_and_a_required_gpu_that_is_missing_fails_at_once(monkeypatch, caplog):
     """This machine has no GPU: allowed, it says so; required (the nightly deployment), it refuses."""
     monkeypatch.delenv(REQUIRE_GPU, raising=False)
-    with caplog.at_level("INFO", logger="skincancer.hardware"):
+    with caplog.at_level("INFO", logger="skincancer.train.hardware"):
         assert check_devices() == []
     assert "sees no GPU: training on the CPU" in caplog.text
     monkeypatch.setenv(REQUIRE_GPU, "1")

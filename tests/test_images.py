@@ -10,8 +10,8 @@ import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 from pydantic import ValidationError
 
-from skincancer.images import PILLOW_MAX_PIXELS, CorruptImage, Resized, resize_jpeg
-from skincancer.params import ShardParams
+from skincancer.core.images import PILLOW_MAX_PIXELS, CorruptImage, Resized, resize_jpeg
+from skincancer.core.params import ShardParams
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -232,14 +232,14 @@ def test_shades_of_gray_takes_the_light_out_of_an_image(mode: str) -> None:
 
 
 def test_shades_of_gray_leaves_a_grey_lit_image_as_it_was() -> None:
-    from skincancer.images import shades_of_gray
+    from skincancer.core.images import shades_of_gray
 
     neutral = Image.fromarray(np.full((16, 16, 3), 120, dtype=np.uint8))
     assert np.array_equal(np.asarray(shades_of_gray(neutral)), np.asarray(neutral))
 
 
 def test_colour_constancy_is_a_shard_param_that_predict_applies_too() -> None:
-    from skincancer.prepare import encode_job
+    from skincancer.shard.prepare import encode_job
 
     job = encode_job("x.jpg", ShardParams(color_constancy="shades_of_gray"), size=64)
     assert job.color_constancy == "shades_of_gray" and job.size == 64

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skincancer.labels import (
+from skincancer.core.labels import (
     CANONICAL,
     SPELLINGS,
     canonical_diagnosis,

@@ -8,10 +8,10 @@ import layout_fixtures as lf
 import pandas as pd
 import pytest
 
-from skincancer.archives import UnsafeArchive, member_uri, read_uris, sha256_hex
-from skincancer.catalog import CATALOG, CHALLENGE_URL
-from skincancer.labels import canonical_diagnosis
-from skincancer.layouts import (
+from skincancer.ingest.archives import UnsafeArchive, member_uri, read_uris, sha256_hex
+from skincancer.ingest.catalog import CATALOG, CHALLENGE_URL
+from skincancer.core.labels import canonical_diagnosis
+from skincancer.ingest.layouts import (
     CHALLENGES,
     INDEX_COLUMNS,
     ISIC2020_TABLES,
@@ -22,7 +22,7 @@ from skincancer.layouts import (
     read_isic2020_duplicates,
     read_layout,
 )
-from skincancer.sample import write_sample
+from skincancer.ingest.sample import write_sample
 
 N = 60
 CSV_NAME = "ISIC_2020_Training_GroundTruth.csv"
@@ -309,7 +309,7 @@ def test_isic2019_unk_column_maps_to_unknown(tmp_path):
 def test_missing_metadata_only_leaves_its_columns_unknown(tmp_path, caplog):
     folder = lf.write_isic2019(tmp_path / "isic2019")
     (folder / lf.ISIC2019_META).unlink()
-    with caplog.at_level(logging.WARNING, logger="skincancer.layouts"):
+    with caplog.at_level(logging.WARNING, logger="skincancer.ingest.layouts"):
         index = read("isic2019", tmp_path, folder)
     assert len(index) == len(lf.ISIC2019)
     assert index[["age_approx", "anatom_site", "lesion_id", "sex"]].isna().all().all()
@@ -549,7 +549,7 @@ def test_strict_refuses_mismatched_images_and_names_them(tmp_path, case):
 def test_non_strict_keeps_matched_images_and_warns_with_counts_and_ids(tmp_path, caplog, case):
     layout, write, kept, problems = MISMATCHED[case]
     write(tmp_path / layout)
-    with caplog.at_level(logging.WARNING, logger="skincancer.layouts"):
+    with caplog.at_level(logging.WARNING, logger="skincancer.ingest.layouts"):
         index = read_layout(layout, tmp_path / layout, source="x", raw_root=tmp_path, strict=False)
     assert len(index) == kept and index["uri"].notna().all() and hashes_are_the_images(index)
     for problem in problems:

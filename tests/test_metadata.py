@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from layout_fixtures import NINE_CLASS, csv_bytes, write_class_folders
-from skincancer.fetch import fetch
-from skincancer.metadata import MetadataError, join_metadata, read_metadata_table
-from skincancer.params import FetchParams
+from skincancer.ingest.fetch import fetch
+from skincancer.ingest.metadata import MetadataError, join_metadata, read_metadata_table
+from skincancer.core.params import FetchParams
 
 HAM_HEADER = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset")
 NINE_CLASS_IDS = sorted(i for ids in NINE_CLASS.values() for i in ids)
@@ -60,7 +60,7 @@ def test_a_diagnosis_the_table_disagrees_with_is_reported_and_left_alone(tmp_pat
     table = read_metadata_table(write_ham(tmp_path / "ham.csv", [ham_row("ISIC_0028619", "HAM_7", dx="akiec")]),
                                 "ham10000")
     index = index_rows(image_id=["ISIC_0028619"], diagnosis=pd.Series(["nevus"], dtype="string"))
-    with caplog.at_level(logging.WARNING, logger="skincancer.metadata"):
+    with caplog.at_level(logging.WARNING, logger="skincancer.ingest.metadata"):
         joined, conflicts = join_metadata(index, [table])
     assert joined["diagnosis"].tolist() == ["nevus"]
     assert conflicts[["field", "value", "table_value"]].values.tolist() == [["diagnosis", "nevus", "actinic_keratosis"]]
@@ -100,7 +100,7 @@ def test_tables_that_cannot_be_trusted_are_refused_naming_the_file(tmp_path, lay
 def test_rows_matching_no_image_are_counted_in_a_warning(tmp_path, caplog):
     table = read_metadata_table(write_ham(tmp_path / "ham.csv", [ham_row(f"ISIC_000000{i}", "HAM_1") for i in range(4)]),
                                 "ham10000")
-    with caplog.at_level(logging.WARNING, logger="skincancer.metadata"):
+    with caplog.at_level(logging.WARNING, logger="skincancer.ingest.metadata"):
         join_metadata(index_rows(image_id=["ISIC_0000001"]), [table])
         join_metadata(index_rows(image_id=["ISIC_0000009"]), [table])
     assert "ham.csv: 3 of 4 row(s) match no indexed image" in caplog.text

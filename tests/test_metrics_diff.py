@@ -1,6 +1,6 @@
 """metrics_diff: every metric with old, new and delta, in metrics.json's order, at a fixed precision."""
 
-from skincancer.metrics_diff import changes, diff_markdown, flatten
+from skincancer.review.metrics_diff import changes, diff_markdown, flatten
 
 OLD = {"threshold": 0.31, "val": {"roc_auc": 0.9, "n": 100, "precision": None}, "test": {"roc_auc": 0.8, "n": 98}}
 NEW = {"threshold": 0.35, "val": {"roc_auc": 0.925, "n": 100, "precision": 0.5}, "test": {"roc_auc": 0.85, "n": 98}}

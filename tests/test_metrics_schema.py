@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from skincancer.metrics import METRIC_KEYS
+from skincancer.evaluate.metrics import METRIC_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = (
@@ -45,5 +45,5 @@ def test_the_committed_metrics_json_has_exactly_those_keys():
 def test_the_pr_workflow_renders_the_report_with_the_project_script():
     workflow = yaml.safe_load((ROOT / ".github/workflows/model-report.yml").read_text())
     steps = " ".join(step.get("run", "") for step in workflow["jobs"]["report"]["steps"])
-    assert "python flows/pr_report.py --base" in steps and "cml comment update" in steps  # tests/test_nightly_box.py runs it
+    assert "python -m flows.pr_report --base" in steps and "cml comment update" in steps  # tests/test_nightly_box.py runs it
     assert "origin/results" in steps

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from skincancer.backbones import BACKBONES
-from skincancer.hardware import set_precision
-from skincancer.models import PixelPreprocessing, build_backbone, build_classifier
-from skincancer.params import Params, TrainParams
+from skincancer.core.backbones import BACKBONES
+from skincancer.train.hardware import set_precision
+from skincancer.train.models import PixelPreprocessing, build_backbone, build_classifier
+from skincancer.core.params import Params, TrainParams
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

@@ -9,7 +9,7 @@ from project_copy import ROOT
 
 SCRIPT = """
 import os, sys
-from skincancer.native_stderr import filter_native_stderr
+from skincancer.ops.native_stderr import filter_native_stderr
 filter_native_stderr()
 import tensorflow as tf
 tf.config.list_physical_devices("GPU")

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from index_shapes import isic2020_shaped
-from skincancer import layouts
-from skincancer.fetch import fetch
-from skincancer.layouts import read_layout
-from skincancer.near_duplicates import (
+from skincancer.ingest import layouts
+from skincancer.ingest.fetch import fetch
+from skincancer.ingest.layouts import read_layout
+from skincancer.ingest.near_duplicates import (
     HEX_CHARS,
     THRESHOLD,
     hamming,
@@ -21,9 +21,9 @@ from skincancer.near_duplicates import (
     image_hash,
     near_duplicate_pairs,
 )
-from skincancer.params import FetchParams, LabelParams, SampleParams, SplitParams
-from skincancer.sample import write_sample
-from skincancer.split import plan_split
+from skincancer.core.params import FetchParams, LabelParams, SampleParams, SplitParams
+from skincancer.ingest.sample import write_sample
+from skincancer.split.split import plan_split
 
 SIZE = (160, 120)
 

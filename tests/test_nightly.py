@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from skincancer.nightly import BASE_REF, NightlyError, checkout_latest, commit_message, git, publish_results, records
+from skincancer.ops.nightly import BASE_REF, NightlyError, checkout_latest, commit_message, git, publish_results, records
 
 DVC_YAML = """stages:
   evaluate:
@@ -170,7 +170,7 @@ def test_commit_message_carries_the_metrics_delta():
 
 
 def test_publishing_from_a_branch_leaves_the_branch_where_it_is(remote_and_box):
-    """`python flows/pipeline.py --publish results` on a developer's own branch: only the results ref moves."""
+    """`python -m flows.pipeline --publish results` on a developer's own branch: only the results ref moves."""
     _, dev, _ = remote_and_box
     before = git("rev-parse", "HEAD", cwd=dev)
     night(dev, "dev night\n", 0.6)

@@ -161,7 +161,7 @@ def test_nightly_pulls_code_and_outputs_reruns_what_changed_pushes_and_publishes
     run(["git", "checkout", "-q", "-b", "tta"], pull_request, env)
     set_params(pull_request, {"evaluate": {"tta": 4}})
     run(["git", "commit", "-qam", "evaluate.tta: 4"], pull_request, env)
-    result = run([str(BIN / "python"), "flows/pr_report.py", "--base", "origin/results"], pull_request, env)
+    result = run([str(BIN / "python"), "-m", "flows.pr_report", "--base", "origin/results"], pull_request, env)
     assert list(dict.fromkeys(stages_run(result.stdout + result.stderr))) == ["evaluate"]
     report = (pull_request / "diff-report/report.md").read_text()
     assert "| evaluate.tta | `2` | `4` |" in report and "origin/results" in report
@@ -173,7 +173,7 @@ def test_an_unreachable_remote_fails_the_run_naming_it_and_changes_nothing(remot
     run(["git", "clone", "-q", "-b", "results", str(root / "origin.git"), str(clone)], root, env)
     run([str(BIN / "dvc"), "remote", "modify", "--local", "storage", "endpointurl", f"http://127.0.0.1:{free_port()}"], clone, env)
     lock = (clone / "dvc.lock").read_bytes()
-    result = run([str(BIN / "python"), "flows/pipeline.py"], clone, env | {"AWS_MAX_ATTEMPTS": "1"}, check=False)
+    result = run([str(BIN / "python"), "-m", "flows.pipeline"], clone, env | {"AWS_MAX_ATTEMPTS": "1"}, check=False)
     assert result.returncode == 1
     assert re.search(r"error: dvc pull with remote 'storage' \(s3://skincancer/cache\) failed: .*check that it is "
                      r"reachable and that this machine's credentials for it are valid", result.stderr), result.stderr[-3000:]
@@ -188,7 +188,7 @@ def test_a_rejected_credential_fails_the_run_naming_the_remote(remotes, tmp_path
     run(["git", "clone", "-q", "-b", "results", str(root / "origin.git"), str(clone)], root, env)
     with moto_server(tmp_path, {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as url:
         run([str(BIN / "dvc"), "remote", "modify", "--local", "storage", "endpointurl", url], clone, env)
-        result = run([str(BIN / "python"), "flows/pipeline.py"], clone, env | {"AWS_ACCESS_KEY_ID": "AKIAEXPIRED00000000"},
+        result = run([str(BIN / "python"), "-m", "flows.pipeline"], clone, env | {"AWS_ACCESS_KEY_ID": "AKIAEXPIRED00000000"},
                      check=False)
     assert result.returncode == 1
     assert re.search(r"error: dvc pull with remote 'storage' \(s3://skincancer/cache\) failed: .*credentials for it are "
@@ -201,7 +201,7 @@ def test_a_deployment_that_requires_a_gpu_fails_before_any_stage_without_one(rem
     root, _, _, env = remotes
     clone = root / "no-gpu"
     run(["git", "clone", "-q", str(root / "origin.git"), str(clone)], root, env)
-    result = run([str(BIN / "python"), "flows/pipeline.py"], clone, env | {"SKINCANCER_REQUIRE_GPU": "1"}, check=False)
+    result = run([str(BIN / "python"), "-m", "flows.pipeline"], clone, env | {"SKINCANCER_REQUIRE_GPU": "1"}, check=False)
     assert result.returncode == 1
     assert "SKINCANCER_REQUIRE_GPU is set but TensorFlow" in result.stderr and "sees no GPU" in result.stderr, result.stderr[-3000:]
     assert "Running stage" not in result.stdout

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from skincancer.params import Params, ParamsError, load_params
+from skincancer.core.params import Params, ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def json_like(value):
         ("fetch", "sources", [{"name": "x", "url": "https://h/", "layout": "isic2020", "files": ["a.zip"],
                                "sha256": {"b.csv": "0" * 64}}], "sha256 pins files not listed"),
         ("fetch", "datasets", [], "nothing to fetch"),
-        ("labels", "malignant", ["melanom"], "'melanom' is not a diagnosis of the vocabulary (skincancer.labels); did you mean 'melanoma'?"),
+        ("labels", "malignant", ["melanom"], "'melanom' is not a diagnosis of the vocabulary (skincancer.core.labels); did you mean 'melanoma'?"),
         ("labels", "malignant", ["MEL"], "write it as 'melanoma'"),
         ("split", "group_by", ["patient_id", "doctor_id"], "split.group_by.1"),
         ("fetch", "metadata", [{"url": "file:///HAM10000_metadata.csv", "layout": "ham"}], "unknown metadata layout 'ham'"),
@@ -195,7 +195,7 @@ def test_numbers_keep_their_yaml_types(tmp_path):
 
 
 def test_an_empty_file_or_a_missing_section_is_named_with_the_other_problems(tmp_path):
-    from skincancer.params import parse_params
+    from skincancer.core.params import parse_params
 
     empty = tmp_path / "params.yaml"
     empty.write_text("")
@@ -220,14 +220,14 @@ def test_a_section_that_is_not_a_mapping_is_named_not_a_traceback(tmp_path):
 
 
 def test_the_shipped_params_have_nothing_unused():
-    from skincancer.params import unused_settings
+    from skincancer.core.params import unused_settings
 
     assert unused_settings(load_params(ROOT / "params.yaml")) == []
     assert unused_settings(load_params(ROOT / "params" / "real.yaml")) == []
 
 
 def test_augmentation_that_would_never_run_is_warned_about(tmp_path):
-    from skincancer.params import unused_settings
+    from skincancer.core.params import unused_settings
 
     weights = tmp_path / "backbone.weights.h5"
     weights.write_bytes(b"")
@@ -252,7 +252,7 @@ def test_augmentation_that_would_never_run_is_warned_about(tmp_path):
      "orchestration.dask_workers 2 is unused"),
 ])
 def test_a_changed_setting_that_has_no_effect_is_warned_about_once(tmp_path, change, warning):
-    from skincancer.params import unused_settings
+    from skincancer.core.params import unused_settings
 
     warnings = unused_settings(load_params(write(tmp_path, _changed(change))))
     assert len(warnings) == 1 and warnings[0].startswith(warning), warnings
@@ -260,15 +260,14 @@ def test_a_changed_setting_that_has_no_effect_is_warned_about_once(tmp_path, cha
 
 def test_defaults_left_in_place_are_not_warned_about(tmp_path):
     """params.yaml spells every key: a default the setting ignores is not the user's choice."""
-    from skincancer.params import unused_settings
+    from skincancer.core.params import unused_settings
 
     change = {"evaluate.threshold.policy": "fixed", "fetch.datasets": ["isic2019"], "orchestration.dask_address": "tcp://h:8786"}
     assert unused_settings(load_params(write(tmp_path, _changed(change)))) == []
 
 
 def test_every_stage_prints_the_warnings_and_still_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(ROOT / "flows"))
-    from _params import stage_params
+    from flows._params import stage_params
 
     path = write(tmp_path, _changed({"evaluate.calibration": {"method": "none", "prevalence": 0.02}}))
     monkeypatch.setenv("SKINCANCER_PARAMS", str(path))

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from project_copy import BIN, TINY_PARAMS, committed_project, project_env, run, set_params, stages_run
-from skincancer.metrics import METRIC_KEYS
-from skincancer.metrics_diff import flatten
-from skincancer import lifetime
-from skincancer.params import FetchParams, ShardParams, TrainParams, execution_knobs
+from skincancer.evaluate.metrics import METRIC_KEYS
+from skincancer.review.metrics_diff import flatten
+from skincancer.ops import lifetime
+from skincancer.core.params import FetchParams, ShardParams, TrainParams, execution_knobs
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +52,9 @@ def stage_log(api: str, flow_name: str) -> str:
 
 
 def test_pipeline_flow_runs_every_stage_on_the_server_and_records_the_outputs(repo, prefect_api):
-    """`python flows/pipeline.py` against a real server (tests/test_nightly_box.py runs it as the deployment)."""
+    """`python -m flows.pipeline` against a real server (tests/test_nightly_box.py runs it as the deployment)."""
     root, env = repo
-    result = run([str(BIN / "python"), "flows/pipeline.py"], root, env)
+    result = run([str(BIN / "python"), "-m", "flows.pipeline"], root, env)
     assert "no DVC remote configured" in result.stdout + result.stderr  # said once, and the run goes on locally
     assert (result.stdout + result.stderr).count("no DVC remote configured") == 1
     metrics = json.loads((root / "metrics.json").read_text())
@@ -104,7 +104,7 @@ def test_nothing_changed_runs_no_stage(repo):
 
 
 def test_retraining_identically_leaves_dvc_lock_as_it_was_and_evaluate_does_not_rerun(repo):
-    """The model file is a function of the weights (skincancer.model_file): the same training, the same bytes."""
+    """The model file is a function of the weights (skincancer.train.model_file): the same training, the same bytes."""
     root, env = repo
     lock = (root / "dvc.lock").read_bytes()
     forced = run([str(BIN / "dvc"), "repro", "--force", "--single-item", "train"], root, env)
@@ -208,7 +208,7 @@ def test_a_failing_stage_fails_the_flow_naming_it_and_records_nothing(repo, pref
     (root / "broken.weights.h5").write_bytes(b"not HDF5")  # passes the params check, fails inside the train flow
     set_params(root, {"train": {"weights": "broken.weights.h5"}})
     try:
-        result = run([str(BIN / "python"), "flows/pipeline.py"], root, env, check=False)
+        result = run([str(BIN / "python"), "-m", "flows.pipeline"], root, env, check=False)
     finally:
         set_params(root, {"train": {"weights": None}})
         (root / "broken.weights.h5").unlink()
@@ -259,10 +259,10 @@ def test_sigkill_leaves_no_server_or_stage_behind(repo, killed, shell):
     # minute against the server that died with its parent; it ends either way
     alone = {key: value for key, value in env.items() if key != "PREFECT_API_URL"} | {
         "PREFECT_CLIENT_MAX_RETRIES": "0", "SHELL": shell}
-    command = {"stage": [str(BIN / "python"), "flows/evaluate.py"],
+    command = {"stage": [str(BIN / "python"), "-m", "flows.evaluate"],
                "dvc repro": [str(BIN / "dvc"), "repro", "--force", "--single-item", "evaluate"],
-               "pipeline": [str(BIN / "python"), "flows/pipeline.py", "--force", "fetch"]}[killed]  # no upstream to rerun
-    stage = "flows/fetch.py" if killed == "pipeline" else "flows/evaluate.py"
+               "pipeline": [str(BIN / "python"), "-m", "flows.pipeline", "--force", "fetch"]}[killed]  # no upstream to rerun
+    stage = "-m flows.fetch" if killed == "pipeline" else "-m flows.evaluate"
     process = subprocess.Popen(command, cwd=root, env=alone, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         tree = wait_for(lambda: (found := descendants(process.pid)) and any("uvicorn" in c for c in found.values())
@@ -282,9 +282,9 @@ def test_sigterm_stops_the_running_stage_and_leaves_the_outputs_as_they_were(rep
     root, env = repo
     model, lock = (root / "models/model.keras").read_bytes(), (root / "dvc.lock").read_bytes()
     history = (root / "models/history.csv").read_bytes()
-    process = subprocess.Popen([str(BIN / "python"), "flows/pipeline.py", "--force", "train"], cwd=root, env=env,
+    process = subprocess.Popen([str(BIN / "python"), "-m", "flows.pipeline", "--force", "train"], cwd=root, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stage = wait_for(lambda: [pid for pid, c in descendants(process.pid).items() if "flows/train.py" in c],
+    stage = wait_for(lambda: [pid for pid, c in descendants(process.pid).items() if "flows.train" in c],
                      what="the train stage")
     wait_for(lambda: not (root / "models/model.keras").exists(), what="DVC to clear the stage's outputs")
     process.send_signal(signal.SIGTERM)

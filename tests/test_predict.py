@@ -10,12 +10,12 @@ import tensorflow as tf
 from typer.testing import CliRunner
 
 from skincancer.cli import app
-from skincancer.evaluate import evaluate
-from skincancer.inference import load_for_inference
-from skincancer.model_card import card_path_for, read_card
-from skincancer.params import AugmentParams, EvaluateParams, TrainParams
-from skincancer.predict import image_files, predict
-from skincancer.train import train
+from skincancer.evaluate.evaluate import evaluate
+from skincancer.evaluate.inference import load_for_inference
+from skincancer.core.model_card import card_path_for, read_card
+from skincancer.core.params import AugmentParams, EvaluateParams, TrainParams
+from skincancer.serve.predict import image_files, predict
+from skincancer.train.train import train
 
 runner = CliRunner()
 
@@ -95,7 +95,7 @@ def test_explain_writes_a_grad_cam_overlay_per_image(evaluated, tiny_shards, tmp
 
 
 def test_grad_cam_is_a_unit_heat_map_at_the_image_size(evaluated):
-    from skincancer.explain import grad_cam
+    from skincancer.serve.explain import grad_cam
 
     image = np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
     heat = grad_cam(load_for_inference(evaluated / "model.keras"), image)
@@ -127,7 +127,7 @@ def test_exports_take_uint8_and_agree_with_the_keras_model(evaluated, tmp_path, 
 
 
 def test_training_writes_the_models_card_and_evaluate_adds_its_decision(evaluated, tiny_shards):
-    from skincancer.model_card import file_sha256
+    from skincancer.core.model_card import file_sha256
 
     trained = json.loads((evaluated / "train_card.json").read_text())
     card = json.loads((evaluated / "card.json").read_text())
@@ -198,7 +198,7 @@ def test_a_model_file_from_another_keras_version_is_refused_naming_both_versions
             if info.filename == "config.json":  # a Keras 2 layer name Keras 3 does not know
                 data = data.replace(b'"class_name": "Conv2D"', b'"class_name": "Convolution2DTranspose_v1"', 1)
             target.writestr(info, data)
-    from skincancer.model_card import file_sha256
+    from skincancer.core.model_card import file_sha256
 
     card = json.loads((evaluated / "card.json").read_text())
     card["model"]["sha256"] = file_sha256(folder / "model.keras")
@@ -221,8 +221,8 @@ def test_a_file_that_is_not_an_image_is_an_error_row_and_exit_1(evaluated, tmp_p
 
 
 def test_a_model_trained_in_mixed_precision_predicts_and_exports_in_float32(tmp_path):
-    from skincancer.hardware import set_precision
-    from skincancer.models import build_classifier
+    from skincancer.train.hardware import set_precision
+    from skincancer.train.models import build_classifier
 
     try:
         set_precision("mixed_float16")
@@ -290,7 +290,7 @@ def test_export_format_is_checked_before_tensorflow_loads():
 
 def test_the_clis_export_formats_are_the_exporters():
     from skincancer.cli import ExportFormat
-    from skincancer.export import EXPORTERS
+    from skincancer.serve.export import EXPORTERS
 
     assert [member.value for member in ExportFormat] == list(EXPORTERS)
 
@@ -301,9 +301,9 @@ def test_predict_imports_no_stage_module_nor_the_report():
     import subprocess
     import sys
 
-    script = "import sys, skincancer.cli, skincancer.predict\nprint(sorted(m for m in sys.modules if m.startswith('skincancer.')))"
+    script = "import sys, skincancer.cli, skincancer.serve.predict\nprint(sorted(m for m in sys.modules if m.startswith('skincancer.')))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     loaded = set(eval(result.stdout.strip().splitlines()[-1]))
-    assert "skincancer.inference" in loaded
-    assert not loaded & {"skincancer.evaluate", "skincancer.shard", "skincancer.report", "skincancer.figures",
-                         "skincancer.explain"}
+    assert "skincancer.evaluate.inference" in loaded
+    assert not loaded & {"skincancer.evaluate.evaluate", "skincancer.shard.shard", "skincancer.evaluate.report", "skincancer.evaluate.figures",
+                         "skincancer.serve.explain"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-from _prefect_server import PORT_IN_USE_EXIT, ServerDidNotStart, running_server, shared_api
+from flows._prefect_server import PORT_IN_USE_EXIT, ServerDidNotStart, running_server, shared_api
 
 LIBRARY = Path(__file__).resolve().parents[1] / "src/skincancer"
 

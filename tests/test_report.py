@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 from sklearn import metrics as skm
 
-from skincancer.metrics import evaluation_metrics
-from skincancer.params import EvaluateParams, ThresholdParams
-from skincancer.report import (
+from skincancer.evaluate.metrics import evaluation_metrics
+from skincancer.core.params import EvaluateParams, ThresholdParams
+from skincancer.evaluate.report import (
     confident_mistakes,
     intervals_note,
     operating_point,

@@ -11,13 +11,13 @@ import yaml
 from conftest import split_sample
 from perturbations import MAX_MEDIAN_DELTA, median_abs_delta, write_perturbed_copies
 from project_copy import ROOT
-from skincancer.evaluate import evaluate
-from skincancer.params import EvaluateParams, ShardParams, TrainParams
-from skincancer.inference import load_for_inference
-from skincancer.model_card import card_path_for, read_card
-from skincancer.predict import image_files, predict
-from skincancer.shard import write_shards
-from skincancer.train import train
+from skincancer.evaluate.evaluate import evaluate
+from skincancer.core.params import EvaluateParams, ShardParams, TrainParams
+from skincancer.evaluate.inference import load_for_inference
+from skincancer.core.model_card import card_path_for, read_card
+from skincancer.serve.predict import image_files, predict
+from skincancer.shard.shard import write_shards
+from skincancer.train.train import train
 
 
 @pytest.fixture(scope="module")

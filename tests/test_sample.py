@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skincancer.sample import write_sample
+from skincancer.ingest.sample import write_sample
 
 N = 60
 ISIC2020_HEADER = "image_name,patient_id,sex,age_approx,anatom_site_general_challenge,diagnosis,benign_malignant,target"

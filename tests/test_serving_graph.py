@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from skincancer.images import resize_jpeg
-from skincancer.serving_graph import exif_orientation, prepare_bytes
+from skincancer.core.images import resize_jpeg
+from skincancer.serve.serving_graph import exif_orientation, prepare_bytes
 
 # mean |difference| in grey levels against the shard stage's pixels: a wrong orientation, crop or colour
 # would be tens of levels off; resampling and JPEG rounding are about one

@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skincancer import shard, tfrecords
-from skincancer.params import ShardParams
-from skincancer.shard import TooManySkipped, chunk_size, in_threads, write_shards
+from skincancer.shard import shard, tfrecords
+from skincancer.core.params import ShardParams
+from skincancer.shard.shard import TooManySkipped, chunk_size, in_threads, write_shards
 
 SIZE = 32
 COUNTS = {"train": (14, 10), "val": (4, 4), "test": (4, 4)}  # (benign, malignant)
@@ -136,7 +136,7 @@ def test_a_manifest_without_groups_makes_each_image_its_group_with_one_warning(
     split_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     manifest = _manifest(split_root).drop(columns="group")
-    with caplog.at_level(logging.WARNING, logger="skincancer.shard"):
+    with caplog.at_level(logging.WARNING, logger="skincancer.shard.shard"):
         write_shards(manifest, split_root, tmp_path / "shards", _params())
     records = list(tfrecords.read_examples(sorted((tmp_path / "shards").glob("*.tfrecord"))))
     assert len(records) == len(manifest)
@@ -262,7 +262,7 @@ def test_bad_images_are_skipped_and_reported(
     manifest = _manifest(split_root)
     expected = _break_images(split_root, manifest)
 
-    with caplog.at_level(logging.WARNING, logger="skincancer.shard"):
+    with caplog.at_level(logging.WARNING, logger="skincancer.shard.shard"):
         params = _params(workers=workers, max_skipped_fraction=0.1)  # 4 of 40: exactly at the limit
         document = write_shards(manifest, split_root, tmp_path / "shards", params)
 
@@ -420,7 +420,7 @@ def test_flow_encodes_chunks_as_prefect_tasks_with_the_library_bytes(
 
     before = encode_runs()
     transitions = _transitions(cluster.scheduler_address) if cluster else 0
-    run([sys.executable, "flows/shard.py"], project, project_env(project) | {"PREFECT_API_URL": prefect_api})
+    run([sys.executable, "-m", "flows.shard"], project, project_env(project) | {"PREFECT_API_URL": prefect_api})
     ours = [task_run for key, task_run in encode_runs().items() if key not in before]
     assert len(ours) == 8 and all(task_run["state_type"] == "COMPLETED" for task_run in ours)
     assert len({task_run["flow_run_id"] for task_run in ours}) == 1

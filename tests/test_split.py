@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skincancer.params import LabelParams, SplitParams
-from skincancer.split import (
+from skincancer.core.params import LabelParams, SplitParams
+from skincancer.split.split import (
     SplitError, build_manifest, describe_summary, materialise, official_duplicate_pairs, plan_split, split_counts, summary,
     write_summary,
 )

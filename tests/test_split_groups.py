@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from index_shapes import class_folder_copy, ham10000_shaped, isic2020_shaped
-from skincancer.params import LabelParams, SplitParams
-from skincancer.split import SplitError, ids_spanning_splits, plan_split
+from skincancer.core.params import LabelParams, SplitParams
+from skincancer.split.split import SplitError, ids_spanning_splits, plan_split
 
 LABELS = LabelParams()
 FRACTIONS = dict(zip(("train", "val", "test"), (0.8, 0.1, 0.1), strict=True))

@@ -1,4 +1,4 @@
-"""flows/_stage.run_stage: what every `python flows/<stage>.py` does around its flow."""
+"""flows/_stage.run_stage: what every `python -m flows.<stage>` does around its flow."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "flows"))
-from _stage import run_stage  # noqa: E402
+from flows._stage import run_stage
 
 
 @pytest.fixture

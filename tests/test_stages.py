@@ -14,7 +14,7 @@ def project(tmp_path):
 
 
 def stage(project, name):
-    return run([sys.executable, f"flows/{name}.py"], project, project_env(project), check=False)
+    return run([sys.executable, "-m", f"flows.{name}"], project, project_env(project), check=False)
 
 
 @pytest.mark.parametrize(("name", "missing", "first"), [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from skincancer import tfrecords
+from skincancer.shard import tfrecords
 
 KNOWN = {
     "encoded": b"\xff\xd8 not really a jpeg \x00\xff\xd9",
@@ -130,7 +130,7 @@ def test_serialization_is_deterministic_and_record_size_is_exact(shard: Path) ->
 
 
 def test_readers_refuse_shards_of_another_spec_version(tmp_path: Path) -> None:
-    from skincancer import data
+    from skincancer.train import data
 
     manifest = {"spec_version": tfrecords.SPEC_VERSION, "image_size": 32, "shards": [], "splits": {}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))

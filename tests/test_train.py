@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 
 from project_copy import ROOT
-from skincancer.data import ShardSpecMismatch, eval_dataset
-from skincancer.hardware import seeded_construction
-from skincancer.models import build_backbone
-from skincancer.params import AugmentParams, ShardParams, TrainParams
-from skincancer.train import HISTORY_COLUMNS, SingleClassSplit, class_weights, train
+from skincancer.train.data import ShardSpecMismatch, eval_dataset
+from skincancer.train.hardware import seeded_construction
+from skincancer.train.models import build_backbone
+from skincancer.core.params import AugmentParams, ShardParams, TrainParams
+from skincancer.train.train import HISTORY_COLUMNS, SingleClassSplit, class_weights, train
 
 FAST = TrainParams(epochs=3, batch_size=16, early_stopping_patience=3, augment=AugmentParams(rotation=0.1))
 NO_AUGMENT = AugmentParams(flip=False, rotation=0, zoom=0, color=0)
@@ -126,7 +126,7 @@ def test_shards_of_another_image_size_are_refused_naming_both(tiny_shards, tmp_p
 
 
 def test_single_class_training_split_is_refused_before_any_epoch(tiny_shards, tmp_path):
-    from skincancer.shard import write_shards
+    from skincancer.shard.shard import write_shards
 
     split_root = tiny_shards.parent / "split"
     manifest = pd.read_parquet(split_root / "manifest.parquet")
@@ -148,8 +148,8 @@ TRAIN_SCRIPT = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 from pathlib import Path
-from skincancer.params import TrainParams
-from skincancer.train import train
+from skincancer.core.params import TrainParams
+from skincancer.train.train import train
 params = TrainParams.model_validate_json(sys.argv[1])
 out = Path(sys.argv[3])
 train(params, Path(sys.argv[2]), out / "model.keras", out / "history.csv")
@@ -188,7 +188,7 @@ def test_a_killed_training_resumes_from_its_last_finished_epoch(tiny_shards, tmp
 
 
 def test_a_state_left_by_other_params_is_not_resumed(tiny_shards, tmp_path, caplog):
-    from skincancer.train_state import TrainState, fingerprint
+    from skincancer.train.train_state import TrainState, fingerprint
 
     state = TrainState.open(tmp_path / ".train-state", FAST, {"shards": 1})
     (state.backup(1)).mkdir()
@@ -275,7 +275,7 @@ def test_the_model_file_carries_no_save_time_or_memory_address(tmp_path):
     import json
     import zipfile
 
-    from skincancer.model_file import FIXED_TIME, save_model
+    from skincancer.train.model_file import FIXED_TIME, save_model
 
     with seeded_construction(0):
         model = build_backbone("small_cnn", 32, None)

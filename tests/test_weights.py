@@ -16,7 +16,7 @@ from keras.src.applications import mobilenet_v3, nasnet
 from keras.src.backend import config as keras_config
 from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
 
-from skincancer.weights import (
+from skincancer.train.weights import (
     WeightsError,
     WeightsMismatch,
     WeightsUnavailable,

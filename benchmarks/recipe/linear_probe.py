@@ -25,10 +25,10 @@ class SplitFeatures:
 def frozen_features(shards_dir: Path, backbone: str, weights: str, batch_size: int = 64) -> dict[str, SplitFeatures]:
     """Pooled features of the pretrained backbone for every split, in manifest order: the train stage's own
     frozen-phase cache (`build_classifier(...).features`, `cached_features`)."""
-    from skincancer.data import read_shard_manifest, split_records
-    from skincancer.models import build_classifier
-    from skincancer.params import TrainParams
-    from skincancer.train import cached_features
+    from skincancer.train.data import read_shard_manifest, split_records
+    from skincancer.train.models import build_classifier
+    from skincancer.core.params import TrainParams
+    from skincancer.train.train import cached_features
 
     size = read_shard_manifest(shards_dir)["image_size"]
     classifier = build_classifier(TrainParams(backbone=backbone, weights=weights), size)

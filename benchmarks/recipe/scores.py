@@ -13,7 +13,7 @@ RESAMPLES = 1000
 def _auc(records: pd.DataFrame, probability: np.ndarray) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    from skincancer.metrics import bootstrap_auc_ci, specificity_at_sensitivity
+    from skincancer.evaluate.metrics import bootstrap_auc_ci, specificity_at_sensitivity
 
     y = records["label"].to_numpy()
     p = np.asarray(probability, dtype=np.float64)

@@ -33,7 +33,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich
 
 
 class ExportFormat(str, enum.Enum):
-    """skincancer.export.EXPORTERS' names, known here without importing TensorFlow."""
+    """skincancer.serve.export.EXPORTERS' names, known here without importing TensorFlow."""
 
     savedmodel = "savedmodel"
     tflite = "tflite"
@@ -47,7 +47,7 @@ def _fail(message: str) -> typer.Exit:
 @app.callback()
 def _quiet_native_banners() -> None:
     """Before any command imports TensorFlow: its C++ banners never reach the terminal."""
-    from skincancer.native_stderr import filter_native_stderr
+    from skincancer.ops.native_stderr import filter_native_stderr
 
     filter_native_stderr()
 
@@ -59,7 +59,7 @@ def sample(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Write the synthetic ISIC-like sample in the ISIC 2017 (Udacity) and ISIC 2020 layouts."""
-    from skincancer.sample import write_sample
+    from skincancer.ingest.sample import write_sample
 
     for layout, folder in write_sample(out_dir, n_images=n_images, seed=seed).items():
         typer.echo(f"{layout}: {folder}")
@@ -68,7 +68,7 @@ def sample(
 @app.command("check-params")
 def check_params(path: Annotated[Path, typer.Argument()] = Path("params.yaml")) -> None:
     """Validate params.yaml without running anything; settings that would have no effect are warned about."""
-    from skincancer.params import ParamsError, load_params, unused_settings
+    from skincancer.core.params import ParamsError, load_params, unused_settings
 
     try:
         params = load_params(path)
@@ -84,7 +84,7 @@ def run(
     stages: Annotated[list[str] | None, typer.Argument(help="stages to bring up to date, with what they need (default: all)", show_default=False)] = None,
     force: Annotated[bool, typer.Option(help="rerun them even if up to date")] = False,
 ) -> None:
-    """Run the pipeline flow: `dvc repro` as one Prefect run, only stale stages (flows/pipeline.py)."""
+    """Run the pipeline flow: `dvc repro` as one Prefect run, only stale stages (`python -m flows.pipeline`)."""
     import yaml
 
     pipeline, dvc_yaml = Path("flows/pipeline.py"), Path("dvc.yaml")
@@ -94,7 +94,7 @@ def run(
     if unknown := [stage for stage in stages or [] if stage not in known]:
         raise _fail(f"unknown stage(s) {unknown}; dvc.yaml has {known}")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    command = [sys.executable, str(pipeline), *(stages or []), *(["--force"] if force else [])]
+    command = [sys.executable, "-m", "flows.pipeline", *(stages or []), *(["--force"] if force else [])]
     raise typer.Exit(subprocess.run(command, env=env).returncode)
 
 
@@ -137,7 +137,7 @@ def diff_report(
 ) -> None:
     """Params changed, every metric (old, new, delta), the paired test AUC difference and ROC/PR curves
     against BASE: a PR comment's body."""
-    from skincancer.diff_report import BaseUnreadable, write_diff_report
+    from skincancer.review.diff_report import BaseUnreadable, write_diff_report
 
     try:
         report = write_diff_report(base, Path("."), out)
@@ -167,8 +167,8 @@ def predict(
     """
     model_card = _read_card(model, card, evaluated=True)
     calibration = model_card.calibration
-    from skincancer.predict import image_files, write_predictions
-    from skincancer.predict import predict as classify
+    from skincancer.serve.predict import image_files, write_predictions
+    from skincancer.serve.predict import predict as classify
 
     files = image_files(inputs)
     if not files:
@@ -178,7 +178,7 @@ def predict(
     typer.echo(f"{calibration.in_words()}; malignant at p >= {chosen:.4f}", err=True)
     frame = classify(files, classifier, model_card, threshold=threshold, batch_size=batch_size)
     if explain is not None:
-        from skincancer.predict import write_explanations
+        from skincancer.serve.predict import write_explanations
 
         write_explanations(frame, classifier, model_card, explain)
     text = write_predictions(frame, output)
@@ -193,7 +193,7 @@ def predict(
 def _read_card(model: Path, card: Path | None, *, evaluated: bool = False):
     """The model's card (default: beside it), checked against it before any work; `evaluated`: a training
     card, which has no threshold or calibration, is refused too."""
-    from skincancer.model_card import CardError, card_path_for, read_card
+    from skincancer.core.model_card import CardError, card_path_for, read_card
 
     try:
         found = read_card(card or card_path_for(model), model)
@@ -205,7 +205,7 @@ def _read_card(model: Path, card: Path | None, *, evaluated: bool = False):
 
 
 def _load(model: Path):
-    from skincancer.inference import ModelUnreadable, load_for_inference
+    from skincancer.evaluate.inference import ModelUnreadable, load_for_inference
 
     try:
         return load_for_inference(model)
@@ -229,7 +229,7 @@ def export(
     """
     model_card = _read_card(model, card)
     classifier = _load(model)
-    from skincancer.export import EXPORTERS
+    from skincancer.serve.export import EXPORTERS
 
     exporter, default_name = EXPORTERS[format.value]
     typer.echo(exporter(classifier, model_card, output or Path("exports") / default_name))

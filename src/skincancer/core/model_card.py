@@ -1,0 +1,193 @@
+"""The model's contract, beside it: what it is, how an image must be prepared for it, what its output
+means and, once evaluated, where to decide and how well it did.
+
+Training writes models/train_card.json; evaluate adds its threshold, calibration and headline metrics
+as models/card.json, the one file `skincancer predict` and `export` read (no params.yaml). The card
+names the model file's SHA-256, so a model and a card from two runs are refused, not combined.
+Plain JSON without TensorFlow: the card is read before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from skincancer.core import paths
+from skincancer.core.atomic import atomic_write_text
+from skincancer.core.calibration import Calibration
+from skincancer.core.labels import CLASS_NAMES
+from skincancer.core.params import EvaluateParams, ShardParams, TrainParams
+
+CARD_VERSION = 1
+# how every image is prepared besides the card's own `input` values (skincancer.core.images, tf.io.decode_jpeg)
+PREPARATION = {
+    "decode": "full decode at the smallest JPEG DCT scale keeping the side >= image_size (Pillow draft)",
+    "orientation": "EXIF orientation applied (upright)",
+    "colour": "8-bit RGB: grey and palette expanded, 16-bit scaled, transparency flattened on black",
+    "resample": "Lanczos (Pillow LANCZOS, reducing_gap 3)",
+    "crop": "centre square, then resized (resize: crop); or fitted inside the square on black (resize: pad)",
+    "jpeg_subsampling": "4:4:4",
+    "pixels": "uint8 RGB 0..255, the model's own input (its preprocessing is inside it)",
+}
+# the shard settings, as the shards' manifest records them, that prepare an image for the model
+SHARD_KEYS = ("image_size", "resize", "jpeg_quality", "color_constancy", "max_pixels")
+HEADLINE = ("roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "sensitivity", "specificity", "n", "n_malignant")
+
+
+class CardError(ValueError):
+    """A card that is missing, unreadable, unevaluated or not the model's own; the message names both files."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def train_card_path_for(model_path: Path) -> Path:
+    """Where training writes a model's card, beside it (models/train_card.json in the pipeline)."""
+    return Path(model_path).with_name(paths.TRAIN_CARD.name)
+
+
+def card_path_for(model_path: Path) -> Path:
+    """Where evaluate writes the evaluated card and `predict` and `export` look for it, beside the model."""
+    return Path(model_path).with_name(paths.CARD.name)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _versions() -> dict[str, str]:
+    return {package: _version(package) for package in ("skincancer", "keras", "tensorflow")}
+
+
+def _labels(records: pd.DataFrame, classes: list[str] | None) -> dict:
+    """The label each diagnosis of the training data took (labels.malignant, as the split applied it)."""
+    mapping = records.groupby("diagnosis")["label"].max().sort_index()
+    labels = {
+        "classes": list(CLASS_NAMES),  # output index 1 = malignant: the score is P(malignant)
+        "malignant_diagnoses": [str(d) for d, label in mapping.items() if label == 1],
+        "benign_diagnoses": [str(d) for d, label in mapping.items() if label == 0],
+    }
+    return labels | ({"diagnosis_head_classes": classes} if classes else {})
+
+
+def card_input(manifest: dict, manifest_path: Path) -> dict:
+    """How an image is prepared for the model, from the shards' manifest: checked before training, so
+    shards from an older version fail at once, not after the last epoch."""
+    if missing := [key for key in SHARD_KEYS if key not in manifest]:
+        raise CardError(f"{manifest_path} does not record {missing} (shards from an older version); "
+                        "rerun `dvc repro shard` so the model card can say how to prepare an image")
+    return {key: manifest[key] for key in SHARD_KEYS} | PREPARATION
+
+
+def training_card(params: TrainParams, card_input: dict, manifest_path: Path, records: pd.DataFrame,
+                  model_path: Path, precision: str, classes: list[str] | None = None) -> dict:
+    """The card of a freshly saved model: `card_input` as card_input() gave it, `records` the training
+    split's rows (its diagnoses and labels)."""
+    return {
+        "card_version": CARD_VERSION,
+        "model": {"file": Path(model_path).name, "sha256": file_sha256(model_path)},
+        "backbone": params.backbone,
+        "weights": params.weights,
+        "head": params.head,
+        "trained_precision": precision,
+        "input": card_input,
+        "output": "score: the model's uncalibrated P(malignant); evaluation.calibration maps it to a probability",
+        "labels": _labels(records, classes),
+        "data": {"shards_manifest_sha256": file_sha256(manifest_path)},
+        "versions": _versions(),
+    }
+
+
+def evaluated_card(training: dict, metrics: dict, params: EvaluateParams) -> dict:
+    """The training card with the evaluation's decision: threshold and its policy, calibration, the views
+    scores average over (tta), and val/test headline metrics with their intervals."""
+    return training | {"evaluation": {
+        "threshold": metrics["threshold"],
+        "threshold_policy": params.threshold.model_dump(mode="json"),
+        "calibration": metrics["calibration"],
+        "tta": params.tta,
+        "tta_scales": list(params.tta_scales),
+        "metrics": {split: {key: metrics[split].get(key) for key in HEADLINE} for split in ("val", "test")},
+    }}
+
+
+def write_card(card: dict, path: Path) -> None:
+    atomic_write_text(path, json.dumps(card, indent=2, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A card read back and checked against its model file."""
+
+    document: dict
+    path: Path
+
+    @property
+    def image_size(self) -> int:
+        return int(self.document["input"]["image_size"])
+
+    @property
+    def shard(self) -> ShardParams:
+        """The shard settings an image is prepared with (skincancer.shard.prepare), as the training images were."""
+        return ShardParams(**{key: self.document["input"][key] for key in SHARD_KEYS})
+
+    @property
+    def evaluation(self) -> dict:
+        if "evaluation" not in self.document:
+            raise CardError(f"{self.path} is a training card without a threshold or calibration; "
+                            "run `dvc repro evaluate` and use models/card.json")
+        return self.document["evaluation"]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.evaluation["threshold"])
+
+    @property
+    def calibration(self) -> Calibration:
+        return Calibration.from_json(self.evaluation["calibration"])
+
+    @property
+    def tta(self) -> int:
+        return int(self.document.get("evaluation", {}).get("tta", 1))
+
+    @property
+    def tta_scales(self) -> tuple[float, ...]:
+        return tuple(self.document.get("evaluation", {}).get("tta_scales", [1.0]))
+
+
+def read_card(card_path: Path, model_path: Path, written_by: str = "evaluate") -> ModelCard:
+    """The card, refused unless it names `model_path`'s exact bytes; `written_by`: the stage that writes it."""
+    card_path, model_path = Path(card_path), Path(model_path)
+    if not model_path.is_file():
+        raise CardError(f"{model_path} not found: run `dvc repro train` (or pass --model)")
+    if not card_path.is_file():
+        raise CardError(f"{card_path} not found: the model card of {model_path} is written by "
+                        f"`dvc repro {written_by}` (or pass --card)")
+    try:
+        document = json.loads(card_path.read_text())
+        recorded = document["model"]["sha256"]
+        document["input"]["image_size"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise CardError(f"{card_path} is not a model card ({type(error).__name__}: {error}); "
+                        f"rerun `dvc repro {written_by}` to write it") from None
+    if document.get("card_version") != CARD_VERSION:
+        raise CardError(f"{card_path} has card_version {document.get('card_version')!r}, this code reads "
+                        f"{CARD_VERSION}; rerun `dvc repro {written_by}`")
+    if recorded != (actual := file_sha256(model_path)):
+        raise CardError(f"{card_path} describes another model than {model_path} (SHA-256 {recorded[:12]}... vs "
+                        f"{actual[:12]}...): use the card written with this model, or rerun "
+                        f"`dvc repro {written_by}`")
+    return ModelCard(document, card_path)

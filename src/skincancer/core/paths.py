@@ -1,0 +1,51 @@
+"""The pipeline's file contract (mirrors dvc.yaml): one place that names every stage output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+INDEX = RAW / "index.parquet"
+DUPLICATES = RAW / "duplicates.parquet"  # official duplicate pairs: image_id_1, image_id_2, source
+METADATA_CONFLICTS = RAW / "metadata_conflicts.csv"  # source values a fetch.metadata table disagrees with
+RESOLVED = Path("data/resolved.json")  # the values of params.yaml's 'auto' settings (skincancer.core.resolved)
+SPLIT = Path("data/split")
+SPLIT_MANIFEST = SPLIT / "manifest.parquet"
+SHARDS = Path("data/shards")
+SHARDS_MANIFEST = SHARDS / "manifest.json"
+MODELS = Path("models")
+MODEL = MODELS / "model.keras"
+HISTORY = MODELS / "history.csv"
+TRAIN_CARD = MODELS / "train_card.json"  # the model's contract (skincancer.core.model_card), as trained
+CARD = MODELS / "card.json"  # and as evaluated: what `skincancer predict` and `export` read
+TENSORBOARD = Path("logs/train")  # train.tensorboard: true
+METRICS = Path("metrics.json")
+REPORTS = Path("reports")
+SPLIT_SUMMARY = REPORTS / "split.json"
+PREDICTIONS = REPORTS / "predictions.csv"  # DVC-cached: read at another revision through dvc.api
+SPLITS = ("train", "val", "test")
+
+
+class MissingInput(FileNotFoundError):
+    """A stage ran before the stage that produces its input."""
+
+
+# stage -> {input it reads: stage that writes it}
+STAGE_INPUTS: dict[str, dict[Path, str]] = {
+    "resolve": {},
+    "fetch": {},
+    "split": {INDEX: "fetch"},
+    "shard": {SPLIT_MANIFEST: "split"},
+    "train": {SHARDS_MANIFEST: "shard"},
+    "evaluate": {MODEL: "train", TRAIN_CARD: "train", SHARDS_MANIFEST: "shard"},
+}
+
+
+def require_inputs(stage: str, root: Path = Path(".")) -> None:
+    """Fail with the stage to run first instead of a traceback deep inside a reader."""
+    for path, producer in STAGE_INPUTS[stage].items():
+        if not (root / path).exists():
+            raise MissingInput(
+                f"{stage}: input {path} not found; run the {producer} stage first "
+                f"(`dvc repro {producer}`, or `dvc repro` for the whole pipeline)"
+            )

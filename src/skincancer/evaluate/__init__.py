@@ -1,0 +1,1 @@
+"""Stage 5, evaluate: the one scoring path, metrics with intervals, calibration fit, threshold and the report."""

@@ -1,0 +1,417 @@
+"""Evaluation outputs: dvc plot data (CSV), PNG figures, report.md and a self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import markdown
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
+
+from skincancer.core.atomic import atomic_write_bytes, atomic_write_text
+from skincancer.evaluate.figures import plt, png_bytes
+from skincancer.core.labels import CLASS_NAMES as LABEL_NAMES
+from skincancer.core.labels import mapping_in_words
+from skincancer.evaluate.metrics import Scores
+from skincancer.core.params import ThresholdParams
+
+CLASS_NAMES = np.array(LABEL_NAMES)
+CURVE_SPLITS = ("val", "test")
+WITH_INTERVAL = {  # headline rows shown with their 95% interval, and what the interval resamples or counts
+    "roc_auc": "ROC AUC (95% CI, groups resampled)",
+    "sensitivity": "sensitivity (95% CI, images)",
+    "specificity": "specificity (95% CI, images)",
+}
+HEADLINE = {
+    "specificity_at_95_sensitivity": "specificity at 95% sensitivity",
+    "pauc_above_80_tpr": "partial AUC above 80% TPR (max 0.2)",
+    "pr_auc": "PR AUC",
+    "brier": "Brier score (lower is better)",
+}
+
+
+# ---------------------------------------------------------------- scores and groups
+
+
+def split_scores(predictions: pd.DataFrame, split: str) -> Scores:
+    """One split's labels, probabilities and groups, as the metrics take them."""
+    rows = predictions[predictions["split"] == split]
+    return Scores(rows["label"].to_numpy(), rows["probability"].to_numpy(), rows["group"].to_numpy())
+
+
+def group_counts(predictions: pd.DataFrame) -> dict[str, int]:
+    """Groups per split: how many independent units the AUC intervals resample."""
+    return {split: predictions.loc[predictions["split"] == split, "group"].nunique() for split in CURVE_SPLITS}
+
+
+# ---------------------------------------------------------------- plot data (dvc plots)
+
+
+def _curves(y: np.ndarray, p: np.ndarray) -> dict[str, pd.DataFrame]:
+    """ROC and PR points; empty tables when one class is missing (the curves are undefined)."""
+    if len(np.unique(y)) < 2:
+        return {"roc": pd.DataFrame(columns=["fpr", "tpr", "threshold"]), "pr": pd.DataFrame(columns=["recall", "precision"])}
+    fpr, tpr, thresholds = skm.roc_curve(y, p)
+    precision, recall, _ = skm.precision_recall_curve(y, p)
+    return {
+        "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.clip(thresholds, 0, 1)}),
+        "pr": pd.DataFrame({"recall": recall, "precision": precision}),
+    }
+
+
+def plot_tables(predictions: pd.DataFrame, threshold: float) -> dict[str, pd.DataFrame]:
+    """The tables `dvc plots` draws (and diffs across commits): ROC and PR per split, confusion and
+    calibration on test."""
+    tables: dict[str, pd.DataFrame] = {}
+    for split in CURVE_SPLITS:
+        rows = predictions[predictions["split"] == split]
+        for name, table in _curves(rows["label"].to_numpy(), rows["probability"].to_numpy()).items():
+            tables[f"{name}_{split}"] = table
+    test = predictions[predictions["split"] == "test"]
+    y, p = test["label"].to_numpy(), test["probability"].to_numpy()
+    observed, predicted = calibration_curve(y, p, n_bins=10, strategy="quantile") if len(y) else ([], [])
+    tables["confusion"] = pd.DataFrame({"actual": CLASS_NAMES[y], "predicted": CLASS_NAMES[(p >= threshold).astype(int)]})
+    tables["calibration"] = pd.DataFrame({"mean_predicted": predicted, "fraction_malignant": observed})
+    return tables
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _auc_label(split: str, auc: float | None) -> str:
+    return f"{split} (AUC {auc:.3f})" if auc is not None else f"{split} (undefined)"
+
+
+def _curves_figure(tables: dict[str, pd.DataFrame], kind: str, x: str, y: str, title: str, metrics: dict) -> bytes:
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    for split in CURVE_SPLITS:
+        table = tables[f"{kind}_{split}"]
+        key = "roc_auc" if kind == "roc" else "pr_auc"
+        axes.plot(table[x], table[y], label=_auc_label(split, metrics[split][key]))
+    if kind == "roc":
+        axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    axes.set(xlabel=x, ylabel=y, title=title, xlim=(0, 1), ylim=(0, 1.02))
+    axes.legend(loc="lower right" if kind == "roc" else "lower left")
+    return png_bytes(figure)
+
+
+def _calibration_figure(table: pd.DataFrame) -> bytes:
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    axes.plot(table["mean_predicted"], table["fraction_malignant"], marker=".")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    axes.set(xlabel="mean predicted probability", ylabel="fraction malignant", title="Calibration (test)", xlim=(0, 1), ylim=(0, 1.02))
+    return png_bytes(figure)
+
+
+def _confusion_figure(table: pd.DataFrame) -> bytes:
+    counts = pd.crosstab(table["actual"], table["predicted"]).reindex(index=CLASS_NAMES, columns=CLASS_NAMES, fill_value=0)
+    figure, axes = plt.subplots(figsize=(4, 3.5))
+    axes.imshow(counts.to_numpy(), cmap="Blues")
+    for (row, column), value in np.ndenumerate(counts.to_numpy()):
+        axes.text(column, row, str(value), ha="center", va="center")
+    axes.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES, xlabel="predicted", ylabel="actual", title="Confusion matrix (test)")
+    return png_bytes(figure)
+
+
+def _history_figure(history: pd.DataFrame) -> bytes:
+    figure, (auc_axes, loss_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for axes, metric in ((auc_axes, "auc"), (loss_axes, "loss")):
+        axes.plot(history["epoch"], history[metric], label=f"train {metric}")
+        axes.plot(history["epoch"], history[f"val_{metric}"], label=f"val {metric}")
+        for start in history.loc[history["phase"].diff() > 0, "epoch"]:
+            axes.axvline(start - 0.5, color="grey", linestyle=":", linewidth=1)  # fine-tuning starts
+        axes.set(xlabel="epoch", title=f"Training {metric}")
+        axes.legend()
+    return png_bytes(figure)
+
+
+def gallery_figure(rows: pd.DataFrame, images: dict[str, bytes], title: str) -> bytes:
+    """Thumbnails with id, diagnosis and probability: what the model got most confidently wrong."""
+    columns = max(1, min(4, len(rows)))
+    lines = max(1, -(-len(rows) // columns))
+    figure, grid = plt.subplots(lines, columns, figsize=(2.4 * columns, 2.7 * lines), squeeze=False)
+    for axes in grid.flat:
+        axes.axis("off")
+    for axes, row in zip(grid.flat, rows.itertuples()):
+        axes.imshow(Image.open(io.BytesIO(images[row.image_id])).convert("RGB"))
+        axes.set_title(f"{row.image_id}\n{row.diagnosis}, p={row.probability:.3f}", fontsize=8)
+    if rows.empty:
+        grid[0, 0].text(0.5, 0.5, "none", ha="center", va="center")
+    figure.suptitle(title, fontsize=10)
+    return png_bytes(figure)
+
+
+# ---------------------------------------------------------------- tables and words
+
+
+def confident_mistakes(predictions: pd.DataFrame, count: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Test false negatives scored lowest and false positives scored highest (the ones to look at)."""
+    test = predictions[predictions["split"] == "test"]
+    missed = test[(test["label"] == 1) & (test["prediction"] == 0)].sort_values(["probability", "image_id"])
+    alarms = test[(test["label"] == 0) & (test["prediction"] == 1)].sort_values(["probability", "image_id"], ascending=[False, True])
+    return missed.head(count), alarms.head(count)
+
+
+def per_diagnosis(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Share called malignant per diagnosis: sensitivity for malignant ones, FPR for benign ones."""
+    test = predictions[predictions["split"] == "test"]
+    return (
+        test.groupby("diagnosis")
+        .agg(n=("image_id", "size"), label=("label", "max"), called_malignant=("prediction", "mean"))
+        .reset_index()
+    )
+
+
+def per_source(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Test metrics per dataset: a model can do well on one archive's camera and badly on another's."""
+    rows = []
+    for source, group in predictions[predictions["split"] == "test"].groupby("source"):
+        y, called = group["label"].to_numpy(), group["prediction"].to_numpy()
+        rows.append({
+            "source": source,
+            "n": len(group),
+            "n_malignant": int(y.sum()),
+            "roc_auc": skm.roc_auc_score(y, group["probability"]) if 0 < y.sum() < len(y) else None,
+            "sensitivity": called[y == 1].mean() if (y == 1).any() else None,
+            "specificity": 1 - called[y == 0].mean() if (y == 0).any() else None,
+        })
+    return pd.DataFrame(rows, columns=["source", "n", "n_malignant", "roc_auc", "sensitivity", "specificity"])
+
+
+def _number(value: float | int | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    return str(value) if isinstance(value, int | np.integer) else f"{value:.{digits}f}"
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{part / whole:.0%}" if whole else "n/a"
+
+
+def _percent_interval(metrics: dict, key: str) -> str:
+    """' (95% CI 69%-96%)' after a share in words; nothing where the share is undefined."""
+    low, high = metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"]
+    return "" if low is None else f" (95% CI {low:.0%}-{high:.0%})"
+
+
+def _how_chosen(policy: ThresholdParams) -> str:
+    return {
+        "sensitivity": f"chosen on the validation split to catch {policy.target:.0%} of its malignant images",
+        "youden": "chosen on the validation split to maximise sensitivity + specificity (Youden's J)",
+        "fixed": "fixed in params.yaml (evaluate.threshold.value)",
+    }[policy.policy]
+
+
+def operating_point(metrics: dict, predictions: pd.DataFrame, policy: ThresholdParams) -> str:
+    """The chosen operating point in words, with the counts and the interval behind each percentage."""
+    test = predictions[predictions["split"] == "test"]
+    malignant, benign = test[test["label"] == 1], test[test["label"] == 0]
+    caught, cleared = int(malignant["prediction"].sum()), int((benign["prediction"] == 0).sum())
+    called = int(test["prediction"].sum())
+    return (
+        f"At threshold **{metrics['threshold']:.4f}** ({_how_chosen(policy)}), the model catches "
+        f"**{_percent(caught, len(malignant))}**{_percent_interval(metrics['test'], 'sensitivity')} of the "
+        f"malignant test images ({caught} of {len(malignant)}) and correctly clears "
+        f"**{_percent(cleared, len(benign))}**{_percent_interval(metrics['test'], 'specificity')} of the benign "
+        f"test images ({cleared} of {len(benign)}); **{_percent(caught, called)}**"
+        f"{_percent_interval(metrics['test'], 'precision')} of the {called} test images it calls malignant are malignant."
+    )
+
+
+def calibration_note(metrics: dict) -> str:
+    """What the probabilities (and so the Brier score and calibration plot) mean."""
+    from skincancer.core.calibration import Calibration
+
+    calibration = Calibration.from_json(metrics.get("calibration"))
+    if calibration.method == "none":
+        return "Probabilities are the model's raw scores (evaluate.calibration.method: none)."
+    return (
+        f"Probabilities are the model's scores {calibration.in_words().removeprefix('probabilities ')}: "
+        f"Platt scaling (slope {calibration.slope:.3f}, intercept {calibration.intercept:+.3f}) fitted on the "
+        "validation split only; the Brier score and the calibration plot are of these probabilities, and "
+        "`skincancer predict` prints them. AUC and the decisions are unchanged by it (the map is monotone)."
+    )
+
+
+def intervals_note(metrics: dict, predictions: pd.DataFrame) -> str:
+    """What each interval resamples or counts, and on how many independent units it rests."""
+    groups = group_counts(predictions)
+    return (
+        "Intervals are 95%. ROC AUC intervals are percentile bootstraps that resample the split's groups "
+        "(patients, lesions and duplicate links, as the split placed them), each drawn group with all its "
+        f"images: the test split holds {metrics['test']['n']} images in {groups['test']} groups (val: "
+        f"{metrics['val']['n']} images in {groups['val']} groups). Sensitivity, specificity and precision "
+        "intervals are Wilson score intervals that count images as independent: where a patient contributes "
+        "several images, they are narrower than the evidence warrants."
+    )
+
+
+def _table(header: list[str], rows: list[list[str]], align: str) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _with_interval(metrics: dict, key: str) -> str:
+    low = metrics[f"{key}_ci_low"]
+    interval = "" if low is None else f" ({_number(low)}-{_number(metrics[f'{key}_ci_high'])})"
+    return _number(metrics[key]) + interval
+
+
+def _headline(metrics: dict, groups: dict[str, int]) -> str:
+    splits = [metrics[split] for split in CURVE_SPLITS]
+    rows = [[label, *(_with_interval(m, key) for m in splits)] for key, label in WITH_INTERVAL.items()]
+    rows += [[label, *(_number(m[key]) for m in splits)] for key, label in HEADLINE.items()]
+    rows.append(["images (malignant)", *(f"{m['n']} ({m['n_malignant']})" for m in splits)])
+    rows.append(["groups (patients, lesions, duplicates)", *(str(groups[split]) for split in CURVE_SPLITS)])
+    return _table(["", "val", "test"], rows, "lrr")
+
+
+def _all_metrics(metrics: dict) -> str:
+    rows = [[key, _number(metrics["val"][key], 4), _number(metrics["test"][key], 4)] for key in metrics["test"]]
+    return _table(["metric", "val", "test"], rows, "lrr")
+
+
+def _mistakes_table(rows: pd.DataFrame) -> str:
+    if rows.empty:
+        return "None."
+    return _table(
+        ["image", "diagnosis", "source", "probability"],
+        [[row.image_id, row.diagnosis, row.source, f"{row.probability:.4f}"] for row in rows.itertuples()],
+        "lllr",
+    )
+
+
+def labels_section(params: dict) -> str:
+    """The benign/malignant mapping in force, where the shown params carry it (`labels.malignant`)."""
+    if "labels" not in params:
+        return ""
+    return f"\n## Labels\n\n{mapping_in_words(params['labels']['malignant'])}\n"
+
+
+def render_markdown(
+    metrics: dict, predictions: pd.DataFrame, policy: ThresholdParams, params: dict, mistakes: int, with_history: bool
+) -> str:
+    diagnoses = per_diagnosis(predictions)
+    diagnosis_rows = [
+        [row.diagnosis, "malignant" if row.label else "benign", str(row.n), _number(row.called_malignant)]
+        for row in diagnoses.itertuples()
+    ]
+    sources = per_source(predictions)
+    source_section = ""
+    if len(sources) > 1:
+        source_rows = [
+            [row.source, str(row.n), str(row.n_malignant), _number(row.roc_auc), _number(row.sensitivity), _number(row.specificity)]
+            for row in sources.itertuples()
+        ]
+        source_section = "\n## Per source (test)\n\n" + _table(
+            ["source", "n", "malignant", "ROC AUC", "sensitivity", "specificity"], source_rows, "lrrrrr"
+        ) + "\n"
+    missed, alarms = confident_mistakes(predictions, mistakes)
+    history = "\n![Training history](figures/history.png)" if with_history else ""
+    return f"""# Evaluation report
+
+{operating_point(metrics, predictions, policy)}
+
+{_headline(metrics, group_counts(predictions))}
+
+{intervals_note(metrics, predictions)}
+
+{calibration_note(metrics)}
+{labels_section(params)}
+## Per diagnosis (test)
+
+Share of images called malignant: the sensitivity for malignant diagnoses, the false-positive rate for benign ones.
+
+{_table(["diagnosis", "class", "n", "called malignant"], diagnosis_rows, "llrr")}
+{source_section}
+## Most confident mistakes (test)
+
+### Missed malignant lesions (false negatives, lowest probability first)
+
+![False negatives](figures/false_negatives.png)
+
+{_mistakes_table(missed)}
+
+### Benign lesions called malignant (false positives, highest probability first)
+
+![False positives](figures/false_positives.png)
+
+{_mistakes_table(alarms)}
+
+## Figures
+
+![ROC](figures/roc.png) ![Precision-recall](figures/pr.png)
+![Confusion matrix](figures/confusion.png) ![Calibration](figures/calibration.png){history}
+
+## All metrics
+
+{_all_metrics(metrics)}
+
+## Params
+
+```yaml
+{yaml.safe_dump(params, sort_keys=False).rstrip()}
+```
+"""
+
+
+def render_html(report_markdown: str, figures: dict[str, bytes]) -> str:
+    """report.md as one HTML file with every figure embedded: it can be mailed or attached as is."""
+    body = markdown.markdown(report_markdown, extensions=["tables", "fenced_code"])
+
+    def embed(match: re.Match) -> str:
+        data = base64.b64encode(figures[match.group(1)]).decode("ascii")
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="figures/([^"]+)"', embed, body)
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
+        "table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ccc;padding:.25rem .6rem}"
+        "td{text-align:right}td:first-child{text-align:left}img{max-width:100%;vertical-align:top}"
+        "pre{background:#f6f6f6;padding:.8rem;overflow:auto}"
+    )
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>skincancer evaluation report</title><style>{style}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def write_report(
+    reports_dir: Path,
+    metrics: dict,
+    predictions: pd.DataFrame,
+    *,
+    policy: ThresholdParams,
+    params: dict,
+    history: pd.DataFrame | None,
+    images: dict[str, bytes],
+    mistakes: int,
+) -> None:
+    """Every file under reports/, each written atomically. `images`: encoded test images by id (gallery)."""
+    tables = plot_tables(predictions, metrics["threshold"])
+    for name, table in tables.items():
+        atomic_write_text(reports_dir / "plots" / f"{name}.csv", table.to_csv(index=False, float_format="%.6g"))
+    missed, alarms = confident_mistakes(predictions, mistakes)
+    figures = {
+        "roc.png": _curves_figure(tables, "roc", "fpr", "tpr", "ROC", metrics),
+        "pr.png": _curves_figure(tables, "pr", "recall", "precision", "Precision-recall", metrics),
+        "confusion.png": _confusion_figure(tables["confusion"]),
+        "calibration.png": _calibration_figure(tables["calibration"]),
+        "false_negatives.png": gallery_figure(missed, images, "Missed malignant lesions (test)"),
+        "false_positives.png": gallery_figure(alarms, images, "Benign lesions called malignant (test)"),
+    }
+    if history is not None:
+        figures["history.png"] = _history_figure(history)
+    for name, png in figures.items():
+        atomic_write_bytes(reports_dir / "figures" / name, png)
+    text = render_markdown(metrics, predictions, policy, params, mistakes, with_history=history is not None)
+    atomic_write_text(reports_dir / "predictions.csv", predictions.to_csv(index=False))
+    atomic_write_text(reports_dir / "report.md", text)
+    atomic_write_text(reports_dir / "report.html", render_html(text, figures))

@@ -1,0 +1,1 @@
+"""Running things: process lifetimes, native stderr filtering, the nightly git/DVC loop of the GPU box."""

@@ -1,0 +1,1 @@
+"""After the pipeline: classify new images (predict, Grad-CAM) and export the model for serving."""

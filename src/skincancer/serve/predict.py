@@ -1,0 +1,110 @@
+"""Classify new images with the evaluated model at its frozen operating point, as its card says.
+
+Each image goes through the shard stage's own encoding (skincancer.evaluate.inference.prepare: EXIF transpose,
+reduced-scale decode, crop or pad, JPEG at the shard quality) and the training pipeline's JPEG decoder,
+so a test image scores here what it scored in reports/predictions.csv. Everything it needs to know
+(image size, resize, quality, views, calibration, threshold) comes from the model card, not params.yaml.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import keras
+import pandas as pd
+import tensorflow as tf
+from tqdm import tqdm
+
+from skincancer.core.atomic import atomic_write_text
+from skincancer.evaluate.inference import Prepared, decode, predict_images, prepare
+from skincancer.core.labels import CLASS_NAMES
+from skincancer.evaluate.metrics import DECIMALS
+from skincancer.core.model_card import ModelCard
+
+log = logging.getLogger(__name__)
+
+# what a folder walk picks up (an explicit file is always tried, whatever its name)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm"}
+COLUMNS = ["path", "probability", "prediction", "label", "threshold", "error", "score", "prevalence"]
+
+
+def image_files(inputs: Iterable[Path]) -> list[Path]:
+    """Files as given, folders walked recursively for images, in a stable (sorted) order."""
+    found: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found.append(item)
+    return found
+
+
+def _batches(prepared: Iterator[Prepared], batch_size: int) -> Iterator[list[Prepared]]:
+    batch: list[Prepared] = []
+    for item in prepared:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict(
+    files: list[Path],
+    model: keras.Model,
+    card: ModelCard,
+    *,
+    threshold: float | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """One row per file: P(malignant) (the score calibrated as evaluated, both rounded like predictions.csv),
+    the call at the card's threshold (or `threshold`), or the error."""
+    threshold = card.threshold if threshold is None else threshold
+    calibration, shard = card.calibration, card.shard
+    rows = []
+    bar = tqdm(total=len(files), unit="image", disable=not progress or len(files) <= batch_size, leave=False)
+    for batch in _batches((prepare(path, shard) for path in files), batch_size):
+        good = [item for item in batch if item.jpeg is not None]
+        probabilities = iter(())
+        if good:
+            images = tf.data.Dataset.from_tensor_slices([item.jpeg for item in good]).map(decode).batch(batch_size)
+            scores = predict_images(model, images, card.tta, card.tta_scales).round(DECIMALS)
+            probabilities = iter(zip(scores, calibration.apply(scores).round(DECIMALS), strict=True))
+        for item in batch:
+            if item.error is not None:
+                log.warning("%s: %s", item.path, item.error)
+                rows.append({"path": str(item.path), "threshold": threshold, "error": item.error})
+                continue
+            score, probability = (float(value) for value in next(probabilities))
+            called = int(probability >= threshold)
+            rows.append({"path": str(item.path), "probability": probability, "prediction": called,
+                         "label": CLASS_NAMES[called], "threshold": threshold, "error": "",
+                         "score": score, "prevalence": calibration.prevalence})
+        bar.update(len(batch))
+    bar.close()
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return frame.astype({"prediction": "Int64"})
+
+
+def write_predictions(frame: pd.DataFrame, output: Path | None) -> str | None:
+    """CSV or JSON by the output's suffix, written whole or not at all; without an output, the CSV text to print."""
+    if output is None:
+        return frame.to_csv(index=False)
+    json_output = output.suffix.lower() == ".json"
+    atomic_write_text(output, frame.to_json(orient="records", indent=2) + "\n" if json_output else frame.to_csv(index=False))
+    return None
+
+
+def write_explanations(frame: pd.DataFrame, model: keras.Model, card: ModelCard, out_dir: Path) -> None:
+    """One Grad-CAM overlay PNG per classified image, named after it (`<stem>.gradcam.png`)."""
+    from skincancer.core.atomic import atomic_write_bytes
+    from skincancer.serve.explain import grad_cam, overlay_png
+
+    for row in frame[frame["error"] == ""].itertuples():
+        image = decode(prepare(Path(row.path), card.shard).jpeg).numpy()
+        title = f"{Path(row.path).name}: p={row.probability:.3f} ({row.label})"
+        atomic_write_bytes(out_dir / f"{Path(row.path).stem}.gradcam.png", overlay_png(image, grad_cam(model, image), title))

@@ -1,0 +1,1 @@
+"""Stage 4, train: tf.data pipelines, augmentation, backbones and heads, hardware strategies, resumable fitting."""

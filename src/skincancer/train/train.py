@@ -1,0 +1,300 @@
+"""train stage: phase 1 (the head on a frozen backbone, or the whole net from scratch), then optional
+phase 2 fine-tuning of the backbone's top layers; the best-validation-AUC model is what is kept."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from skincancer.core.atomic import atomic_path, atomic_write_text
+from skincancer.train.data import (
+    check_image_size,
+    eval_dataset,
+    feature_dataset,
+    read_shard_manifest,
+    split_records,
+    split_targets,
+    training_dataset,
+)
+from skincancer.train.diagnosis_classes import DiagnosisClasses, diagnosis_classes
+from skincancer.train.hardware import check_devices, make_deterministic, pick_strategy, seeded_construction, set_precision
+from skincancer.core.model_card import card_input, train_card_path_for, training_card, write_card
+from skincancer.train.model_file import save_model
+from skincancer.train.models import Classifier, build_classifier, malignant_probability, unfreeze_top
+from skincancer.train.multi_worker import is_chief, worker_count
+from skincancer.core.params import TrainParams
+from skincancer.train.train_state import TrainState
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = [
+    "epoch", "phase", "loss", "auc", "precision", "recall",
+    "val_loss", "val_auc", "val_precision", "val_recall", "learning_rate",
+]
+
+
+class TrainingDiverged(RuntimeError):
+    """No epoch produced a finite validation AUC (NaN loss, or a learning rate far too high)."""
+
+
+class SingleClassSplit(ValueError):
+    """A split lacks benign or malignant images: AUC, checkpoints and class weights are undefined."""
+
+
+def class_counts(shards_dir: Path, split: str) -> dict[int, int]:
+    counts = read_shard_manifest(shards_dir)["splits"][split]
+    return {0: counts["benign"], 1: counts["malignant"]}
+
+
+def require_both_classes(shards_dir: Path) -> None:
+    for split in ("train", "val"):
+        counts = class_counts(shards_dir, split)
+        if not all(counts.values()):
+            raise SingleClassSplit(
+                f"{Path(shards_dir) / 'manifest.json'}: the {split} split has {counts[0]} benign and {counts[1]} "
+                "malignant images; training needs both. Fetch more data or check labels.malignant in params.yaml"
+            )
+
+
+def class_weights(shards_dir: Path, imbalance: str, classes: DiagnosisClasses | None = None) -> dict[int, float] | None:
+    """'class_weight': weight each label by n / (2 n_c), so the rare malignant class counts as much; a
+    diagnosis class takes its label's weight (the diagnoses within a label keep their natural mix)."""
+    if imbalance != "class_weight":
+        return None
+    counts = class_counts(shards_dir, "train")
+    total = sum(counts.values())
+    weights = {label: total / (2 * count) for label, count in counts.items()}
+    if classes is None:
+        return weights
+    return {index: weights[label] for index, label in enumerate(classes.labels)}
+
+
+class _OnMalignant:
+    """A binary metric fed P(malignant) and the malignant label of a diagnosis head's output and class index,
+    so a diagnosis head's history (and val AUC, which picks the best epoch) means what a binary head's does."""
+
+    def __init__(self, malignant: list[float], **kwargs):
+        super().__init__(**kwargs)
+        self.malignant = malignant
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        mask = keras.ops.convert_to_tensor(self.malignant, dtype="float32")
+        label = keras.ops.take(mask, keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"))
+        probability = malignant_probability(keras.ops.cast(y_pred, "float32"), mask)
+        return super().update_state(label, probability, sample_weight)
+
+
+class MalignantAUC(_OnMalignant, keras.metrics.AUC):
+    pass
+
+
+class MalignantPrecision(_OnMalignant, keras.metrics.Precision):
+    pass
+
+
+class MalignantRecall(_OnMalignant, keras.metrics.Recall):
+    pass
+
+
+def compile_for_training(model: keras.Model, learning_rate: float, classes: DiagnosisClasses | None = None) -> None:
+    if classes is None:
+        loss = keras.losses.BinaryCrossentropy()
+        metrics = [keras.metrics.AUC(name="auc"), keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")]
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        mask = classes.malignant_mask
+        metrics = [MalignantAUC(mask, name="auc"), MalignantPrecision(mask, name="precision"), MalignantRecall(mask, name="recall")]
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+
+
+class SaveBest(keras.callbacks.Callback):
+    """Keep the classifier's weights at its best val AUC so far. Unlike ModelCheckpoint it saves the
+    full classifier while the head trains alone on cached features, and no optimizer state, which
+    differs between phases."""
+
+    def __init__(self, classifier: keras.Model, path: Path, best: float):
+        super().__init__()
+        self.classifier, self.path, self.best = classifier, path, best
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        auc = (logs or {}).get("val_auc", math.nan)
+        if math.isfinite(auc) and auc > self.best:
+            self.best = auc
+            with atomic_path(self.path) as partial, partial.open("wb") as file:
+                np.savez(file, *self.classifier.get_weights())
+
+
+def load_best(classifier: keras.Model, path: Path) -> None:
+    with np.load(path) as saved:
+        classifier.set_weights([saved[f"arr_{index}"] for index in range(len(saved.files))])
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One INFO line per epoch, where the terminal and the Prefect run log both show it (Keras' own
+    progress lines are prints that Prefect never captures)."""
+
+    def __init__(self, phase: int, epochs: int):
+        super().__init__()
+        self.phase, self.epochs, self.started = phase, epochs, 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        log.info("phase %d epoch %d/%d: loss %.4f, auc %.4f, val_auc %.4f, learning rate %.3g, %.1f s", self.phase,
+                 epoch + 1, self.epochs, logs.get("loss", float("nan")), logs.get("auc", float("nan")),
+                 logs.get("val_auc", float("nan")), rate, time.perf_counter() - self.started)
+
+
+def _callbacks(params: TrainParams, state: TrainState, phase: int, epochs: int, classifier: keras.Model, best: float,
+               tensorboard_dir: Path | None):
+    callbacks = [
+        EpochLog(phase, epochs),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.5, patience=params.reduce_lr_patience),
+        SaveBest(classifier, state.best_model, best),
+        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=params.early_stopping_patience),
+        keras.callbacks.CSVLogger(state.history(phase), append=True),
+        # last: an epoch is only marked done once everything above has recorded it
+        keras.callbacks.BackupAndRestore(state.backup(phase)),
+    ]
+    if tensorboard_dir is not None:
+        callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir / f"phase{phase}"))
+    return callbacks
+
+
+def cached_features(classifier: Classifier, shards_dir: Path, split: str, batch_size: int) -> np.ndarray:
+    """The frozen backbone's pooled features, computed once instead of once per epoch."""
+    return classifier.features.predict(eval_dataset(shards_dir, split, batch_size), verbose=0).astype(np.float32)
+
+
+def _targets(shards_dir: Path, split: str, classes: DiagnosisClasses | None) -> np.ndarray:
+    targets = split_targets(shards_dir, split, classes)
+    return targets.astype(np.float32) if classes is None else targets
+
+
+def validation_batch_size(val_count: int, batch_size: int, replicas: int) -> int:
+    """Keras builds its metrics on the first validation batch reduced across replicas, which fails unless
+    that batch splits evenly: so it is full, or (a val split smaller than a batch) a multiple of the replicas."""
+    return min(batch_size, max(replicas, val_count // replicas * replicas))
+
+
+def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, state: TrainState, phase: int,
+               batch_size: int, tensorboard_dir: Path | None, classes: DiagnosisClasses | None) -> None:
+    """One phase, resumable from its last finished epoch; leaves the best weights in state.best_model."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync  # called inside the strategy's scope
+    val_batch = validation_batch_size(sum(class_counts(shards_dir, "val").values()), batch_size, replicas)
+    uses_cache = phase == 1 and classifier.pretrained and params.cache_features
+    epochs, rate = (params.epochs, params.learning_rate) if phase == 1 else (params.fine_tune_epochs, params.fine_tune_learning_rate)
+    if done := state.epochs_done(phase):
+        log.info("phase %d: resuming after epoch %d of %d (train.resume)", phase, done, epochs)
+    if uses_cache:
+        log.info("phase 1 on cached features of the unaugmented images: the frozen backbone runs once over train and val")
+        model = classifier.head
+        train_targets = _targets(shards_dir, "train", classes)
+        train_labels = None if classes is None else np.asarray(classes.labels)[train_targets]  # what oversampling balances
+        train_ds = feature_dataset(
+            cached_features(classifier, shards_dir, "train", batch_size), train_targets,
+            batch_size, params.seed, params.imbalance, labels=train_labels,
+        )
+        val_ds = feature_dataset(cached_features(classifier, shards_dir, "val", batch_size), _targets(shards_dir, "val", classes), val_batch)
+    else:
+        model = classifier.model
+        train_ds = training_dataset(shards_dir, batch_size, params.seed, params.augment, params.imbalance, classes)
+        val_ds = eval_dataset(shards_dir, "val", val_batch, classes)
+    compile_for_training(model, rate, classes)
+    model.fit(
+        train_ds, validation_data=val_ds, epochs=epochs,
+        class_weight=class_weights(shards_dir, params.imbalance, classes), shuffle=False, verbose=0,
+        callbacks=_callbacks(params, state, phase, epochs, classifier.model, state.best_auc(), tensorboard_dir),
+    )
+    if not state.best_model.exists():
+        state.clear()  # nothing worth resuming
+        raise TrainingDiverged(
+            "no epoch reached a finite validation AUC (NaN loss?); lower train.learning_rate in params.yaml"
+        )
+    load_best(classifier.model, state.best_model)  # the next phase starts from the best epoch, not the last
+    state.finish(phase)
+
+
+@contextlib.contextmanager
+def _state_root(model_path: Path, chief: bool) -> Iterator[Path]:
+    """Where a worker keeps its training state: the chief beside the model, so a killed run resumes;
+    any other worker in a private temporary folder, gone with it, so only the chief writes models/."""
+    if chief:
+        yield model_path.parent / ".train-state"
+        return
+    with tempfile.TemporaryDirectory(prefix="skincancer-worker-") as private:
+        yield Path(private) / ".train-state"
+
+
+def train(
+    params: TrainParams,
+    shards_dir: Path,
+    model_path: Path,
+    history_path: Path,
+    image_size: int | None = None,
+    tensorboard_dir: Path | None = None,
+    card_path: Path | None = None,
+) -> pd.DataFrame:
+    """Fit, keep the best-validation-AUC model at model_path, write the per-epoch history CSV and the
+    model's training card (card_path, default train_card.json beside the model).
+
+    image_size: what the shards must hold (params' shard.image_size); None accepts the shards' own.
+    In a TF_CONFIG cluster every worker calls this with the same arguments; only the chief writes.
+    """
+    manifest = check_image_size(shards_dir, image_size) if image_size else read_shard_manifest(shards_dir)
+    prepared_as = card_input(manifest, Path(shards_dir) / "manifest.json")
+    require_both_classes(shards_dir)
+    check_devices()
+    strategy = pick_strategy(params.distribute)  # before any op: MultiWorkerMirroredStrategy sets up collectives first
+    chief, workers = is_chief(strategy), worker_count(strategy)
+    keras.utils.clear_session()  # layer names counted from scratch, as in the stage's own process: same file bytes
+    make_deterministic(params.seed)
+    policy = set_precision(params.precision)
+    batch_size = params.batch_size * strategy.num_replicas_in_sync
+    log.info("precision %s, global batch %d (%d per replica)", policy, batch_size, params.batch_size)
+    if workers > 1:
+        log.info("%s of %d workers%s; train.resume is off across workers (a restarted cluster trains from the start)",
+                 "chief" if chief else "a worker", workers, ": writes the outputs" if chief else ": writes nothing shared")
+        params = params.model_copy(update={"resume": False})
+    classes = diagnosis_classes(split_records(shards_dir, "train")) if params.head == "diagnosis" else None
+    if classes is not None:
+        log.info("diagnosis head: %d classes (%s)", len(classes.names), ", ".join(classes.names))
+    with _state_root(model_path, chief) as root:
+        state = TrainState.open(root, params, manifest)
+        with strategy.scope():
+            with seeded_construction(params.seed):
+                classifier = build_classifier(params, manifest["image_size"], classes)
+            phases = [1, 2] if params.fine_tune_epochs and classifier.pretrained else [1]
+            for phase in phases:
+                if phase == 2:
+                    unfreeze_top(classifier.backbone, params.fine_tune_layers)
+                if state.finished(phase):
+                    log.info("phase %d finished in an earlier run: resuming after it", phase)
+                    load_best(classifier.model, state.best_model)
+                    continue
+                _fit_phase(params, classifier, shards_dir, state, phase, batch_size, tensorboard_dir if chief else None,
+                           classes)
+        history = state.history_frame(phases)[HISTORY_COLUMNS]
+        if chief:
+            with atomic_path(model_path) as partial:
+                save_model(classifier.serving, partial)
+            atomic_write_text(history_path, history.to_csv(index=False, float_format="%.6g"))
+            card = training_card(params, prepared_as, Path(shards_dir) / "manifest.json", split_records(shards_dir, "train"),
+                                 model_path, str(policy), None if classes is None else list(classes.names))
+            write_card(card, card_path or train_card_path_for(model_path))
+        state.clear()
+    return history
