@@ -11,7 +11,7 @@ split_10k        From the published zip to split folders, indexing included on b
                  passes each (alternating), the same threads each: ours hashes the images on the fetch stage's
                  hashing threads (skincancer.ingest.layouts._HASH_WORKERS), the baseline copies them on a pool of as many.
                  ours: skincancer.ingest.layouts.read_layout (the fetch stage's index: each member's sha256 and
-                 perceptual hash) + skincancer.split.split.build_manifest + materialise.
+                 perceptual hash) + skincancer.split.split.plan_split + materialise.
                  baseline: a careful tutorial's way: ZipFile.extractall, pandas.read_csv, a group-aware
                  stratified 80/10/10 split with scikit-learn (StratifiedGroupKFold, 10 folds by patient_id,
                  seeded: one fold test, one val, eight train), shutil.copy of each image into <split>/<class>/
@@ -44,13 +44,12 @@ from pathlib import Path
 
 from common import (
     BIN,
-    PREVIOUS_SPLIT,
     CLI_FOLDER,
     CLI_ZIP,
+    PREVIOUS_SPLIT,
     bench_tmp,
     copy_project,
     figure,
-    target_figure,
     inodes,
     isic_cli_corpus,
     machine,
@@ -62,6 +61,7 @@ from common import (
     say,
     say_machine,
     stages_run,
+    target_figure,
     timed,
     unique_bytes,
 )
@@ -105,14 +105,14 @@ def raw_folder(corpus: Path, tmp: Path) -> tuple[Path, Path]:
 
 def ours(folder: Path, raw_root: Path, split_root: Path):
     """The fetch stage's index of the zip, then the split stage's manifest and folders."""
-    from skincancer.ingest.layouts import read_layout
     from skincancer.core.params import LabelParams, SplitParams
-    from skincancer.split.split import build_manifest, materialise
+    from skincancer.ingest.layouts import read_layout
+    from skincancer.split.split import materialise, plan_split
 
     index = read_layout("isic-cli", folder, source="bench", raw_root=raw_root)
-    manifest = build_manifest(index, SplitParams(), LabelParams())
-    materialise(manifest, raw_root, split_root)
-    return manifest
+    plan = plan_split(index, SplitParams(), LabelParams())
+    materialise(plan.manifest, raw_root, split_root, plan.removed)
+    return plan.manifest
 
 
 def group_split(frame, seed: int) -> dict[str, object]:
@@ -172,7 +172,7 @@ def bench_split(corpus: Path, tmp: Path, n: int, quick: bool) -> dict:
     assert written == len(manifest) == n, (written, len(manifest), n)
     assert copied == n, (copied, n)
     counts = manifest.groupby(["split", "label"]).size().to_dict()
-    say(f"ours: read_layout + build_manifest + materialise of {written} images: {seconds_list(ours_times)} s "
+    say(f"ours: read_layout + plan_split + materialise of {written} images: {seconds_list(ours_times)} s "
         f"(best {ours_s:.2f} s); (split, label) counts {counts}")
     say(f"baseline: extractall + pandas + StratifiedGroupKFold by patient + shutil.copy of {copied} images: "
         f"{seconds_list(naive_times)} s (best {naive_s:.2f} s)")
@@ -197,6 +197,7 @@ def bench_groups(quick: bool) -> dict:
     from types import SimpleNamespace
 
     from index_shapes import isic2020_shaped
+
     from skincancer.core.params import LabelParams, SplitParams
     from skincancer.split.split import plan_split
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from project_copy import ROOT, project_env
+from project_copy import project_env
 
 from flows._prefect_server import prefect_server_start, running_server
 
@@ -23,14 +21,14 @@ def prefect_api(tmp_path_factory) -> Iterator[str]:
 
 def split_sample(root: Path, n_images: int, seed: int):
     """fetch -> split through the library (no Prefect): the sample's split manifest, images under root/split."""
-    from skincancer.ingest.fetch import fetch
     from skincancer.core.params import FetchParams, LabelParams, SampleParams, SplitParams
-    from skincancer.split.split import build_manifest, materialise
+    from skincancer.ingest.fetch import fetch
+    from skincancer.split.split import materialise, plan_split
 
     index = fetch(FetchParams(sample=SampleParams(n_images=n_images, seed=seed)), root / "raw")
-    manifest = build_manifest(index, SplitParams(), LabelParams())
-    materialise(manifest, root / "raw", root / "split")
-    return manifest
+    plan = plan_split(index, SplitParams(), LabelParams())
+    materialise(plan.manifest, root / "raw", root / "split", plan.removed)
+    return plan.manifest
 
 
 @pytest.fixture(scope="session")

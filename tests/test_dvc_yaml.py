@@ -4,12 +4,11 @@ import ast
 from pathlib import Path
 
 import yaml
+from param_knobs import execution_knobs
 
 from skincancer.core import paths
-from skincancer.core.params import (
-    REPORTED_PARAMS, FetchParams, ShardParams, TrainParams, execution_knobs, result_keys,
-)
-from skincancer.core.resolved import RESOLVED_KEYS
+from skincancer.core.params import REPORTED_PARAMS, FetchParams, ShardParams, TrainParams, result_keys
+from skincancer.core.resolved import RESOLVED
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src"
@@ -71,7 +70,7 @@ def test_stage_inputs_and_outputs_match_the_paths_module():
 
 def per_key(section: str, model) -> list[str]:
     """The section's result-changing keys, less those the stages take as values from data/resolved.json."""
-    return [f"{section}.{key}" for key in result_keys(model) if f"{section}.{key}" not in RESOLVED_KEYS]
+    return [f"{section}.{key}" for key in result_keys(model) if f"{section}.{key}" not in RESOLVED]
 
 
 def test_each_stage_reads_only_its_own_params_and_no_execution_knob():
@@ -94,7 +93,7 @@ def test_each_stage_reads_only_its_own_params_and_no_execution_knob():
 def test_the_params_the_report_prints_are_the_params_evaluate_depends_on():
     declared = {f"{section}.{key}" if keys is not True else section
                 for section, keys in REPORTED_PARAMS.items() for key in (keys if keys is not True else [None])}
-    assert declared == set(stages()["evaluate"]["params"]) | set(RESOLVED_KEYS)
+    assert declared == set(stages()["evaluate"]["params"]) | set(RESOLVED)
     assert paths.RESOLVED.as_posix() in stages()["evaluate"]["deps"]
 
 
@@ -102,7 +101,7 @@ def test_a_resolved_key_reaches_its_stages_as_a_value_not_as_the_word_in_params_
     """shard.image_size 'auto' and the size it stands for are one dependency: data/resolved.json's value."""
     for name, stage in stages().items():
         if name != "resolve":
-            assert not set(stage["params"]) & set(RESOLVED_KEYS), name
+            assert not set(stage["params"]) & set(RESOLVED), name
     for name in ("shard", "evaluate"):
         assert paths.RESOLVED.as_posix() in stages()[name]["deps"], name
     assert stages()["resolve"]["outs"] == [paths.RESOLVED.as_posix()]

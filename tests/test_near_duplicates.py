@@ -6,26 +6,28 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from index_shapes import isic2020_shaped
 from PIL import Image, ImageDraw, ImageFilter
 
-from index_shapes import isic2020_shaped
+from skincancer.core.params import FetchParams, LabelParams, SampleParams, SplitParams
 from skincancer.ingest import layouts
 from skincancer.ingest.fetch import fetch
 from skincancer.ingest.layouts import read_layout
-from skincancer.ingest.near_duplicates import (
-    HEX_CHARS,
-    THRESHOLD,
-    hamming,
-    hash_words,
-    hex_hashes,
-    image_hash,
-    near_duplicate_pairs,
-)
-from skincancer.core.params import FetchParams, LabelParams, SampleParams, SplitParams
+from skincancer.ingest.near_duplicates import HEX_CHARS, THRESHOLD, hash_words, image_hash, near_duplicate_pairs
 from skincancer.ingest.sample import write_sample
 from skincancer.split.split import plan_split
 
 SIZE = (160, 120)
+
+
+def hamming(a: str, b: str) -> int:
+    """Bits that differ between two hex hashes: the reference the blockwise word comparison must agree with."""
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+def hex_hashes(words: np.ndarray) -> list[str]:
+    """(n, 4) uint64 words -> hex hashes, most significant word first: what hash_words reads back."""
+    return ["".join(f"{word:016x}" for word in row) for row in words.tolist()]
 
 
 def lesion(seed: int) -> Image.Image:

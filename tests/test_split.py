@@ -9,8 +9,14 @@ import pandas as pd
 import pytest
 
 from skincancer.core.params import LabelParams, SplitParams
+from skincancer.core.paths import SPLITS
 from skincancer.split.split import (
-    SplitError, build_manifest, describe_summary, materialise, official_duplicate_pairs, plan_split, split_counts, summary,
+    SplitError,
+    describe_summary,
+    materialise,
+    official_duplicate_pairs,
+    plan_split,
+    summary,
     write_summary,
 )
 
@@ -34,53 +40,54 @@ def make_index(n: int = 1000, malignant_share: float = 0.2, per_patient: int = 3
             "age_approx": 45.0,
             "anatom_site": "torso",
             "sha256": [hashlib.sha256(i.encode()).hexdigest() for i in ids],
+            "image_hash": pd.Series([None] * n, dtype="string"),  # fetch's null: the image was unreadable
         }
     )
 
 
 def test_stratified_80_10_10_per_class():
-    manifest = build_manifest(make_index(), SplitParams(), LABELS)
-    counts = split_counts(manifest)
+    plan = plan_split(make_index(), SplitParams(), LABELS)
+    numbers, manifest = summary(plan), plan.manifest
     for name in ("benign", "malignant"):
-        total = sum(counts[split][name] for split in counts)
-        for split, fraction in zip(("train", "val", "test"), (0.8, 0.1, 0.1)):
-            assert abs(counts[split][name] / total - fraction) < 0.03, (split, name, counts)
+        total = sum(numbers[split][name] for split in SPLITS)
+        for split, fraction in zip(SPLITS, (0.8, 0.1, 0.1)):
+            assert abs(numbers[split][name] / total - fraction) < 0.03, (split, name, numbers[split])
     assert set(manifest["split"]) == {"train", "val", "test"}
     assert (manifest["path"] == manifest["split"] + "/" + np.where(manifest["label"] == 1, "malignant", "benign") + "/" + manifest["image_id"] + ".jpg").all()
 
 
 def test_same_seed_same_manifest_other_seed_other_split():
     index = make_index()
-    first = build_manifest(index, SplitParams(seed=7), LABELS)
+    first = plan_split(index, SplitParams(seed=7), LABELS).manifest
     shuffled = index.sample(frac=1.0, random_state=3)
-    assert first.equals(build_manifest(shuffled, SplitParams(seed=7), LABELS)), "row order must not matter"
-    other = build_manifest(index, SplitParams(seed=8), LABELS)
+    assert first.equals(plan_split(shuffled, SplitParams(seed=7), LABELS).manifest), "row order must not matter"
+    other = plan_split(index, SplitParams(seed=8), LABELS).manifest
     assert not first["split"].equals(other.set_index("image_id").loc[first["image_id"], "split"].reset_index(drop=True))
 
 
 def test_no_patient_spans_two_splits():
-    manifest = build_manifest(make_index(per_patient=5), SplitParams(group_by="patient_id"), LABELS)
+    manifest = plan_split(make_index(per_patient=5), SplitParams(group_by="patient_id"), LABELS).manifest
     assert manifest.groupby("patient_id")["split"].nunique().max() == 1
 
 
 def test_images_without_group_value_stand_alone():
     index = make_index()
     index["patient_id"] = pd.Series([None] * len(index), dtype="string")
-    manifest = build_manifest(index, SplitParams(group_by="patient_id"), LABELS)
-    assert split_counts(manifest)["val"]["malignant"] > 0
+    plan = plan_split(index, SplitParams(group_by="patient_id"), LABELS)
+    assert summary(plan)["val"]["malignant"] > 0
 
 
 def test_duplicate_bytes_are_removed_before_splitting():
     index = make_index(200)
     copy = index.iloc[:10].assign(image_id=lambda f: f["image_id"] + "_dup", source="test/other")
-    manifest = build_manifest(pd.concat([index, copy]), SplitParams(), LABELS)
+    manifest = plan_split(pd.concat([index, copy]), SplitParams(), LABELS).manifest
     assert len(manifest) == 200 and manifest["sha256"].is_unique
 
 
 def test_published_benign_malignant_wins_over_diagnosis():
     index = make_index(300)
     index.loc[index["diagnosis"] == "nevus", "benign_malignant"] = "malignant"
-    manifest = build_manifest(index, SplitParams(), LABELS)
+    manifest = plan_split(index, SplitParams(), LABELS).manifest
     assert (manifest.loc[manifest["diagnosis"] == "nevus", "label"] == 1).all()
 
 
@@ -160,7 +167,7 @@ def make_isic2020_like(n_patients: int = 620, seed: int = 0) -> pd.DataFrame:
 def test_realistic_isic2020_proportions_within_one_point():
     index = make_isic2020_like()
     assert 0.015 < (index["diagnosis"] == "melanoma").mean() < 0.03 and len(index) > 9000
-    manifest = build_manifest(index, SplitParams(group_by="patient_id"), LABELS)
+    manifest = plan_split(index, SplitParams(group_by="patient_id"), LABELS).manifest
     whole = manifest["label"].mean()
     for split, fraction in zip(("train", "val", "test"), (0.8, 0.1, 0.1)):
         part = manifest[manifest["split"] == split]
@@ -171,7 +178,7 @@ def test_realistic_isic2020_proportions_within_one_point():
 
 def test_group_by_none_splits_images_independently():
     index = make_index(600, per_patient=50)
-    manifest = build_manifest(index, SplitParams(group_by="none"), LABELS)
+    manifest = plan_split(index, SplitParams(group_by="none"), LABELS).manifest
     assert manifest.groupby("patient_id")["split"].nunique().max() > 1
 
 
@@ -189,7 +196,7 @@ def test_too_few_malignant_names_split_and_class():
     index.loc[index["diagnosis"] == "melanoma", "diagnosis"] = "nevus"
     index.loc[:1, "diagnosis"] = "melanoma"
     with pytest.raises(SplitError, match=r"the (val|test) split would hold no malignant images \(2 malignant"):
-        build_manifest(index, SplitParams(group_by=None), LABELS)
+        plan_split(index, SplitParams(group_by=None), LABELS)
 
 
 def write_zip_index(tmp_path, n=60):
@@ -204,7 +211,7 @@ def write_zip_index(tmp_path, n=60):
 
 def test_materialise_writes_class_folders_and_manifest(tmp_path):
     raw, index = write_zip_index(tmp_path)
-    manifest = build_manifest(index, SplitParams(), LABELS)
+    manifest = plan_split(index, SplitParams(), LABELS).manifest
     materialise(manifest, raw, tmp_path / "split")
     written = sorted(p.relative_to(tmp_path / "split").as_posix() for p in (tmp_path / "split").rglob("*.jpg"))
     assert written == sorted(manifest["path"])
@@ -216,7 +223,7 @@ def test_materialise_writes_class_folders_and_manifest(tmp_path):
 def test_materialise_refuses_changed_bytes_and_leaves_nothing(tmp_path):
     raw, index = write_zip_index(tmp_path)
     index.loc[5, "sha256"] = "0" * 64
-    manifest = build_manifest(index, SplitParams(), LABELS)
+    manifest = plan_split(index, SplitParams(), LABELS).manifest
     with pytest.raises(SplitError, match=r"ISIC_0000005.jpg: bytes changed since fetch"):
         materialise(manifest, raw, tmp_path / "split")
     assert list(tmp_path.iterdir()) == [raw]
@@ -229,7 +236,7 @@ def test_loose_source_files_are_hardlinked_not_copied(tmp_path):
     for image_id in index["image_id"]:
         (raw / "loose" / f"{image_id}.jpg").write_bytes(image_id.encode())
     index["uri"] = "loose/" + index["image_id"] + ".jpg"
-    manifest = build_manifest(index, SplitParams(), LABELS)
+    manifest = plan_split(index, SplitParams(), LABELS).manifest
     materialise(manifest, raw, tmp_path / "split")
     for row in manifest.itertuples():
         placed, source = tmp_path / "split" / row.path, raw / row.uri

@@ -20,7 +20,6 @@ from skincancer.core.params import Params
 RESOLVED: dict[str, Callable[[Params], object]] = {
     "shard.image_size": lambda params: params.shard.image_size,
 }
-RESOLVED_KEYS = tuple(RESOLVED)
 
 
 def resolved_values(params: Params) -> dict[str, object]:

@@ -78,18 +78,6 @@ def hash_words(hashes: Iterable[str | None]) -> tuple[np.ndarray, np.ndarray]:
     return words, valid
 
 
-def hex_hashes(words: np.ndarray) -> list[str]:
-    """(n, 4) uint64 words -> hex hashes: the inverse of hash_words."""
-    raw = np.ascontiguousarray(words, dtype=">u8").tobytes()
-    step = HASH_BITS // 8
-    return [raw[i : i + step].hex() for i in range(0, len(raw), step)]
-
-
-def hamming(a: str, b: str) -> int:
-    """Bits that differ between two hex hashes."""
-    return (int(a, 16) ^ int(b, 16)).bit_count()
-
-
 def near_duplicate_pairs(hashes: Iterable[str | None], threshold: int = THRESHOLD, workers: int = 2) -> np.ndarray:
     """(k, 2) int64 row pairs i < j, sorted, whose hashes are at most ``threshold`` bits apart.
 

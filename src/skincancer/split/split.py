@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skincancer.ingest.archives import read_uris, sha256_hex
 from skincancer.core.atomic import atomic_dir, atomic_write_text
-from skincancer.ingest.image_ids import canonical_image_ids
 from skincancer.core.labels import CLASS_NAMES, is_labellable, label_of
 from skincancer.core.params import LabelParams, SplitParams
-from skincancer.ingest.near_duplicates import near_duplicate_pairs
 from skincancer.core.paths import SPLITS
+from skincancer.ingest.archives import read_uris, sha256_hex
+from skincancer.ingest.image_ids import canonical_image_ids
+from skincancer.ingest.near_duplicates import near_duplicate_pairs
 from skincancer.split.union_find import DisjointSet, equal_value_pairs
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,6 @@ def _official_pairs(frame: pd.DataFrame, pairs: Iterable[tuple[str, str]]) -> np
     return np.asarray(linked, dtype=np.int64).reshape(-1, 2)
 
 
-def _near_duplicate_pairs(frame: pd.DataFrame) -> np.ndarray:
-    if "image_hash" not in frame:  # an index written before fetch hashed images
-        return np.empty((0, 2), dtype=np.int64)
-    return near_duplicate_pairs(frame["image_hash"])
-
-
 def duplicate_links(frame: pd.DataFrame, pairs: Iterable[tuple[str, str]] = ()) -> dict[str, np.ndarray]:
     """Row-position pairs showing one image twice, per rule: equal bytes, equal id once copy suffixes are
     stripped (`_downsampled`), an official duplicate pair, or a near-identical perceptual hash."""
@@ -96,7 +90,7 @@ def duplicate_links(frame: pd.DataFrame, pairs: Iterable[tuple[str, str]] = ()) 
         "same_bytes": equal_value_pairs(frame["sha256"]),
         "same_id": equal_value_pairs(canonical_image_ids(frame["image_id"])),
         "official_pair": _official_pairs(frame, pairs),
-        "near_duplicate": _near_duplicate_pairs(frame),
+        "near_duplicate": near_duplicate_pairs(frame["image_hash"]),
     }
 
 
@@ -220,11 +214,10 @@ def check_every_split_has_both_classes(manifest: pd.DataFrame) -> None:
                 )
 
 
-def _planning_columns(index: pd.DataFrame, split: SplitParams) -> list[str]:
+def _planning_columns(split: SplitParams) -> list[str]:
     """What labelling, deduplication and grouping read; the index's other columns ride along untouched."""
     wanted = ("image_id", "source", "diagnosis", "benign_malignant", "sha256", "image_hash", *split.group_by)
-    # image_hash is absent from an index written before fetch hashed images (_near_duplicate_pairs)
-    return [column for column in dict.fromkeys(wanted) if column != "image_hash" or column in index]
+    return list(dict.fromkeys(wanted))
 
 
 def _planned_rows(
@@ -251,16 +244,11 @@ def plan_split(
 
     The plan works on the columns it reads, its intermediate copies gone before the index's rows are taken
     into the manifest, once: at ISIC 2020's size each whole-index copy alive at once raises the stage's peak."""
-    work = index[_planning_columns(index, split)].assign(index_row=np.arange(len(index)))
+    work = index[_planning_columns(split)].assign(index_row=np.arange(len(index)))
     planned, removed = _planned_rows(work, split, labels, duplicate_pairs)
     added = {column: planned[column].array for column in ("label", "group", "split", "path")}
     manifest = index.take(planned["index_row"].to_numpy()).reset_index(drop=True).assign(**added)
     return SplitPlan(manifest, removed)
-
-
-def build_manifest(index: pd.DataFrame, split: SplitParams, labels: LabelParams) -> pd.DataFrame:
-    """The manifest alone, for callers that need no account of removed images."""
-    return plan_split(index, split, labels).manifest
 
 
 def _place(source_path: Path, data: bytes, target: Path) -> None:
@@ -344,12 +332,3 @@ def official_duplicate_pairs(path: Path) -> list[tuple[str, str]]:
         return []
     pairs = pd.read_parquet(path)
     return list(zip(pairs["image_id_1"], pairs["image_id_2"], strict=True))
-
-
-def split_counts(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """{split: {benign: n, malignant: n}} for logs and reports."""
-    counts = manifest.groupby(["split", "label"]).size()
-    return {
-        split: {name: int(counts.get((split, label), 0)) for label, name in enumerate(CLASS_NAMES)}
-        for split in SPLITS
-    }
