@@ -238,10 +238,18 @@ def test_shades_of_gray_leaves_a_grey_lit_image_as_it_was() -> None:
     assert np.array_equal(np.asarray(shades_of_gray(neutral)), np.asarray(neutral))
 
 
-def test_colour_constancy_is_a_shard_param_that_predict_applies_too() -> None:
-    from skincancer.shard.prepare import encode_job
+def test_colour_constancy_is_a_shard_param_that_predict_applies_too(tmp_path) -> None:
+    """shard.color_constancy reaches the one preparation value that shard and predict both encode with."""
+    from dataclasses import replace
 
-    job = encode_job("x.jpg", ShardParams(color_constancy="shades_of_gray"), size=64)
-    assert job.color_constancy == "shades_of_gray" and job.size == 64
+    from skincancer.shard.prepare import EncodeJob, encode_file
+
+    path = tmp_path / "cast.jpg"
+    path.write_bytes(_jpeg(_skin_under_a_cast((1.25, 1.0, 0.75))))
+    preparation = ShardParams(image_size=32, color_constancy="shades_of_gray").preparation()
+    assert (preparation.color_constancy, preparation.image_size) == ("shades_of_gray", 32)
+    corrected = encode_file(EncodeJob(str(path), preparation))
+    assert corrected == resize_jpeg(path.read_bytes(), 32, "crop", 92, color_constancy="shades_of_gray")
+    assert corrected != encode_file(EncodeJob(str(path), replace(preparation, color_constancy="none")))
     with pytest.raises(ValidationError, match="color_constancy"):
         ShardParams(color_constancy="grey_world")

@@ -7,14 +7,14 @@ import itertools
 import numpy as np
 import pytest
 import yaml
-
 from conftest import split_sample
 from perturbations import MAX_MEDIAN_DELTA, median_abs_delta, write_perturbed_copies
 from project_copy import ROOT
-from skincancer.evaluate.evaluate import evaluate
-from skincancer.core.params import EvaluateParams, ShardParams, TrainParams
-from skincancer.evaluate.inference import load_for_inference
+
 from skincancer.core.model_card import card_path_for, read_card
+from skincancer.core.params import EvaluateParams, ShardParams, TrainParams
+from skincancer.evaluate.evaluate import evaluate
+from skincancer.evaluate.inference import load_for_inference
 from skincancer.serve.predict import image_files, predict
 from skincancer.shard.shard import write_shards
 from skincancer.train.train import train
@@ -43,7 +43,7 @@ def test_recipe_predictions_survive_resizing_reencoding_and_rotation(recipe_mode
     model, card = load_for_inference(out / "model.keras"), read_card(card_path_for(out / "model.keras"), out / "model.keras")
     # the card carries what predict needs, as sharded and evaluated
     assert (card.tta, card.tta_scales) == (chosen.tta, tuple(chosen.tta_scales))
-    assert (card.shard.resize, card.shard.color_constancy, card.image_size) == (shard.resize, shard.color_constancy, 48)
+    assert card.preparation == shard.model_copy(update={"image_size": 48}).preparation()  # every field, as sharded
 
     def probabilities(files):
         frame = predict(files, model, card, progress=False)

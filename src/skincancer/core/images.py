@@ -11,20 +11,15 @@ import io
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ResizeMode = Literal["crop", "pad"]
-ColorConstancy = Literal["none", "shades_of_gray"]
+from skincancer.core.preparation import PILLOW_MAX_PIXELS, ColorConstancy, ResizeMode
 
 # Minkowski norm of Shades of Gray: 6 is what Finlayson & Trezzi found best and what the ISIC 2018/2019
 # winners used; 1 would be grey world, infinity max-RGB.
 SHADES_OF_GRAY_POWER = 6
-
-# Pillow's own hard limit (twice Image.MAX_IMAGE_PIXELS): Image.open refuses more by itself.
-PILLOW_MAX_PIXELS = 2 * 89_478_485
 
 # 4:4:4 keeps the chroma detail that small lesion crops would otherwise lose; fixed so output is reproducible.
 _SUBSAMPLING = "4:4:4"
@@ -59,7 +54,7 @@ class Resized:
 def resize_jpeg(
     data: bytes,
     size: int,
-    mode: ResizeMode,
+    resize: ResizeMode,
     quality: int,
     *,
     name: str = "",
@@ -69,15 +64,15 @@ def resize_jpeg(
     """Decode ``data`` (JPEG, PNG or any format Pillow reads), upright it by EXIF, resize to ``size`` x ``size``
     (colour-corrected by ``color_constancy``) and encode as an RGB JPEG. Raises CorruptImage for unreadable
     input and for more than ``max_pixels`` pixels."""
-    img = _decode(data, size, mode, name, max_pixels)
+    img = _decode(data, size, resize, name, max_pixels)
     correct = shades_of_gray if color_constancy == "shades_of_gray" else None
-    out = _crop(img, size, correct) if mode == "crop" else _pad(img, size, correct)
+    out = _crop(img, size, correct) if resize == "crop" else _pad(img, size, correct)
     buffer = io.BytesIO()
     out.save(buffer, "JPEG", quality=quality, subsampling=_SUBSAMPLING, optimize=False, progressive=False)
     return Resized(buffer.getvalue(), out.height, out.width)
 
 
-def _decode(data: bytes, size: int, mode: ResizeMode, name: str, max_pixels: int) -> Image.Image:
+def _decode(data: bytes, size: int, resize: ResizeMode, name: str, max_pixels: int) -> Image.Image:
     """Fully decode (so truncation surfaces here, not later) at the smallest DCT scale that suffices."""
     if not data:
         raise CorruptImage(name, "empty file (0 bytes)")
@@ -85,7 +80,7 @@ def _decode(data: bytes, size: int, mode: ResizeMode, name: str, max_pixels: int
         img = Image.open(io.BytesIO(data))
     _refuse_bombs(img, name, max_pixels)
     with _unreadable_as_corrupt(name):
-        img.draft("RGB", _draft_request(img.width, img.height, size, mode))
+        img.draft("RGB", _draft_request(img.width, img.height, size, resize))
         img.load()
         ImageOps.exif_transpose(img, in_place=True)
         return to_rgb(img)
@@ -128,13 +123,13 @@ def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(((samples + 128) // 257).astype(np.uint8))  # 2-D uint8: mode L
 
 
-def _draft_request(width: int, height: int, size: int, mode: ResizeMode) -> tuple[int, int]:
+def _draft_request(width: int, height: int, size: int, resize: ResizeMode) -> tuple[int, int]:
     """The size PIL's draft must not go below: short side >= size (crop), or the fitted size (pad).
 
     Draft picks the largest power-of-two reduction keeping both sides >= the request, and the
     request is symmetric in width/height, so an EXIF rotation applied afterwards is harmless.
     """
-    if mode == "crop":
+    if resize == "crop":
         return size, size
     scale = size / max(width, height)
     return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))

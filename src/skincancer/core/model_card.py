@@ -21,7 +21,8 @@ from skincancer.core import paths
 from skincancer.core.atomic import atomic_write_text
 from skincancer.core.calibration import Calibration
 from skincancer.core.labels import CLASS_NAMES
-from skincancer.core.params import EvaluateParams, ShardParams, TrainParams
+from skincancer.core.params import EvaluateParams, TrainParams
+from skincancer.core.preparation import Preparation, PreparationMissing
 
 CARD_VERSION = 1
 # how every image is prepared besides the card's own `input` values (skincancer.core.images, tf.io.decode_jpeg)
@@ -34,8 +35,6 @@ PREPARATION = {
     "jpeg_subsampling": "4:4:4",
     "pixels": "uint8 RGB 0..255, the model's own input (its preprocessing is inside it)",
 }
-# the shard settings, as the shards' manifest records them, that prepare an image for the model
-SHARD_KEYS = ("image_size", "resize", "jpeg_quality", "color_constancy", "max_pixels")
 HEADLINE = ("roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "sensitivity", "specificity", "n", "n_malignant")
 
 
@@ -86,10 +85,10 @@ def _labels(records: pd.DataFrame, classes: list[str] | None) -> dict:
 def card_input(manifest: dict, manifest_path: Path) -> dict:
     """How an image is prepared for the model, from the shards' manifest: checked before training, so
     shards from an older version fail at once, not after the last epoch."""
-    if missing := [key for key in SHARD_KEYS if key not in manifest]:
-        raise CardError(f"{manifest_path} does not record {missing} (shards from an older version); "
-                        "rerun `dvc repro shard` so the model card can say how to prepare an image")
-    return {key: manifest[key] for key in SHARD_KEYS} | PREPARATION
+    try:
+        return Preparation.from_json(manifest, manifest_path).as_json() | PREPARATION
+    except PreparationMissing as error:
+        raise CardError(str(error)) from None
 
 
 def training_card(params: TrainParams, card_input: dict, manifest_path: Path, records: pd.DataFrame,
@@ -136,13 +135,9 @@ class ModelCard:
     path: Path
 
     @property
-    def image_size(self) -> int:
-        return int(self.document["input"]["image_size"])
-
-    @property
-    def shard(self) -> ShardParams:
-        """The shard settings an image is prepared with (skincancer.shard.prepare), as the training images were."""
-        return ShardParams(**{key: self.document["input"][key] for key in SHARD_KEYS})
+    def preparation(self) -> Preparation:
+        """How an image is prepared for the model (skincancer.shard.prepare), as the training images were."""
+        return Preparation.from_json(self.document["input"], self.path)
 
     @property
     def evaluation(self) -> dict:
@@ -179,7 +174,7 @@ def read_card(card_path: Path, model_path: Path, written_by: str = "evaluate") -
     try:
         document = json.loads(card_path.read_text())
         recorded = document["model"]["sha256"]
-        document["input"]["image_size"]
+        Preparation.from_json(document["input"], card_path)
     except (ValueError, KeyError, TypeError) as error:
         raise CardError(f"{card_path} is not a model card ({type(error).__name__}: {error}); "
                         f"rerun `dvc repro {written_by}` to write it") from None

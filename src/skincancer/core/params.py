@@ -8,12 +8,22 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError,
-                      ValidationInfo, field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from skincancer.core.names import DATASETS, LAYOUTS, METADATA_LAYOUTS
 from skincancer.core.backbones import BACKBONES
-
+from skincancer.core.names import DATASETS, LAYOUTS, METADATA_LAYOUTS
+from skincancer.core.preparation import PILLOW_MAX_PIXELS, ColorConstancy, Preparation, ResizeMode
 
 METADATA_FOLDER = "metadata"  # data/raw/metadata/: fetch.metadata tables
 
@@ -54,10 +64,6 @@ def _knob(default: object, **kwargs: object) -> object:
 def result_keys(section: type[BaseModel]) -> list[str]:
     """The section's keys that change what a stage produces: the ones dvc.yaml declares as params."""
     return [name for name, field in section.model_fields.items() if not (field.json_schema_extra or {}).get("execution")]
-
-
-def execution_knobs(section: type[BaseModel]) -> list[str]:
-    return [name for name in section.model_fields if name not in result_keys(section)]
 
 
 class SampleParams(_Section):
@@ -200,15 +206,10 @@ class SplitParams(_Section):
         return value
 
 
-# Pillow's own hard limit (skincancer.core.images.PILLOW_MAX_PIXELS, not imported: params stays light); Image.open
-# refuses larger images by itself, so a higher shard.max_pixels could not take effect.
-_PILLOW_MAX_PIXELS = 178_956_970
-
-
 class ShardParams(_Section):
     image_size: Int = Field(96, ge=16, le=1024, description="'auto' in params.yaml: the train backbone's own size")
-    resize: Literal["crop", "pad"] = "crop"
-    color_constancy: Literal["none", "shades_of_gray"] = Field(
+    resize: ResizeMode = "crop"
+    color_constancy: ColorConstancy = Field(
         "none", description="per-image illuminant correction, applied alike when sharding and predicting"
     )
     target_shard_mb: Float = Field(16.0, gt=0)
@@ -218,9 +219,13 @@ class ShardParams(_Section):
         0.01, ge=0, le=1, description="fail the stage when more of the images than this are unreadable"
     )
     max_pixels: Int = Field(
-        _PILLOW_MAX_PIXELS, ge=1, le=_PILLOW_MAX_PIXELS, description="larger images are skipped undecoded (bombs)"
+        PILLOW_MAX_PIXELS, ge=1, le=PILLOW_MAX_PIXELS, description="larger images are skipped undecoded (bombs)"
     )
     seed: Int = 0
+
+    def preparation(self) -> Preparation:
+        """How the shard stage prepares each image, the value the shards' manifest and the model card record."""
+        return Preparation(self.image_size, self.resize, self.color_constancy, self.jpeg_quality, self.max_pixels)
 
 
 class AugmentParams(_Section):

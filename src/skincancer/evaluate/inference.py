@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 import skincancer.train.models  # noqa: F401  (registers the custom layers a saved model names)
+from skincancer.core.preparation import Preparation
+from skincancer.shard.prepare import EncodeJob, encode_file
 from skincancer.train.augment import lose_resolution
-from skincancer.core.params import ShardParams
-from skincancer.shard.prepare import encode_file, encode_job
 
 View = Callable[[tf.Tensor], tf.Tensor]
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
@@ -83,10 +83,10 @@ class Prepared:
     error: str | None
 
 
-def prepare(path: Path, shard: ShardParams) -> Prepared:
-    """The shard stage's own encoding at shard.image_size; an unreadable file becomes an error, not a crash."""
+def prepare(path: Path, preparation: Preparation) -> Prepared:
+    """The shard stage's own encoding; an unreadable file becomes an error, not a crash."""
     try:
-        encoded = encode_file(encode_job(str(path), shard))
+        encoded = encode_file(EncodeJob(str(path), preparation))
     except OSError as error:
         return Prepared(path, None, f"unreadable: {error.strerror or error}")
     return Prepared(path, None, encoded) if isinstance(encoded, str) else Prepared(path, encoded.data, None)

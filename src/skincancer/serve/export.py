@@ -18,13 +18,14 @@ import keras
 import tensorflow as tf
 
 from skincancer.core.atomic import atomic_dir, atomic_path, atomic_write_bytes
-from skincancer.evaluate.inference import score_in_graph
 from skincancer.core.model_card import ModelCard
+from skincancer.evaluate.inference import score_in_graph
 from skincancer.serve.serving_graph import prepare_bytes
 
 
 def _archive(model: keras.Model, card: ModelCard) -> keras.export.ExportArchive:
-    size, shard = card.image_size, card.shard
+    how = card.preparation
+    size = how.image_size
     archive = keras.export.ExportArchive()
     archive.track(model)
 
@@ -33,7 +34,7 @@ def _archive(model: keras.Model, card: ModelCard) -> keras.export.ExportArchive:
 
     def serve_bytes(files: tf.Tensor) -> tf.Tensor:
         images = tf.map_fn(
-            lambda contents: prepare_bytes(contents, size, shard.resize, shard.jpeg_quality, shard.color_constancy),
+            lambda contents: prepare_bytes(contents, size, how.resize, how.jpeg_quality, how.color_constancy),
             files, fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8),
         )
         return serve(images)

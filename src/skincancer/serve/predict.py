@@ -18,10 +18,10 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from skincancer.core.atomic import atomic_write_text
-from skincancer.evaluate.inference import Prepared, decode, predict_images, prepare
 from skincancer.core.labels import CLASS_NAMES
-from skincancer.evaluate.metrics import DECIMALS
 from skincancer.core.model_card import ModelCard
+from skincancer.evaluate.inference import Prepared, decode, predict_images, prepare
+from skincancer.evaluate.metrics import DECIMALS
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,10 @@ def predict(
     """One row per file: P(malignant) (the score calibrated as evaluated, both rounded like predictions.csv),
     the call at the card's threshold (or `threshold`), or the error."""
     threshold = card.threshold if threshold is None else threshold
-    calibration, shard = card.calibration, card.shard
+    calibration, preparation = card.calibration, card.preparation
     rows = []
     bar = tqdm(total=len(files), unit="image", disable=not progress or len(files) <= batch_size, leave=False)
-    for batch in _batches((prepare(path, shard) for path in files), batch_size):
+    for batch in _batches((prepare(path, preparation) for path in files), batch_size):
         good = [item for item in batch if item.jpeg is not None]
         probabilities = iter(())
         if good:
@@ -105,6 +105,6 @@ def write_explanations(frame: pd.DataFrame, model: keras.Model, card: ModelCard,
     from skincancer.serve.explain import grad_cam, overlay_png
 
     for row in frame[frame["error"] == ""].itertuples():
-        image = decode(prepare(Path(row.path), card.shard).jpeg).numpy()
+        image = decode(prepare(Path(row.path), card.preparation).jpeg).numpy()
         title = f"{Path(row.path).name}: p={row.probability:.3f} ({row.label})"
         atomic_write_bytes(out_dir / f"{Path(row.path).stem}.gradcam.png", overlay_png(image, grad_cam(model, image), title))

@@ -74,9 +74,9 @@ def exif_orientation(contents: tf.Tensor) -> tf.Tensor:
     return tf.cond(tiff >= 0, orientation, lambda: tf.constant(1, tf.int32))
 
 
-def _draft_ratio(height: tf.Tensor, width: tf.Tensor, size: int, mode: str) -> tf.Tensor:
+def _draft_ratio(height: tf.Tensor, width: tf.Tensor, size: int, resize: str) -> tf.Tensor:
     """Pillow's draft: the largest of 8, 4, 2, 1 that keeps both sides >= the request, as a branch index."""
-    if mode == "crop":
+    if resize == "crop":
         request_h = request_w = tf.constant(size, tf.int32)
     else:
         scale = size / tf.cast(tf.maximum(height, width), tf.float64)
@@ -86,9 +86,9 @@ def _draft_ratio(height: tf.Tensor, width: tf.Tensor, size: int, mode: str) -> t
     return tf.cast(reduction >= 2, tf.int32) + tf.cast(reduction >= 4, tf.int32) + tf.cast(reduction >= 8, tf.int32)
 
 
-def _decode_jpeg(contents: tf.Tensor, size: int, mode: str) -> tf.Tensor:
+def _decode_jpeg(contents: tf.Tensor, size: int, resize: str) -> tf.Tensor:
     shape = tf.io.extract_jpeg_shape(contents)
-    branch = _draft_ratio(shape[0], shape[1], size, mode)
+    branch = _draft_ratio(shape[0], shape[1], size, resize)
     return tf.switch_case(branch, [
         lambda ratio=ratio: tf.io.decode_jpeg(contents, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE")
         for ratio in (1, 2, 4, 8)
@@ -102,11 +102,11 @@ def _decode_png(contents: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.round(rgb), tf.uint8)
 
 
-def decode_upright(contents: tf.Tensor, size: int, mode: str) -> tf.Tensor:
+def decode_upright(contents: tf.Tensor, size: int, resize: str) -> tf.Tensor:
     """8-bit RGB pixels of JPEG, PNG, GIF or BMP bytes, decoded as Pillow would for this size, upright."""
     signature = tf.strings.substr(contents, 0, 8)
     image = tf.case([
-        (tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8"), lambda: _decode_jpeg(contents, size, mode)),
+        (tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8"), lambda: _decode_jpeg(contents, size, resize)),
         (tf.equal(signature, PNG_SIGNATURE), lambda: _decode_png(contents)),
     ], default=lambda: tf.io.decode_image(contents, channels=3, expand_animations=False))
     return tf.switch_case(exif_orientation(contents) - 1, [lambda f=f: f(image) for f in UPRIGHT])
@@ -162,11 +162,11 @@ def _fit(image: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     return _to_uint8(_lanczos(image, fitted_h, fitted_w)), fitted_h, fitted_w
 
 
-def prepare_bytes(contents: tf.Tensor, size: int, mode: str, quality: int, color_constancy: str) -> tf.Tensor:
+def prepare_bytes(contents: tf.Tensor, size: int, resize: str, quality: int, color_constancy: str) -> tf.Tensor:
     """One encoded image -> the size x size uint8 RGB image the model takes, as the shard stage makes it."""
-    image = decode_upright(contents, size, mode)
+    image = decode_upright(contents, size, resize)
     correct = shades_of_gray if color_constancy == "shades_of_gray" else (lambda x: x)
-    if mode == "crop":
+    if resize == "crop":
         out = correct(_crop(image, size))
     else:
         fitted, height, width = _fit(image, size)

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from skincancer.core.images import ColorConstancy, CorruptImage, Resized, ResizeMode, resize_jpeg
-
-if TYPE_CHECKING:
-    from skincancer.core.params import ShardParams
+from skincancer.core.images import CorruptImage, Resized, resize_jpeg
+from skincancer.core.preparation import Preparation
 
 
 @dataclass(frozen=True)
@@ -21,31 +18,19 @@ class EncodeJob:
     """One image to encode: small and picklable; the worker reads the file itself."""
 
     path: str
-    size: int
-    mode: ResizeMode
-    quality: int
-    max_pixels: int
-    color_constancy: ColorConstancy = "none"
+    preparation: Preparation
 
 
 Encoded = Resized | str  # the re-encoded image, or why it was skipped
 
 
-def encode_job(path: str, params: ShardParams, size: int | None = None) -> EncodeJob:
-    """How one image is encoded under `params` (at `size`, else shard.image_size): the one place shard and
-    predict take it from, so they never prepare an image differently."""
-    return EncodeJob(
-        path, size or params.image_size, params.resize, params.jpeg_quality, params.max_pixels, params.color_constancy
-    )
-
-
 def encode_file(job: EncodeJob) -> Encoded:
-    """The resized image, or why it was skipped (returned, so one bad file never stops its chunk)."""
+    """The image prepared as `job.preparation` says, or why it was skipped (returned, so one bad file never
+    stops its chunk)."""
     data = Path(job.path).read_bytes()
+    how = job.preparation
     try:
-        return resize_jpeg(
-            data, job.size, job.mode, job.quality,
-            name=job.path, max_pixels=job.max_pixels, color_constancy=job.color_constancy,
-        )
+        return resize_jpeg(data, how.image_size, how.resize, how.jpeg_quality, name=job.path,
+                           max_pixels=how.max_pixels, color_constancy=how.color_constancy)
     except CorruptImage as error:
         return error.reason
