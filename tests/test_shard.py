@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skincancer.shard import shard, tfrecords
 from skincancer.core.params import ShardParams
+from skincancer.shard import shard, tfrecords
 from skincancer.shard.shard import TooManySkipped, chunk_size, in_threads, write_shards
 
 SIZE = 32
@@ -94,7 +94,7 @@ def test_writes_one_shard_per_split_with_matching_counts(split_root: Path, tmp_p
     document = write_shards(manifest, split_root, out, _params())
 
     names = sorted(path.name for path in out.iterdir())
-    assert names == ["manifest.json"] + sorted(f"{split}-00000-of-00001.tfrecord" for split in COUNTS)
+    assert names == [tfrecords.IMAGE_TABLE, "manifest.json"] + sorted(f"{split}-00000-of-00001.tfrecord" for split in COUNTS)
     text = (out / "manifest.json").read_text()
     assert text == json.dumps(document, sort_keys=True, indent=2) + "\n"
     assert json.loads(text) == document
@@ -132,16 +132,32 @@ def test_records_carry_the_manifest_metadata_and_resized_images(split_root: Path
             assert record["image/age_approx"] == row["age_approx"]
 
 
-def test_a_manifest_without_groups_makes_each_image_its_group_with_one_warning(
-    split_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_manifest_without_groups_is_refused_naming_the_column_and_the_stage_to_rerun(
+    split_root: Path, tmp_path: Path
 ) -> None:
+    """Evaluation resamples the split's groups: a manifest without them is one the split stage must rewrite."""
     manifest = _manifest(split_root).drop(columns="group")
-    with caplog.at_level(logging.WARNING, logger="skincancer.shard.shard"):
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['group'\].*dvc repro split"):
         write_shards(manifest, split_root, tmp_path / "shards", _params())
-    records = list(tfrecords.read_examples(sorted((tmp_path / "shards").glob("*.tfrecord"))))
-    assert len(records) == len(manifest)
-    assert all(record["image/group"] == record["image/id"] for record in records)
-    assert caplog.text.count("split manifest has no group column") == 1
+    assert not (tmp_path / "shards").exists()
+
+
+def test_the_image_table_lists_every_record_in_shard_order_with_its_facts(split_root: Path, tmp_path: Path) -> None:
+    """Train, evaluate and the report read labels, groups and ids here instead of decoding the records."""
+    manifest = _manifest(split_root)
+    document = write_shards(manifest, split_root, tmp_path / "shards", _params(target_shard_mb=0.01))
+    table = pd.read_parquet(tmp_path / "shards" / tfrecords.IMAGE_TABLE)
+    assert list(table.columns) == list(tfrecords.IMAGE_COLUMNS)
+    records = [(entry["file"], record) for entry in document["shards"]
+               for record in tfrecords.read_examples([tmp_path / "shards" / entry["file"]])]
+    assert len(records) > len(document["shards"]) > 3  # several records in several shards per split
+    assert list(table["image_id"]) == [record["image/id"] for _, record in records]
+    assert list(table["shard"]) == [file for file, _ in records]
+    assert list(table["label"]) == [record["image/label"] for _, record in records]
+    assert list(table["group"]) == [record["image/group"] for _, record in records]
+    assert list(table["diagnosis"]) == [record["image/diagnosis"] for _, record in records]
+    by_id = manifest.set_index("image_id")
+    assert (table["split"].to_numpy() == by_id.loc[table["image_id"], "split"].to_numpy()).all()
 
 
 def test_order_is_a_seeded_shuffle_mixing_classes(split_root: Path, tmp_path: Path) -> None:
@@ -171,7 +187,7 @@ def test_tiny_target_rolls_over_to_many_shards(split_root: Path, tmp_path: Path)
         assert entry["count"] >= 1
         assert entry["bytes"] <= 4096 or entry["count"] == 1
     on_disk = sorted(path.name for path in (tmp_path / "shards").iterdir())
-    assert on_disk == sorted(["manifest.json"] + [entry["file"] for entry in document["shards"]])
+    assert on_disk == sorted([tfrecords.IMAGE_TABLE, "manifest.json"] + [entry["file"] for entry in document["shards"]])
 
 
 def test_chunks_are_a_few_per_worker_and_capped() -> None:
@@ -402,7 +418,6 @@ def test_flow_encodes_chunks_as_prefect_tasks_with_the_library_bytes(
 
     import httpx
     import yaml
-
     from project_copy import copy_project, project_env, run
 
     project = copy_project(tmp_path / "project")

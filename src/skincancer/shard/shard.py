@@ -26,17 +26,19 @@ from skincancer.core.atomic import atomic_dir
 from skincancer.core.images import Resized
 from skincancer.core.labels import CLASS_NAMES
 from skincancer.core.paths import SPLITS
-from skincancer.shard.prepare import Encoded, EncodeJob, encode_file, encode_job
+from skincancer.shard.prepare import Encoded, EncodeJob, encode_file
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from skincancer.core.params import ShardParams
+    from skincancer.core.preparation import Preparation
 
 log = logging.getLogger(__name__)
 
 _REQUIRED = (
-    "image_id", "source", "diagnosis", "patient_id", "sex", "age_approx", "anatom_site", "split", "label", "path",
+    "image_id", "source", "diagnosis", "patient_id", "sex", "age_approx", "anatom_site", "split", "label", "group",
+    "path",
 )
 _RUN_SPLIT = "run the split stage first (`dvc repro split`)"
 
@@ -72,26 +74,32 @@ def write_shards(
 
     split_root, out_dir = Path(split_root), Path(out_dir)
     plan = _plan(manifest, split_root, params.seed)
-    jobs = [_job(split_root, row, params) for rows in plan.values() for row in rows]
+    preparation = params.preparation()
+    jobs = [_job(split_root, row, preparation) for rows in plan.values() for row in rows]
     chunks = chunked(jobs, chunk_size(len(jobs), params.workers))
     limit = int(params.target_shard_mb * 1024 * 1024)
     shards: list[dict] = []
     skipped: list[dict] = []
     mapper = map_chunks or in_threads(params.workers)
     started = time.perf_counter()
+    facts: list[dict[str, Any]] = []
     with atomic_dir(out_dir) as tmp, _results(mapper, chunks) as results:
         for split, rows in plan.items():
             roller = _ShardRoller(tmp, split, limit, tfrecords)
+            written = []
             # zip pulls from rows first, so the shared results stream is never over-read.
             for row, result in zip(rows, results):
                 if isinstance(result, Resized):
-                    roller.add(_serialize(tfrecords, row, result), int(row["label"]))
+                    written.append((row, roller.add(_serialize(tfrecords, row, result), int(row["label"]))))
                 else:
                     skipped.append(_skip(row, result))
-            shards += roller.finish()
+            described = roller.finish()
+            facts += [_image_facts(row, split, described[index]["file"]) for row, index in written]
+            shards += described
         _check_skipped(skipped, len(jobs), params.max_skipped_fraction)
         document = _document(params, tfrecords.SPEC_VERSION, shards, skipped)
         (tmp / "manifest.json").write_text(json.dumps(document, sort_keys=True, indent=2) + "\n")
+        write_image_table(facts, tmp / tfrecords.IMAGE_TABLE)
     _log_written(shards, len(jobs) - len(skipped), len(skipped), time.perf_counter() - started)
     return document
 
@@ -164,9 +172,6 @@ def _flatten(chunks: list[list[EncodeJob]], per_chunk: Iterable[list[Encoded]]) 
 def _plan(manifest: pd.DataFrame, split_root: Path, seed: int) -> dict[str, list[dict[str, Any]]]:
     """Rows per split, checked, sorted by id then shuffled by seed: independent of input row order."""
     _check_inputs(manifest, split_root)
-    if "group" not in manifest.columns:
-        log.warning("split manifest has no group column (written before the split recorded groups): "
-                    "each image is its own group; rerun `dvc repro split` to record them")
     # Every kind of missing (None, NaN, pd.NA) becomes None, whatever the column dtypes.
     frame = manifest.astype(object).where(manifest.notna(), None)
     plan = {}
@@ -197,9 +202,9 @@ def _check_inputs(manifest: pd.DataFrame, split_root: Path) -> None:
         raise FileNotFoundError(f"{missing[0]}: image listed in the split manifest is missing{more}; {_RUN_SPLIT}")
 
 
-def _job(split_root: Path, row: dict[str, Any], params: ShardParams) -> EncodeJob:
+def _job(split_root: Path, row: dict[str, Any], preparation: Preparation) -> EncodeJob:
     path = str((split_root / row["path"]).absolute())  # read by workers that may not share our cwd (Dask)
-    return encode_job(path, params)
+    return EncodeJob(path, preparation)
 
 
 def _serialize(tfrecords: ModuleType, row: dict[str, Any], image: Resized) -> bytes:
@@ -211,12 +216,34 @@ def _serialize(tfrecords: ModuleType, row: dict[str, Any], image: Resized) -> by
         label=int(row["label"]),
         diagnosis=_text(row["diagnosis"]) or "",
         source=_text(row["source"]) or "",
-        group=_text(row.get("group")) or str(row["image_id"]),
+        group=str(row["group"]),
         patient_id=_text(row["patient_id"]),
         sex=_text(row["sex"]),
         age_approx=_number(row["age_approx"]),
         anatom_site=_text(row["anatom_site"]),
     )
+
+
+def _image_facts(row: dict[str, Any], split: str, shard_file: str) -> dict[str, Any]:
+    """What train, evaluate and the report need to know of an image, as its record says it (IMAGE_COLUMNS)."""
+    return {
+        "image_id": str(row["image_id"]), "split": split, "label": int(row["label"]),
+        "diagnosis": _text(row["diagnosis"]) or "", "source": _text(row["source"]) or "",
+        "group": str(row["group"]), "patient_id": _text(row["patient_id"]),
+        "sex": _text(row["sex"]), "age_approx": _number(row["age_approx"]), "anatom_site": _text(row["anatom_site"]),
+        "shard": shard_file,
+    }
+
+
+def write_image_table(facts: list[dict[str, Any]], path: Path) -> None:
+    """The per-image table beside the shards, one row per record in the shards' own order, so readers learn
+    labels, groups and ids without decoding a single record."""
+    import pandas as pd
+
+    from skincancer.shard.tfrecords import IMAGE_COLUMNS
+
+    table = pd.DataFrame(facts, columns=list(IMAGE_COLUMNS))
+    table.astype({"label": "int64", "age_approx": "float64"}).to_parquet(path, index=False)
 
 
 def _text(value: Any) -> str | None:
@@ -244,13 +271,15 @@ class _ShardRoller:
         self._writer: Any = None
         self._bytes = 0
 
-    def add(self, record: bytes, label: int) -> None:
+    def add(self, record: bytes, label: int) -> int:
+        """Write the record; the index of the shard it went to (in the order finish() describes them)."""
         size = len(record) + self._tfrecords.RECORD_OVERHEAD
         if self._writer is None or self._bytes + size > self._limit:
             self._roll()
         self._writer.write(record)
         self._bytes += size
         self._files[-1][1][label] += 1
+        return len(self._files) - 1
 
     def finish(self) -> list[dict]:
         """Close, rename to ``<split>-<i>-of-<n>.tfrecord`` and describe each shard."""
@@ -302,11 +331,7 @@ def _document(params: ShardParams, spec_version: int, shards: list[dict], skippe
         splits[split] = {"count": sum(totals.values()), **totals, "shards": len(mine)}
     return {
         "spec_version": spec_version,
-        "image_size": params.image_size,
-        "resize": params.resize,
-        "color_constancy": params.color_constancy,
-        "jpeg_quality": params.jpeg_quality,  # with the three above: how predict must prepare an image (the model card)
-        "max_pixels": params.max_pixels,
+        **params.preparation().as_json(),  # how predict must prepare an image (the model card copies it)
         "shards": shards,
         "splits": splits,
         "skipped": skipped,

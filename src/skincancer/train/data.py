@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from skincancer.core.params import AugmentParams
+from skincancer.shard.tfrecords import FEATURE_SPEC, IMAGE_TABLE, SPEC_VERSION, parse_example
 from skincancer.train.augment import augmenter
 from skincancer.train.diagnosis_classes import DiagnosisClasses
-from skincancer.core.params import AugmentParams
-from skincancer.shard.tfrecords import FEATURE_SPEC, SPEC_VERSION, parse_example, read_examples
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -194,13 +194,12 @@ def eval_dataset(
 
 
 def split_labels(shards_dir: Path, split: str) -> np.ndarray:
-    """Labels in `eval_dataset` order, without decoding a single image."""
-    records = tf.data.TFRecordDataset(shard_paths(shards_dir, split)).map(_serialized_label, num_parallel_calls=AUTOTUNE)
-    return np.fromiter(records.as_numpy_iterator(), dtype=np.int64)
+    """Labels in `eval_dataset` order, without reading a single record."""
+    return split_records(shards_dir, split)["label"].to_numpy(np.int64)
 
 
 def split_targets(shards_dir: Path, split: str, classes: DiagnosisClasses | None) -> np.ndarray:
-    """Targets in `eval_dataset` order (labels, or class indices), without decoding a single image."""
+    """Targets in `eval_dataset` order (labels, or class indices), without reading a single record."""
     if classes is None:
         return split_labels(shards_dir, split)
     records = split_records(shards_dir, split)
@@ -210,15 +209,10 @@ def split_targets(shards_dir: Path, split: str, classes: DiagnosisClasses | None
 
 
 def split_records(shards_dir: Path, split: str) -> pd.DataFrame:
-    """Per-image metadata (with the split's group, which evaluation resamples) in `eval_dataset` order."""
-    rows = [
-        {
-            "image_id": example["image/id"],
-            "source": example["image/source"],
-            "diagnosis": example["image/diagnosis"],
-            "label": example["image/label"],
-            "group": example["image/group"],
-        }
-        for example in read_examples(shard_paths(shards_dir, split))
-    ]
-    return pd.DataFrame(rows, columns=["image_id", "source", "diagnosis", "label", "group"])
+    """Per-image facts (ids, labels, diagnoses, the split's groups, which evaluation resamples, and the shard
+    holding each) in `eval_dataset` order, from the table the shard stage wrote beside the shards."""
+    path = Path(shards_dir) / IMAGE_TABLE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: shards written without their image table; rerun `dvc repro shard`")
+    table = pd.read_parquet(path)
+    return table[table["split"] == split].reset_index(drop=True)
