@@ -29,11 +29,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.exceptions import TerminationSignal  # noqa: E402
 
 from flows import _prefect_server  # noqa: E402
-from skincancer.ops import lifetime  # noqa: E402
-from skincancer.core import paths
-from skincancer.review.metrics_diff import diff_markdown, flatten  # noqa: E402
-from skincancer.ops.nightly import NightlyError, commit_message, publish_results, snapshot_records  # noqa: E402
 from flows._prefect_server import shared_api  # noqa: E402
+from skincancer.core import paths  # noqa: E402
+from skincancer.evaluate.summary import split_summary  # noqa: E402
+from skincancer.ops import lifetime  # noqa: E402
+from skincancer.ops.nightly import NightlyError, commit_message, publish_results, snapshot_records  # noqa: E402
+from skincancer.review.metrics_diff import diff_markdown, flatten  # noqa: E402
 
 
 class StageFailed(RuntimeError):
@@ -188,10 +189,8 @@ def pipeline_flow(
 def summary(ran: list[str], metrics: dict | None, seconds: float) -> str:
     """The run in two lines: what ran and how long, and the test numbers (`make demo` ends with it)."""
     lines = [f"stages run: {', '.join(ran) or 'none (everything up to date)'} in {seconds:.0f} s"]
-    if metrics and (test := metrics.get("test")) and test.get("roc_auc") is not None:
-        lines.append(f"test: ROC AUC {test['roc_auc']:.4f} (95% CI {test['roc_auc_ci_low']:.4f}-{test['roc_auc_ci_high']:.4f}), "
-                     f"sensitivity {test['sensitivity']:.3f}, specificity {test['specificity']:.3f} "
-                     f"at threshold {metrics['threshold']:.4f}; reports/report.html has the rest")
+    if metrics and metrics.get("test"):
+        lines.append(f"{split_summary(metrics, 'test')}; reports/report.html has the rest")
     return "\n".join(lines)
 
 

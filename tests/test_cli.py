@@ -36,7 +36,7 @@ def test_metrics_shows_val_and_test_with_their_intervals(tmp_path):
     assert lines[0] == "threshold (chosen on val): 0.2500"
     assert lines[1].split() == ["val", "test"]
     assert lines[2].split() == ["roc_auc", "0.9500", "(0.9000-0.9900)", "0.9100", "(0.8500-0.9600)"]
-    assert "n/a (undefined)" in next(line for line in lines if line.startswith("sensitivity"))
+    assert next(line for line in lines if line.startswith("sensitivity")).split() == ["sensitivity", "-", "-"]  # absent, null
     assert next(line for line in lines if line.startswith("n ")).split() == ["n", "60", "120"]
     missing = runner.invoke(app, ["metrics", str(tmp_path / "none.json")])
     assert missing.exit_code == 2 and "dvc repro" in missing.output

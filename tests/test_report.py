@@ -1,6 +1,7 @@
 """report: the operating point in words, per-source and per-diagnosis tables, the mistakes gallery."""
 
 import io
+import re
 
 import numpy as np
 import pandas as pd
@@ -8,8 +9,8 @@ import pytest
 from PIL import Image
 from sklearn import metrics as skm
 
-from skincancer.evaluate.metrics import evaluation_metrics
 from skincancer.core.params import EvaluateParams, ThresholdParams
+from skincancer.evaluate.metrics import evaluation_metrics
 from skincancer.evaluate.report import (
     confident_mistakes,
     intervals_note,
@@ -64,7 +65,7 @@ def test_operating_point_in_words_gives_the_counts_behind_each_share():
 
 def test_headline_shows_intervals_and_says_what_they_resample():
     metrics, frame = scored(predictions_frame())
-    report = render_markdown(metrics, frame, ThresholdParams(), {}, 4, with_history=False)
+    report = render_markdown(metrics, frame, ThresholdParams(), {}, confident_mistakes(frame, 4), with_history=False)
     test = metrics["test"]
     for key, label in (("roc_auc", "ROC AUC (95% CI, groups resampled)"), ("sensitivity", "sensitivity (95% CI, images)"),
                        ("specificity", "specificity (95% CI, images)")):
@@ -95,9 +96,9 @@ def test_per_source_metrics_match_sklearn_and_appear_only_for_several_sources():
     for source, group in frame[frame["split"] == "test"].groupby("source"):
         assert table.loc[source, "roc_auc"] == pytest.approx(skm.roc_auc_score(group["label"], group["probability"]))
         assert table.loc[source, "sensitivity"] == pytest.approx(skm.recall_score(group["label"], group["prediction"]))
-    assert "## Per source (test)" in render_markdown(metrics, frame, ThresholdParams(), {}, 4, with_history=False)
+    assert "## Per source (test)" in render_markdown(metrics, frame, ThresholdParams(), {}, confident_mistakes(frame, 4), with_history=False)
     single_metrics, single = scored(predictions_frame())
-    assert "## Per source" not in render_markdown(single_metrics, single, ThresholdParams(), {}, 4, with_history=False)
+    assert "## Per source" not in render_markdown(single_metrics, single, ThresholdParams(), {}, confident_mistakes(single, 4), with_history=False)
 
 
 def test_most_confident_mistakes_come_first():
@@ -120,10 +121,12 @@ def test_a_single_class_test_split_reports_nulls_and_still_writes_the_report(tmp
     pixel = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(pixel, "JPEG")
     images = dict.fromkeys(frame["image_id"], pixel.getvalue())
-    write_report(tmp_path, metrics, frame, policy=ThresholdParams(), params={}, history=None, images=images, mistakes=4)
+    write_report(tmp_path, metrics, frame, policy=ThresholdParams(), params={}, history=None, images=images,
+                 mistakes=confident_mistakes(frame, 4))
     report = (tmp_path / "report.md").read_text()
-    assert "| ROC AUC (95% CI, groups resampled) | " in report and "| sensitivity (95% CI, images) |" in report
-    assert "n/a" in report
+    for label in ("ROC AUC (95% CI, groups resampled)", "sensitivity (95% CI, images)"):  # val defined, test undefined
+        assert re.search(rf"\| {re.escape(label)} \| [\d.]+ \([\d.]+-[\d.]+\) \| - \|", report), label
+    assert "of the malignant test images (0 of 0)" in report and "catches **-**" in report
     assert pd.read_csv(tmp_path / "plots/roc_test.csv").empty  # undefined curve: headers, no points
     assert not (tmp_path / "figures/history.png").exists() and "history.png" not in report
 
@@ -131,8 +134,8 @@ def test_a_single_class_test_split_reports_nulls_and_still_writes_the_report(tmp
 def test_the_report_states_the_benign_malignant_mapping_in_force():
     metrics, frame = scored(predictions_frame())
     shown = {"labels": {"malignant": ["melanoma", "basal_cell_carcinoma"], "unknown": "error"}}
-    report = render_markdown(metrics, frame, ThresholdParams(), shown, 4, with_history=False)
+    report = render_markdown(metrics, frame, ThresholdParams(), shown, confident_mistakes(frame, 4), with_history=False)
     assert ("## Labels\n\nMalignant: basal cell carcinoma, melanoma (`labels.malignant`); every other diagnosis is "
             "benign, including actinic keratosis (AKIEC, which includes Bowen's disease) unless listed.") in report
     listed = {"labels": {"malignant": ["melanoma", "actinic_keratosis"], "unknown": "error"}}
-    assert "Bowen" not in render_markdown(metrics, frame, ThresholdParams(), listed, 4, with_history=False)
+    assert "Bowen" not in render_markdown(metrics, frame, ThresholdParams(), listed, confident_mistakes(frame, 4), with_history=False)

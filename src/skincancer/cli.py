@@ -98,10 +98,6 @@ def run(
     raise typer.Exit(subprocess.run(command, env=env).returncode)
 
 
-def _shown(value: object) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else "n/a (undefined)" if value is None else str(value)
-
-
 METRIC_ROWS = ("roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "brier")
 
 
@@ -109,10 +105,12 @@ METRIC_ROWS = ("roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "
 def metrics(path: Annotated[Path, typer.Argument()] = Path("metrics.json")) -> None:
     """The last evaluation: val and test side by side, with 95% intervals where it has them, and the
     threshold chosen on val."""
+    from skincancer.evaluate.summary import number, with_interval
+
     if not path.is_file():
         raise _fail(f"{path} not found: run the pipeline first (`skincancer run` or `dvc repro`)")
     values = json.loads(path.read_text())
-    typer.echo(f"threshold (chosen on val): {values['threshold']:.4f}")
+    typer.echo(f"threshold (chosen on val): {number(values['threshold'], 4)}")
     splits = [split for split in ("val", "test") if values.get(split)]
     keys = [key for key in METRIC_ROWS if any(key in values[split] for split in splits)]
     keys += [key for split in splits for key in values[split]
@@ -121,12 +119,7 @@ def metrics(path: Annotated[Path, typer.Argument()] = Path("metrics.json")) -> N
     width = max(map(len, keys), default=0)
     typer.echo(f"{'':<{width}}  " + "  ".join(f"{split:<26}" for split in splits).rstrip())
     for key in keys:
-        cells = []
-        for split in splits:
-            m = values[split]
-            low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
-            interval = f" ({_shown(low)}-{_shown(high)})" if low is not None and high is not None else ""
-            cells.append(f"{_shown(m.get(key)) + interval:<26}")
+        cells = [f"{with_interval(values[split], key, 4):<26}" for split in splits]
         typer.echo(f"{key:<{width}}  " + "  ".join(cells).rstrip())
 
 

@@ -13,14 +13,14 @@ import pandas as pd
 
 from skincancer.core.atomic import atomic_write_text
 from skincancer.core.calibration import Calibration, fit_calibration
-from skincancer.train.data import ShardSpecMismatch, eval_dataset, read_shard_manifest, shard_paths, split_records
-from skincancer.evaluate.inference import load_for_inference, predict_images
-from skincancer.evaluate.metrics import DECIMALS, evaluation_metrics
 from skincancer.core.model_card import card_path_for, evaluated_card, read_card, train_card_path_for, write_card
 from skincancer.core.params import EvaluateParams
+from skincancer.evaluate.inference import load_for_inference, predict_images
+from skincancer.evaluate.metrics import DECIMALS, evaluation_metrics
 from skincancer.evaluate.report import confident_mistakes, split_scores, write_report
+from skincancer.evaluate.summary import split_summary
 from skincancer.shard.tfrecords import read_examples
-
+from skincancer.train.data import ShardSpecMismatch, eval_dataset, read_shard_manifest, split_records
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,14 @@ def _predictions(model: keras.Model, shards_dir: Path, params: EvaluateParams) -
     return predictions.assign(probability=calibration.apply(predictions["score"]).round(DECIMALS)), calibration
 
 
-def _encoded_images(shards_dir: Path, image_ids: set[str]) -> dict[str, bytes]:
-    """The shard's own JPEG bytes for the gallery: exactly what the model saw."""
-    if not image_ids:
-        return {}
+def _encoded_images(shards_dir: Path, shown: pd.DataFrame) -> dict[str, bytes]:
+    """The shards' own JPEG bytes of the `shown` images (with their `shard` column), exactly what the model
+    saw, read from the shards that hold them alone."""
+    wanted = set(shown["image_id"])
     return {
         example["image/id"]: example["image/encoded"]
-        for example in read_examples(shard_paths(shards_dir, "test"))
-        if example["image/id"] in image_ids
+        for example in read_examples([Path(shards_dir) / file for file in sorted(set(shown["shard"]))])
+        if example["image/id"] in wanted
     }
 
 
@@ -91,14 +91,13 @@ def evaluate(
     metrics = evaluation_metrics(split_scores(predictions, "val"), split_scores(predictions, "test"), params)
     metrics["calibration"] = calibration.as_json(DECIMALS)
     predictions["prediction"] = (predictions["probability"] >= metrics["threshold"]).astype(int)
-    predictions = predictions[PREDICTION_COLUMNS]
-    missed, alarms = confident_mistakes(predictions, params.gallery)
+    facts, predictions = predictions, predictions[PREDICTION_COLUMNS]
+    mistakes = confident_mistakes(predictions, params.gallery)
     history = pd.read_csv(history_path) if history_path is not None and Path(history_path).exists() else None
     write_report(
         reports_dir, metrics, predictions,
         policy=params.threshold, params=shown_params or {"evaluate": params.model_dump(mode="json")},
-        history=history, images=_encoded_images(shards_dir, set(missed["image_id"]) | set(alarms["image_id"])),
-        mistakes=params.gallery,
+        history=history, images=_encoded_images(shards_dir, facts[facts["image_id"].isin(mistakes.image_ids)]), mistakes=mistakes,
     )
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     write_card(evaluated_card(training.document, metrics, params), card_path or card_path_for(model_path))
@@ -107,13 +106,6 @@ def evaluate(
 
 
 def _log_summary(metrics: dict) -> None:
-    """The evaluation in two lines, for the terminal and the Prefect run log (undefined values as '-')."""
-    def number(value: float | None, digits: int) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
-
+    """The evaluation in two lines, for the terminal and the Prefect run log."""
     for split in ("val", "test"):
-        m = metrics[split]
-        log.info("%s: ROC AUC %s (95%% CI %s-%s), sensitivity %s, specificity %s at threshold %s, %d images (%d malignant)",
-                 split, number(m["roc_auc"], 4), number(m["roc_auc_ci_low"], 4), number(m["roc_auc_ci_high"], 4),
-                 number(m["sensitivity"], 3), number(m["specificity"], 3), number(metrics["threshold"], 4),
-                 m["n"], m["n_malignant"])
+        log.info("%s", split_summary(metrics, split))

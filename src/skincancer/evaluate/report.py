@@ -6,6 +6,7 @@ import base64
 import io
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import markdown
 import numpy as np
@@ -16,11 +17,12 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
 from skincancer.core.atomic import atomic_write_bytes, atomic_write_text
-from skincancer.evaluate.figures import plt, png_bytes
 from skincancer.core.labels import CLASS_NAMES as LABEL_NAMES
 from skincancer.core.labels import mapping_in_words
-from skincancer.evaluate.metrics import Scores
 from skincancer.core.params import ThresholdParams
+from skincancer.evaluate.figures import plt, png_bytes
+from skincancer.evaluate.metrics import Scores
+from skincancer.evaluate.summary import UNDEFINED, number, with_interval
 
 CLASS_NAMES = np.array(LABEL_NAMES)
 CURVE_SPLITS = ("val", "test")
@@ -86,7 +88,7 @@ def plot_tables(predictions: pd.DataFrame, threshold: float) -> dict[str, pd.Dat
 
 
 def _auc_label(split: str, auc: float | None) -> str:
-    return f"{split} (AUC {auc:.3f})" if auc is not None else f"{split} (undefined)"
+    return f"{split} (AUC {number(auc, 3)})"
 
 
 def _curves_figure(tables: dict[str, pd.DataFrame], kind: str, x: str, y: str, title: str, metrics: dict) -> bytes:
@@ -151,12 +153,23 @@ def gallery_figure(rows: pd.DataFrame, images: dict[str, bytes], title: str) -> 
 # ---------------------------------------------------------------- tables and words
 
 
-def confident_mistakes(predictions: pd.DataFrame, count: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+class ConfidentMistakes(NamedTuple):
+    """The test images the report shows: chosen once, then drawn (gallery) and listed (tables)."""
+
+    missed: pd.DataFrame  # false negatives, lowest probability first
+    alarms: pd.DataFrame  # false positives, highest probability first
+
+    @property
+    def image_ids(self) -> set[str]:
+        return set(self.missed["image_id"]) | set(self.alarms["image_id"])
+
+
+def confident_mistakes(predictions: pd.DataFrame, count: int) -> ConfidentMistakes:
     """Test false negatives scored lowest and false positives scored highest (the ones to look at)."""
     test = predictions[predictions["split"] == "test"]
     missed = test[(test["label"] == 1) & (test["prediction"] == 0)].sort_values(["probability", "image_id"])
     alarms = test[(test["label"] == 0) & (test["prediction"] == 1)].sort_values(["probability", "image_id"], ascending=[False, True])
-    return missed.head(count), alarms.head(count)
+    return ConfidentMistakes(missed.head(count), alarms.head(count))
 
 
 def per_diagnosis(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -185,14 +198,8 @@ def per_source(predictions: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["source", "n", "n_malignant", "roc_auc", "sensitivity", "specificity"])
 
 
-def _number(value: float | int | None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "n/a"
-    return str(value) if isinstance(value, int | np.integer) else f"{value:.{digits}f}"
-
-
 def _percent(part: int, whole: int) -> str:
-    return f"{part / whole:.0%}" if whole else "n/a"
+    return f"{part / whole:.0%}" if whole else UNDEFINED
 
 
 def _percent_interval(metrics: dict, key: str) -> str:
@@ -258,23 +265,17 @@ def _table(header: list[str], rows: list[list[str]], align: str) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def _with_interval(metrics: dict, key: str) -> str:
-    low = metrics[f"{key}_ci_low"]
-    interval = "" if low is None else f" ({_number(low)}-{_number(metrics[f'{key}_ci_high'])})"
-    return _number(metrics[key]) + interval
-
-
 def _headline(metrics: dict, groups: dict[str, int]) -> str:
     splits = [metrics[split] for split in CURVE_SPLITS]
-    rows = [[label, *(_with_interval(m, key) for m in splits)] for key, label in WITH_INTERVAL.items()]
-    rows += [[label, *(_number(m[key]) for m in splits)] for key, label in HEADLINE.items()]
+    rows = [[label, *(with_interval(m, key, 3) for m in splits)] for key, label in WITH_INTERVAL.items()]
+    rows += [[label, *(number(m[key], 3) for m in splits)] for key, label in HEADLINE.items()]
     rows.append(["images (malignant)", *(f"{m['n']} ({m['n_malignant']})" for m in splits)])
     rows.append(["groups (patients, lesions, duplicates)", *(str(groups[split]) for split in CURVE_SPLITS)])
     return _table(["", "val", "test"], rows, "lrr")
 
 
 def _all_metrics(metrics: dict) -> str:
-    rows = [[key, _number(metrics["val"][key], 4), _number(metrics["test"][key], 4)] for key in metrics["test"]]
+    rows = [[key, number(metrics["val"][key], 4), number(metrics["test"][key], 4)] for key in metrics["test"]]
     return _table(["metric", "val", "test"], rows, "lrr")
 
 
@@ -296,24 +297,25 @@ def labels_section(params: dict) -> str:
 
 
 def render_markdown(
-    metrics: dict, predictions: pd.DataFrame, policy: ThresholdParams, params: dict, mistakes: int, with_history: bool
+    metrics: dict, predictions: pd.DataFrame, policy: ThresholdParams, params: dict, mistakes: ConfidentMistakes,
+    with_history: bool,
 ) -> str:
     diagnoses = per_diagnosis(predictions)
     diagnosis_rows = [
-        [row.diagnosis, "malignant" if row.label else "benign", str(row.n), _number(row.called_malignant)]
+        [row.diagnosis, "malignant" if row.label else "benign", str(row.n), number(row.called_malignant, 3)]
         for row in diagnoses.itertuples()
     ]
     sources = per_source(predictions)
     source_section = ""
     if len(sources) > 1:
         source_rows = [
-            [row.source, str(row.n), str(row.n_malignant), _number(row.roc_auc), _number(row.sensitivity), _number(row.specificity)]
+            [row.source, str(row.n), str(row.n_malignant), number(row.roc_auc, 3), number(row.sensitivity, 3), number(row.specificity, 3)]
             for row in sources.itertuples()
         ]
         source_section = "\n## Per source (test)\n\n" + _table(
             ["source", "n", "malignant", "ROC AUC", "sensitivity", "specificity"], source_rows, "lrrrrr"
         ) + "\n"
-    missed, alarms = confident_mistakes(predictions, mistakes)
+    missed, alarms = mistakes
     history = "\n![Training history](figures/history.png)" if with_history else ""
     return f"""# Evaluation report
 
@@ -392,13 +394,13 @@ def write_report(
     params: dict,
     history: pd.DataFrame | None,
     images: dict[str, bytes],
-    mistakes: int,
+    mistakes: ConfidentMistakes,
 ) -> None:
-    """Every file under reports/, each written atomically. `images`: encoded test images by id (gallery)."""
+    """Every file under reports/, each written atomically. `images`: the encoded test images of `mistakes` by id."""
     tables = plot_tables(predictions, metrics["threshold"])
     for name, table in tables.items():
         atomic_write_text(reports_dir / "plots" / f"{name}.csv", table.to_csv(index=False, float_format="%.6g"))
-    missed, alarms = confident_mistakes(predictions, mistakes)
+    missed, alarms = mistakes
     figures = {
         "roc.png": _curves_figure(tables, "roc", "fpr", "tpr", "ROC", metrics),
         "pr.png": _curves_figure(tables, "pr", "recall", "precision", "Precision-recall", metrics),

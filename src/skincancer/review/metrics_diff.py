@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from skincancer.evaluate.summary import number
+
 DIGITS = 4
 
 
@@ -49,17 +51,12 @@ def changes(old: dict | None, new: dict) -> list[MetricChange]:
 
 
 def _cell(value: float | int | str | None, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    if not _is_number(value):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:+d}" if signed else str(value)
-    return f"{value:+.{DIGITS}f}" if signed else f"{value:.{DIGITS}f}"
+    """A word as it is (calibration.method); a number, or no value, as every metric is shown."""
+    return number(value, DIGITS, signed=signed) if value is None or _is_number(value) else str(value)
 
 
 def diff_markdown(old: dict | None, new: dict, *, only_changed: bool = False) -> str:
-    """A markdown table `metric | old | new | delta`; `-` where a side has no value."""
+    """A markdown table `metric | old | new | delta`; `-` where a side has no value (evaluate.summary.UNDEFINED)."""
     rows = [change for change in changes(old, new) if not only_changed or change.old != change.new]
     lines = ["| metric | old | new | delta |", "|---|---:|---:|---:|"]
     lines += [

@@ -1,0 +1,49 @@
+"""Metrics as text, one way everywhere: the stage log, the pipeline's last lines, `skincancer metrics`, the
+report and the metrics diff.
+
+metrics.json holds null where the data cannot define a value (no malignant image: no sensitivity, no AUC;
+`evaluate.bootstrap: 0`: no AUC interval), so every number shown may be undefined; it reads as UNDEFINED.
+Plain Python only: the CLI and the pipeline flow import this without NumPy or scikit-learn.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+UNDEFINED = "-"
+
+
+def number(value: float | int | None, digits: int, *, signed: bool = False) -> str:
+    """`value` at `digits` decimals, whole numbers (image counts) as they are; UNDEFINED for None or NaN
+    (pandas' missing value in per-group tables)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return UNDEFINED
+    sign = "+" if signed else ""
+    if isinstance(value, numbers.Integral):
+        return f"{value:{sign}d}"
+    return f"{value:{sign}.{digits}f}"
+
+
+def interval(metrics: dict, key: str, digits: int) -> str:
+    """'0.7000-0.9000' from `<key>_ci_low` and `<key>_ci_high`; UNDEFINED where either end is."""
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    return UNDEFINED if low is None or high is None else f"{number(low, digits)}-{number(high, digits)}"
+
+
+def with_interval(metrics: dict, key: str, digits: int) -> str:
+    """A table cell: '0.8123 (0.7000-0.9000)', or the value alone where its interval is undefined."""
+    shown, around = number(metrics.get(key), digits), interval(metrics, key, digits)
+    return shown if around == UNDEFINED else f"{shown} ({around})"
+
+
+def split_summary(metrics: dict, split: str) -> str:
+    """One split of a metrics.json document in a line: ROC AUC with its 95% interval, sensitivity and
+    specificity at the threshold, and the images they rest on."""
+    m = metrics[split]
+    return (
+        f"{split}: ROC AUC {number(m.get('roc_auc'), 4)} (95% CI {interval(m, 'roc_auc', 4)}), "
+        f"sensitivity {number(m.get('sensitivity'), 3)}, specificity {number(m.get('specificity'), 3)} "
+        f"at threshold {number(metrics.get('threshold'), 4)}, "
+        f"{number(m.get('n'), 0)} images ({number(m.get('n_malignant'), 0)} malignant)"
+    )
