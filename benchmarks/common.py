@@ -33,7 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.append(str(ROOT))  # the orchestration package: flows._prefect_server
 from project_copy import (  # noqa: E402,F401  (re-exported)
-    BIN, TINY_PARAMS, committed_project, copy_project, merge, project_env, run, stages_run,
+    BIN,
+    TINY_PARAMS,
+    committed_project,
+    copy_project,
+    merge,
+    project_env,
+    run,
+    stages_run,
 )
 
 CORPUS_VERSION = 2  # bump when the generated corpus changes, so cached copies are not reused
@@ -45,13 +52,19 @@ PREVIOUS_SPLIT = "ca937e2"  # the last commit whose split grouped by one column:
 
 
 def plan_split_at(rev: str):
-    """skincancer.split.split.plan_split as committed at `rev`, loaded from git into a module of its own."""
+    """The split module's plan_split as committed at `rev` (before the library had a folder per stage, when it
+    was src/skincancer/split.py), loaded from git into a module of its own, its imports pointed at where
+    each module it names lives now."""
+    import re
     import types
 
-    source = subprocess.run(["git", "show", f"{rev}:src/skincancer/split/split.py"], cwd=ROOT,
+    source = subprocess.run(["git", "show", f"{rev}:src/skincancer/split.py"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout
+    now = {path.stem: ".".join(path.relative_to(ROOT / "src").with_suffix("").parts)
+           for path in (ROOT / "src" / "skincancer").glob("*/*.py") if path.stem != "__init__"}
+    source = re.sub(r"\bskincancer\.(\w+)", lambda match: now.get(match.group(1), match.group(0)), source)
     module = types.ModuleType(f"split_at_{rev}")
-    exec(compile(source, f"{rev}:src/skincancer/split/split.py", "exec"), module.__dict__)  # noqa: S102
+    exec(compile(source, f"{rev}:src/skincancer/split.py", "exec"), module.__dict__)  # noqa: S102
     return module.plan_split
 
 
@@ -63,6 +76,44 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     parser.add_argument("--quick", action="store_true", help="small corpus (seconds, not minutes)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print where it is")
     return parser.parse_args(argv)
+
+
+REAL_DATA_ENV = "SKINCANCER_REAL_DATA"  # the real-data folder (docs/model-quality.md, "Real data")
+
+
+def add_real_data_option(parser: argparse.ArgumentParser) -> None:
+    """``--real DIR``, defaulting to $SKINCANCER_REAL_DATA: the real data lives outside the project, where the
+    user put it, so no default path is guessed."""
+    parser.add_argument("--real", type=Path, metavar="DIR", default=os.environ.get(REAL_DATA_ENV) or None,
+                        help=f"the folder holding the real-data files (docs/model-quality.md, 'Real data'); "
+                             f"default: ${REAL_DATA_ENV}")
+
+
+def real_data_args(description: str, files: Iterable[str]) -> argparse.Namespace | None:
+    """The options of a benchmark measured on the real data alone (``--real DIR``, ``--keep``, and ``--quick``,
+    which changes nothing: the real data has one size); None, with the reason said, when ``files`` are not there."""
+    parser = argparse.ArgumentParser(description=description)
+    add_real_data_option(parser)
+    parser.add_argument("--quick", action="store_true", help="no effect: the real data has one size")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print where it is")
+    args = parser.parse_args()
+    if problem := real_data_problem(args.real, files):
+        say(problem)
+        return None
+    return args
+
+
+def real_data_problem(folder: Path | None, files: Iterable[str]) -> str | None:
+    """Why ``folder`` cannot be measured on (no folder given, or files missing from it), as a line that says what
+    to pass; None when it holds every one of ``files``."""
+    files = list(files)
+    if folder is None:
+        return (f"no real-data folder: pass --real DIR or set {REAL_DATA_ENV} to the folder holding "
+                f"{', '.join(files)} (docs/model-quality.md, 'Real data'); nothing measured")
+    if missing := [name for name in files if not (folder / name).is_file()]:
+        return (f"{folder} (from --real or {REAL_DATA_ENV}) lacks {', '.join(missing)} "
+                f"(docs/model-quality.md, 'Real data'); nothing measured")
+    return None
 
 
 def say(message: str) -> None:

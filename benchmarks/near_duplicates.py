@@ -1,10 +1,10 @@
 """Near-duplicate hash on real ISIC images: recall on made copies, false links between distinct lesions, cost.
 
-    .venv/bin/python benchmarks/near_duplicates.py [REAL_FOLDER] [--quick]
+    .venv/bin/python benchmarks/near_duplicates.py [--real DIR] [--quick]
 
-REAL_FOLDER (default ../shared/real from the project root) holds skin-cancer-9-classes.zip (180x180 JPEGs),
-isic-archive-uda1.zip (full-size JPEGs) and HAM10000_metadata.csv; without it the script says so and reports
-nothing. The zips are read in place.
+DIR (default: $SKINCANCER_REAL_DATA) is the real-data folder of docs/model-quality.md: it holds
+skin-cancer-9-classes.zip (180x180 JPEGs), isic-archive-uda1.zip (full-size JPEGs) and HAM10000_metadata.csv;
+without it the script says so and reports nothing. The zips are read in place.
 
 near_dup_recall_<copy>   fraction of originals whose copy (resized 50%/25% LANCZOS, re-encoded q70/80/95, cropped
                          a random 0-5% a side, resized 50% + q70) is within THRESHOLD of it. Absolute, against the
@@ -25,12 +25,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import sys
 import zipfile
 from pathlib import Path
 
-from common import ROOT, best_of, measurement, print_figures, say, say_machine, target_figure
+from common import (
+    ROOT,
+    add_real_data_option,
+    best_of,
+    measurement,
+    print_figures,
+    real_data_problem,
+    say,
+    say_machine,
+    target_figure,
+)
 
 NINE = "skin-cancer-9-classes.zip"
 UDA = "isic-archive-uda1.zip"
@@ -50,7 +59,7 @@ N_INDEX = 33_000
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("real", nargs="?", type=Path, default=ROOT.parent / "shared" / "real")
+    add_real_data_option(parser)
     parser.add_argument("--quick", action="store_true", help="a few hundred images, one timed pass")
     return parser.parse_args(argv)
 
@@ -130,12 +139,22 @@ def percentiles(values, points=(50, 95, 99, 100)) -> str:
     return " ".join(f"p{p} {np.percentile(values, p):.0f}" for p in points)
 
 
+def copy_distances(hashes: list[str | None], copy_hashes: list[str | None]):
+    """Bits between each original's hash and its copy's; 10**6 (never linked) where either has no hash."""
+    import numpy as np
+
+    from skincancer.ingest.near_duplicates import hash_words
+
+    (words, valid), (copy_words, copy_valid) = hash_words(hashes), hash_words(copy_hashes)
+    return np.where(valid & copy_valid, np.bitwise_count(words ^ copy_words).sum(axis=1), 10**6)
+
+
 def bench_recall(rows: list[dict], hashes: list[str | None], quick: bool) -> list[dict]:
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
 
-    from skincancer.ingest.near_duplicates import THRESHOLD, hamming, image_hash
+    from skincancer.ingest.near_duplicates import THRESHOLD, image_hash
 
     rngs = [np.random.default_rng([SEED, i]) for i in range(len(rows))]
     with ThreadPoolExecutor(2) as pool:
@@ -143,7 +162,7 @@ def bench_recall(rows: list[dict], hashes: list[str | None], quick: bool) -> lis
         copy_hashes = {kind: list(pool.map(image_hash, (m[kind] for m in made))) for kind in COPY_TARGETS}
     figures = []
     for kind, target in COPY_TARGETS.items():
-        distances = np.array([hamming(a, b) if a and b else 10**6 for a, b in zip(hashes, copy_hashes[kind])])
+        distances = copy_distances(hashes, copy_hashes[kind])
         recall = float((distances <= THRESHOLD).mean())
         around = " ".join(f"{t}:{(distances <= t).mean():.3f}" for t in range(THRESHOLD - 4, THRESHOLD + 5, 2))
         say(f"{kind:13s} recall {recall:.4f} (target {target}); distance {percentiles(distances)}; at {around}")
@@ -155,7 +174,7 @@ def bench_recall(rows: list[dict], hashes: list[str | None], quick: bool) -> lis
 def bench_false_links(rows: list[dict], hashes: list[str | None], quick: bool) -> list[dict]:
     import numpy as np
 
-    from skincancer.ingest.near_duplicates import THRESHOLD, hamming, hash_words, near_duplicate_pairs
+    from skincancer.ingest.near_duplicates import THRESHOLD, hash_words, near_duplicate_pairs
 
     keys = np.array([row["key"] for row in rows])
     words, _ = hash_words(hashes)
@@ -172,7 +191,7 @@ def bench_false_links(rows: list[dict], hashes: list[str | None], quick: bool) -
     for i, j in between:
         seen = "" if (i, j) in false else "; one lesion by eye"
         say(f"  link between lesions: {rows[i]['id']} ({rows[i]['source']}) ~ {rows[j]['id']} ({rows[j]['source']})"
-            f", {hamming(hashes[i], hashes[j])} bits{seen}")
+            f", {distance[i, j]} bits{seen}")  # keys differ: a distance the mask above left alone
     say(f"{len(pairs)} linked pairs: {len(pairs) - len(between)} within one lesion by metadata, {len(between)} "
         f"between lesions by metadata, {len(false)} of them false")
     by_metadata = len({k for pair in between for k in pair}) / len(rows)
@@ -241,10 +260,10 @@ def bench_cost(rows: list[dict], real: Path, tmp: Path, quick: bool) -> list[dic
 def bench_pairs(quick: bool) -> list[dict]:
     import numpy as np
 
-    from skincancer.ingest.near_duplicates import hex_hashes, near_duplicate_pairs
+    from skincancer.ingest.near_duplicates import HASH_BITS, near_duplicate_pairs
 
     rng = np.random.default_rng(SEED)
-    hashes = hex_hashes(rng.integers(0, 2**64 - 1, (N_INDEX, 4), dtype=np.uint64, endpoint=True))
+    hashes = [rng.bytes(HASH_BITS // 8).hex() for _ in range(N_INDEX)]
     seconds = best_of(1 if quick else 3, lambda: near_duplicate_pairs(hashes, workers=2))
     say(f"near_duplicate_pairs on {N_INDEX} random hashes: {seconds:.2f} s (2 threads)")
     return [target_figure("near_dup_pairs_33k", seconds, PAIRS_TARGET_S, "s", quick=quick)]
@@ -252,12 +271,11 @@ def bench_pairs(quick: bool) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    if not all((args.real / name).is_file() for name in (NINE, UDA, HAM)):
-        say(f"{args.real}: no real images ({NINE}, {UDA}, {HAM}); nothing to measure")
+    if problem := real_data_problem(args.real, (NINE, UDA, HAM)):
+        say(problem)
         return 0
     sys.path.insert(0, str(ROOT / "src"))
     import tempfile
-
     from concurrent.futures import ThreadPoolExecutor
 
     from skincancer.ingest.near_duplicates import THRESHOLD, image_hash

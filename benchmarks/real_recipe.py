@@ -1,7 +1,9 @@
 """The real-data recipe (params/real.yaml) on real ISIC images, with its ablations (opt-in: needs the real-data
-folder, default ../shared/real).
+folder, docs/model-quality.md).
 
-    .venv/bin/python benchmarks/real_recipe.py [--real ../shared/real] [--work DIR] [--only NAME ...] [--skip-ablations]
+    .venv/bin/python benchmarks/real_recipe.py [--real DIR] [--work DIR] [--only NAME ...] [--skip-ablations]
+
+--real defaults to $SKINCANCER_REAL_DATA.
 
 One throwaway project (a git repository, like a user's clone) gets params/real.yaml with fetch pointed at
 the Kaggle 9-class zip and the `isic image download` zip (UDA-1) as `file://` sources, the HAM10000
@@ -36,8 +38,17 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-
-from common import ROOT, committed_project, project_env, run, say, say_machine, stages_run
+from common import (
+    ROOT,
+    add_real_data_option,
+    committed_project,
+    project_env,
+    real_data_problem,
+    run,
+    say,
+    say_machine,
+    stages_run,
+)
 from project_copy import set_params
 from recipe.linear_probe import frozen_features, probe_probabilities
 from recipe.scores import in_words, split_scores
@@ -138,8 +149,8 @@ def robustness_entry(name: str, project: Path, saved: Path, out_dir: Path) -> di
     from perturbations import MAX_MEDIAN_DELTA, median_abs_delta, write_perturbed_copies
     from recipe.scores import FULL_SIZE_SOURCE
 
-    from skincancer.evaluate.inference import load_for_inference
     from skincancer.core.model_card import read_card
+    from skincancer.evaluate.inference import load_for_inference
     from skincancer.serve.predict import predict
 
     manifest = pd.read_parquet(project / "data" / "split" / "manifest.parquet").query("split == 'test'")
@@ -163,13 +174,13 @@ def robustness_entry(name: str, project: Path, saved: Path, out_dir: Path) -> di
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "real")
+    add_real_data_option(parser)
     parser.add_argument("--work", type=Path, default=Path("/tmp/skincancer-real-recipe"))
     parser.add_argument("--only", nargs="*", help="ablation names to run (default: all)")
     parser.add_argument("--skip-ablations", action="store_true")
     args = parser.parse_args()
-    if not all((args.real / name).is_file() for name in (HAM, WEIGHTS, *(file for _, file, _ in SOURCES))):
-        say(f"{args.real}: no real data here; nothing measured")
+    if problem := real_data_problem(args.real, (HAM, WEIGHTS, *(file for _, file, _ in SOURCES))):
+        say(problem)
         return 0
     say_machine()
     args.work.mkdir(parents=True, exist_ok=True)

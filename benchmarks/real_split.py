@@ -1,6 +1,6 @@
-"""Lesion leakage of the split on real ISIC images (opt-in: needs the real-data folder, default ../shared/real).
+"""Lesion leakage of the split on real ISIC images (opt-in: needs the real-data folder, docs/model-quality.md).
 
-    .venv/bin/python benchmarks/real_split.py [--real ../shared/real] [--keep]
+    .venv/bin/python benchmarks/real_split.py [--real DIR] [--keep]     # DIR defaults to $SKINCANCER_REAL_DATA
 
 Fetches the Kaggle 9-class zip (class folders, no patient or lesion ids) and the `isic image download`
 zip (UDA-1) as `file://` sources, then splits the index twice on the same images:
@@ -15,22 +15,29 @@ real_test_images_sharing_a_lesion
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
-
-from common import PREVIOUS_SPLIT, ROOT, bench_tmp, figure, plan_split_at, print_figures, say, say_machine
+from common import (
+    PREVIOUS_SPLIT,
+    bench_tmp,
+    figure,
+    plan_split_at,
+    print_figures,
+    real_data_args,
+    say,
+    say_machine,
+)
 
 HAM = "HAM10000_metadata.csv"
 SOURCES = (("isic-9class", "skin-cancer-9-classes.zip", "class-folders"), ("isic-uda1", "isic-archive-uda1.zip", "isic-cli"))
 
 
 def fetch_real(real: Path, raw: Path) -> pd.DataFrame:
-    from skincancer.ingest.fetch import fetch
     from skincancer.core.params import FetchParams
+    from skincancer.ingest.fetch import fetch
 
     params = FetchParams.model_validate({
         "datasets": [],
@@ -48,16 +55,10 @@ def share_sharing_a_lesion(manifest: pd.DataFrame, lesion_of: pd.Series) -> tupl
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "real")
-    parser.add_argument("--quick", action="store_true", help="no effect: the real data has one size")
-    parser.add_argument("--keep", action="store_true")
-    args = parser.parse_args()
-    if not all((args.real / name).is_file() for name in (HAM, *(file for _, file, _ in SOURCES))):
-        say(f"{args.real}: no real data here; nothing measured")
+    if (args := real_data_args(__doc__.splitlines()[0], (HAM, *(file for _, file, _ in SOURCES)))) is None:
         return 0
-    from skincancer.ingest.metadata import ORIGIN_COLUMNS, read_metadata_table
     from skincancer.core.params import LabelParams, SplitParams
+    from skincancer.ingest.metadata import ORIGIN_COLUMNS, read_metadata_table
     from skincancer.split.split import plan_split
 
     say_machine()

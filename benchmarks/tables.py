@@ -23,7 +23,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOCUMENT = ROOT / "BENCHMARKS.md"
 RECIPE_TIMING = "*-real-recipe-timing.json"
 RECIPE_LIMIT_S = 1800.0  # issue #16: the recipe's whole `dvc repro` under 30 minutes on 2 cores
-RECIPE_COMMAND = ".venv/bin/python benchmarks/real_recipe.py --real ../shared/real --skip-ablations"
+RECIPE_COMMAND = '.venv/bin/python benchmarks/real_recipe.py --real "$SKINCANCER_REAL_DATA" --skip-ablations'
 
 
 def load_runs(folder: Path = RESULTS) -> list[dict]:
