@@ -25,7 +25,9 @@ $(STAMP): $(LOCK) pyproject.toml Makefile
 demo: install
 	$(RUN) $(BIN)/python -m flows.pipeline
 
+# every test, the ones marked `slow` (real `dvc repro` runs and Prefect servers) included: nothing is deselected
 test: install
+	$(BIN)/ruff check src flows tests benchmarks  # lint first ([tool.ruff] in pyproject.toml): seconds, not minutes
 	$(RUN) $(BIN)/python -m pytest -n 2 --dist loadfile  # both cores; a module's tests stay in one worker, in order
 
 # every benchmarks/<topic>.py (common.py holds their helpers); `make bench BENCH_ARGS=--quick` for small corpora.
@@ -50,8 +52,8 @@ bench-tables: install
 COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
 lock:
-	$(COMPILE) --extra test -o requirements.lock
-	$(COMPILE) --extra test --extra gpu -o requirements-gpu.lock
+	$(COMPILE) --extra test --extra dev -o requirements.lock
+	$(COMPILE) --extra test --extra dev --extra gpu -o requirements-gpu.lock
 
 # CI: the GPU lock installs in a fresh venv and TensorFlow finds its CUDA wheels (no GPU needed for either)
 check-gpu-lock: install
@@ -60,5 +62,9 @@ check-gpu-lock: install
 	/tmp/skincancer-gpu-venv/bin/python .ci/check_gpu_install.py
 	rm -rf /tmp/skincancer-gpu-venv
 
+# the pipeline's outputs, TensorBoard logs, diff reports and exports: what git ignores in these folders. Files git
+# tracks (dvc.lock, metrics.json, the cards, history and plot tables) stay as committed; so do .venv and .dvc/cache
+OUTPUT_DIRS := data models reports logs diff-report exports
+
 clean:
-	rm -rf data/resolved.json data/raw data/split data/shards models reports metrics.json dvc.lock
+	git clean -fdX -- $(OUTPUT_DIRS)

@@ -88,3 +88,23 @@ def test_predictions_without_groups_count_one_group_per_image_with_one_warning(t
     assert (read["group"] == read["image_id"]).all()
     assert caplog.text.count("has no group column") == 1
     assert read_predictions(None, tmp_path / "elsewhere") is None
+
+
+def test_params_changes_of_a_change_that_moves_no_param_is_empty(tmp_path):
+    """The usual pull request changes code, not params: DVC then leaves out its diff's key altogether."""
+    import subprocess
+
+    from project_copy import project_env
+
+    from skincancer.review.diff_report import params_changes
+
+    env = project_env(tmp_path)
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(command, cwd=tmp_path, env=env, check=True)
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: 2\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  train:\n    cmd: echo\n    params: [train.epochs]\n")
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", "base"], cwd=tmp_path, env=env, check=True)
+    assert params_changes("HEAD", tmp_path) == []
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: 3\n")
+    assert params_changes("HEAD", tmp_path) == [("train.epochs", 2, 3)]

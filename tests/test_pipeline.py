@@ -12,12 +12,13 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-
+from param_knobs import execution_knobs
 from project_copy import BIN, TINY_PARAMS, committed_project, project_env, run, set_params, stages_run
+
+from skincancer.core.params import FetchParams, ShardParams, TrainParams
 from skincancer.evaluate.metrics import METRIC_KEYS
-from skincancer.review.metrics_diff import flatten
 from skincancer.ops import lifetime
-from skincancer.core.params import FetchParams, ShardParams, TrainParams, execution_knobs
+from skincancer.review.metrics_diff import flatten
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +26,34 @@ STAGES = ("fetch", "split", "shard", "train", "evaluate")
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, prefect_api):
+def first_run(tmp_path_factory, prefect_api) -> tuple[Path, dict[str, str], subprocess.CompletedProcess]:
+    """The project's first `python -m flows.pipeline`, committed as a merged run leaves it. Once per module, so
+    whichever tests `-k` selects start from a reproduced project whose HEAD~1 has no outputs."""
     target = tmp_path_factory.mktemp("project")
     env = project_env(target) | {"PREFECT_API_URL": prefect_api}
-    return committed_project(target, env, TINY_PARAMS), env
+    root = committed_project(target, env, TINY_PARAMS)
+    result = run([str(BIN / "python"), "-m", "flows.pipeline"], root, env)
+    run(["git", "add", "-A"], root, env)  # the base the diff-report tests compare with
+    run(["git", "commit", "-qm", "pipeline run"], root, env)
+    return root, env, result
+
+
+@pytest.fixture(scope="module")
+def repo(first_run) -> tuple[Path, dict[str, str]]:
+    """The reproduced project and its environment: a test that changes it puts it back."""
+    root, env, _ = first_run
+    return root, env
+
+
+@pytest.fixture(scope="module")
+def tta_run(repo) -> tuple[dict, subprocess.CompletedProcess]:
+    """The metrics before, and `skincancer run` after setting evaluate.tta to 2: the change the diff-report tests
+    compare with HEAD. Once per module; the project is left reproduced at tta 2, which is all later tests need."""
+    root, env = repo
+    before = json.loads((root / "metrics.json").read_text())
+    set_params(root, {"evaluate": {"tta": 2}})
+    alone = {key: value for key, value in env.items() if key != "PREFECT_API_URL"}  # no server: the run starts one
+    return before, run([str(BIN / "skincancer"), "run"], root, alone)  # the CLI's way to flows/pipeline.py
 
 
 def dvc_repro(repo_env) -> list[str]:
@@ -51,10 +76,9 @@ def stage_log(api: str, flow_name: str) -> str:
     return "\n".join(entry["message"] for entry in entries)
 
 
-def test_pipeline_flow_runs_every_stage_on_the_server_and_records_the_outputs(repo, prefect_api):
+def test_pipeline_flow_runs_every_stage_on_the_server_and_records_the_outputs(first_run, prefect_api):
     """`python -m flows.pipeline` against a real server (tests/test_nightly_box.py runs it as the deployment)."""
-    root, env = repo
-    result = run([str(BIN / "python"), "-m", "flows.pipeline"], root, env)
+    root, env, result = first_run
     assert "no DVC remote configured" in result.stdout + result.stderr  # said once, and the run goes on locally
     assert (result.stdout + result.stderr).count("no DVC remote configured") == 1
     metrics = json.loads((root / "metrics.json").read_text())
@@ -95,8 +119,6 @@ def test_pipeline_flow_runs_every_stage_on_the_server_and_records_the_outputs(re
     assert artifacts["skincancer-metrics-diff"]["type"] == "markdown"
     assert "| test.roc_auc | - |" in artifacts["skincancer-metrics-diff"]["data"]  # nothing to compare with yet
     assert "# Evaluation report" in artifacts["skincancer-report"]["data"]
-    run(["git", "add", "-A"], root, env)  # what a merged run leaves: the base later tests diff against
-    run(["git", "commit", "-qm", "pipeline run"], root, env)
 
 
 def test_nothing_changed_runs_no_stage(repo):
@@ -151,14 +173,11 @@ def test_the_shard_stage_depends_on_the_image_size_not_on_the_word_auto(repo):
     assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "status"], root, env).stdout
 
 
-def test_pipeline_without_a_server_starts_one_for_all_stages_and_diffs_the_metrics(repo):
+def test_pipeline_without_a_server_starts_one_for_all_stages_and_diffs_the_metrics(repo, tta_run):
     """`skincancer run` without any PREFECT_API_URL: one temporary server for the pipeline flow and its
     stage subprocesses."""
-    root, env = repo
-    before = json.loads((root / "metrics.json").read_text())
-    set_params(root, {"evaluate": {"tta": 2}})
-    alone = {key: value for key, value in env.items() if key != "PREFECT_API_URL"}
-    result = run([str(BIN / "skincancer"), "run"], root, alone)  # the CLI's way to flows/pipeline.py
+    root, _ = repo
+    before, result = tta_run
     output = result.stdout + result.stderr
     assert list(dict.fromkeys(stages_run(output))) == ["evaluate"]  # only what the change made stale
     assert re.search(r"stages run: evaluate in \d+ s\ntest: ROC AUC [\d.]+ \(95% CI [\d.]+-[\d.]+\), "
@@ -171,8 +190,9 @@ def test_pipeline_without_a_server_starts_one_for_all_stages_and_diffs_the_metri
         assert f"| {split}.roc_auc | {old:.4f} | {new:.4f} | {new - old:+.4f} |" in output
 
 
+@pytest.mark.usefixtures("tta_run")
 def test_diff_report_shows_the_changed_param_and_every_metric_against_the_base(repo):
-    """What the PR comment shows after the evaluate.tta change above: old, new, delta, in metrics.json's order."""
+    """What the PR comment shows after the evaluate.tta change: old, new, delta, in metrics.json's order."""
     root, env = repo
     result = run([str(BIN / "skincancer"), "diff-report", "--base", "HEAD", "--out", "diff-report"], root, env)
     report = (root / "diff-report/report.md").read_text()
@@ -302,8 +322,12 @@ def test_split_seed_change_makes_split_and_the_report_stale_and_nothing_upstream
     """DVC's own decision, without running the stages (`--dry`: stages past split would follow once its output
     changes, which the nightly test shows for real): split, and evaluate, whose report prints split params."""
     root, env = repo
+    params = (root / "params.yaml").read_text()
     set_params(root, {"split": {"seed": 7}})
-    dry = run([str(BIN / "dvc"), "repro", "--dry"], root, env).stdout
+    try:
+        dry = run([str(BIN / "dvc"), "repro", "--dry"], root, env).stdout
+    finally:
+        (root / "params.yaml").write_text(params)
     assert stages_run(dry) == ["split", "evaluate"] and "Stage 'fetch' didn't change" in dry
 
 

@@ -82,7 +82,7 @@ def params_changes(base: str, root: Path) -> list[tuple[str, object, object]]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        changed = repo.params.diff(a_rev=base)["diff"]
+        changed = repo.params.diff(a_rev=base).get("diff", {})  # DVC leaves the key out when nothing changed
     return sorted(
         (name, values["old"], values["new"]) for file in changed.values() for name, values in file.items()
     )
