@@ -43,8 +43,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common import (
-    BIN, TINY_PARAMS, bench_tmp, committed_project, figure, merge, parse_args, print_figures, project_env, run, say,
-    say_machine, stages_run, target_figure, timed,
+    BIN,
+    TINY_PARAMS,
+    bench_tmp,
+    committed_project,
+    figure,
+    merge,
+    parse_args,
+    print_figures,
+    project_env,
+    run,
+    say,
+    say_machine,
+    stages_run,
+    target_figure,
+    timed,
 )
 
 from flows._prefect_server import prefect_server_start, running_server  # noqa: E402  (on the path through common)

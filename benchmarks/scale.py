@@ -45,15 +45,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common import (
-    BIN, ROOT, bench_tmp, committed_project, print_figures, project_env, run, say, say_machine, stages_run,
-    measurement, target_figure, unique_bytes,
+    BIN,
+    ROOT,
+    bench_tmp,
+    committed_project,
+    measurement,
+    print_figures,
+    project_env,
+    run,
+    say,
+    say_machine,
+    stages_run,
+    target_figure,
+    unique_bytes,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "corpora"))
 from isic2020 import ISIC2020_IMAGES, describe, isic2020_corpus, rows  # noqa: E402
 
 from flows._prefect_server import prefect_server_start, running_server  # noqa: E402  (flows/ is on the path: common)
-
 from skincancer.ops.lifetime import descendants  # noqa: E402
 
 DEFAULT_SIZES = (2_000,)

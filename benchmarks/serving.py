@@ -28,8 +28,8 @@ SERVE_BYTES = (
 
 
 def bytes_gap(tmp: Path) -> dict:
-    from skincancer.evaluate.inference import load_for_inference
     from skincancer.core.model_card import read_card
+    from skincancer.evaluate.inference import load_for_inference
     from skincancer.serve.predict import image_files, predict
 
     exported = tmp / "savedmodel"

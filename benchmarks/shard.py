@@ -38,7 +38,16 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 from common import (
-    bench_tmp, cache_dir, figure, machine, parse_args, print_figures, say, say_machine, target_figure, timed,
+    bench_tmp,
+    cache_dir,
+    figure,
+    machine,
+    parse_args,
+    print_figures,
+    say,
+    say_machine,
+    target_figure,
+    timed,
 )
 
 CORPUS_VERSION = 2  # bump when the generated corpus changes, so cached copies are not reused

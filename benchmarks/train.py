@@ -58,8 +58,8 @@ if TYPE_CHECKING:  # annotations only: TensorFlow loads after the corpus is read
     import numpy as np
     import tensorflow as tf
 
-    from skincancer.train.models import Classifier
     from skincancer.core.params import TrainParams
+    from skincancer.train.models import Classifier
 
 BATCH_SIZE = 32
 SEED = 0
@@ -113,8 +113,8 @@ def seed_pipeline(folder: Path, size: int) -> tf.data.Dataset:
 
 def stored_images(shards: Path, out: Path) -> Path:
     """The train split's stored JPEGs, as the shards hold them, written to <out>/<benign|malignant>/<id>.jpg."""
-    from skincancer.train.data import shard_paths
     from skincancer.shard.tfrecords import read_examples
+    from skincancer.train.data import shard_paths
 
     for example in read_examples(shard_paths(shards, "train")):
         folder = out / ("malignant" if example["image/label"] else "benign")
@@ -136,8 +136,8 @@ def pass_rates(dataset: tf.data.Dataset) -> list[float]:
 
 def bench_pipeline(shards: Path, shard_times: list[float], train_folder: Path, tmp: Path, size: int,
                    quick: bool) -> list[dict]:
-    from skincancer.train.data import training_dataset
     from skincancer.core.params import AugmentParams
+    from skincancer.train.data import training_dataset
 
     ours = pass_rates(training_dataset(shards, BATCH_SIZE, SEED, augment=AugmentParams(), imbalance="class_weight"))
     same_images = pass_rates(seed_pipeline(stored_images(shards, tmp / "stored"), size))
@@ -167,8 +167,8 @@ def bench_pipeline(shards: Path, shard_times: list[float], train_folder: Path, t
 
 def frozen_classifier(size: int, tmp: Path) -> tuple[TrainParams, Classifier]:
     """(params, classifier) as train builds them from a weights file: backbone frozen, head trainable."""
-    from skincancer.train.models import build_backbone, build_classifier
     from skincancer.core.params import AugmentParams, TrainParams
+    from skincancer.train.models import build_backbone, build_classifier
 
     weights = tmp / "backbone.weights.h5"
     build_backbone(BACKBONE, size, None).save_weights(weights)
@@ -191,7 +191,7 @@ def epoch_seconds(model: keras.Model, dataset: tf.data.Dataset, class_weight: di
 def bench_frozen(shards: Path, size: int, tmp: Path, quick: bool) -> dict:
     from skincancer.train.data import feature_dataset, split_labels, training_dataset
     from skincancer.train.hardware import make_deterministic
-    from skincancer.train.train import cached_features, compile_for_training, class_weights
+    from skincancer.train.train import cached_features, class_weights, compile_for_training
 
     make_deterministic(SEED)  # as train does on a CPU; only now: the tutorials' pipeline above runs without it
     params, classifier = frozen_classifier(size, tmp)

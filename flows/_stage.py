@@ -16,7 +16,6 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
 
 from flows._params import stage_params  # noqa: E402
 from flows._prefect_server import shared_api  # noqa: E402
-
 from skincancer.core.params import OrchestrationParams, Params  # noqa: E402
 from skincancer.ops.lifetime import die_with_dvc, exit_on_sigterm  # noqa: E402
 from skincancer.ops.native_stderr import filter_native_stderr  # noqa: E402

@@ -1,13 +1,12 @@
 """DVC stage `fetch`: every dataset in fetch.datasets/sources -> data/raw/ + data/raw/index.parquet."""
 
-from flows._stage import run_stage, task_runner
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from skincancer.ingest import fetch
-
+from flows._stage import run_stage, task_runner
 from skincancer.core import paths
 from skincancer.core.params import Params
+from skincancer.ingest import fetch
 
 
 def concurrent_downloads(function, jobs):

@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 from flows.pipeline import main as run_pipeline
-
-from skincancer.review.diff_report import BaseUnreadable, write_diff_report
 from skincancer.ops.nightly import NightlyError, take_records
+from skincancer.review.diff_report import BaseUnreadable, write_diff_report
 
 
 def take_base_records(base: str) -> None:

@@ -2,7 +2,6 @@
 (skincancer.core.resolved says why). No Prefect flow: it is a lookup, done before a server would answer."""
 
 from flows._params import stage_params
-
 from skincancer.core import paths
 from skincancer.core.resolved import describe, write_resolved
 

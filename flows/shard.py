@@ -3,14 +3,13 @@
 from collections.abc import Iterator
 
 import pandas as pd
-from flows._stage import run_stage, task_runner
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows._stage import run_stage, task_runner
 from skincancer.core import paths
-
-from skincancer.shard import shard
 from skincancer.core.params import Params
+from skincancer.shard import shard
 from skincancer.shard.prepare import Encoded, EncodeJob
 
 

@@ -1,14 +1,13 @@
 """DVC stage `split`: index.parquet -> data/split/{train,val,test}/{benign,malignant}/ + manifest."""
 
 import pandas as pd
-from flows._stage import run_stage
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows._stage import run_stage
 from skincancer.core import paths
-
-from skincancer.split import split
 from skincancer.core.params import Params
+from skincancer.split import split
 
 
 @task(name="assign-splits", cache_policy=NO_CACHE)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from skincancer.train.augment import _rotate_and_zoom, augmenter
 from skincancer.core.params import AugmentParams
+from skincancer.train.augment import _rotate_and_zoom, augmenter
 
 IMAGE = np.random.default_rng(0).integers(0, 256, size=(9, 9, 3), dtype=np.uint8)
 OFF = AugmentParams(flip=False, rotation=0, zoom=0, color=0)

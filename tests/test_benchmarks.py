@@ -10,14 +10,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from project_copy import ROOT
 
 sys.path.append(str(ROOT / "benchmarks"))  # last: benchmarks/split.py and friends must not shadow anything
 import common  # noqa: E402
 import tables  # noqa: E402
 from corpora import isic2020  # noqa: E402
-
 
 # ---------------------------------------------------------------- figures
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from skincancer.train.data import eval_dataset, feature_dataset, split_labels, split_records, training_dataset
 from skincancer.core.params import AugmentParams
+from skincancer.train.data import eval_dataset, feature_dataset, split_labels, split_records, training_dataset
 
 
 def batches(shards, seed, **options) -> list[tuple[np.ndarray, np.ndarray]]:

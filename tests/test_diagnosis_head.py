@@ -5,12 +5,12 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from test_train import pretrained_weights
 
+from skincancer.core.params import AugmentParams, TrainParams
 from skincancer.train.data import eval_dataset, split_records, split_targets
 from skincancer.train.diagnosis_classes import MIN_CLASS_IMAGES, diagnosis_classes
-from skincancer.core.params import AugmentParams, TrainParams
 from skincancer.train.train import class_weights, train
-from test_train import pretrained_weights
 
 DIAGNOSIS = TrainParams(epochs=3, batch_size=16, head="diagnosis", augment=AugmentParams(rotation=0.1))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from skincancer.ingest.download import ChecksumMismatch, DownloadError, Downloaded, download, redact
+from skincancer.ingest.download import ChecksumMismatch, Downloaded, DownloadError, download, redact
 
 PAYLOAD = random.Random(20240603).randbytes(3 * 2**20 + 12345)  # odd size: ranges are not aligned
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from skincancer.train.data import ShardSpecMismatch, eval_dataset
+from skincancer.core.params import EvaluateParams, TrainParams
 from skincancer.evaluate.evaluate import PREDICTION_COLUMNS, evaluate, predict_split
 from skincancer.evaluate.inference import DIHEDRAL, at_scale
 from skincancer.evaluate.metrics import METRIC_KEYS
+from skincancer.train.data import ShardSpecMismatch, eval_dataset
 from skincancer.train.models import build_classifier
-from skincancer.core.params import EvaluateParams, TrainParams
 
 PLOTS = ["calibration", "confusion", "pr_test", "pr_val", "roc_test", "roc_val"]
 FIGURES = ["calibration.png", "confusion.png", "false_negatives.png", "false_positives.png", "history.png", "pr.png", "roc.png"]
@@ -23,8 +23,8 @@ FIGURES = ["calibration.png", "confusion.png", "false_negatives.png", "false_pos
 
 def save_with_card(model: keras.Model, path, shards_dir, params: TrainParams) -> None:
     """A model saved as training saves one: with its training card, which evaluate checks it against."""
-    from skincancer.train.data import read_shard_manifest, split_records
     from skincancer.core.model_card import card_input, train_card_path_for, training_card, write_card
+    from skincancer.train.data import read_shard_manifest, split_records
 
     model.save(path)
     manifest_path = shards_dir / "manifest.json"

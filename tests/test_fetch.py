@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from layout_fixtures import write_class_folders, write_isic2019, write_isic_cli
+
+from skincancer.core.params import FetchParams, SampleParams
 from skincancer.ingest.download import ChecksumMismatch, DownloadError
 from skincancer.ingest.fetch import CHECKSUMS, FetchError, fetch, read_checksums
 from skincancer.ingest.layouts import LayoutError
-from skincancer.core.params import FetchParams, SampleParams
 
 
 @dataclass
@@ -184,7 +184,6 @@ def test_flow_downloads_files_concurrently_as_prefect_tasks(mirror, tmp_path, pr
 
     import httpx
     import yaml
-
     from project_copy import copy_project, project_env, run
 
     serve_isic2019(mirror)
@@ -203,6 +202,7 @@ def test_flow_downloads_files_concurrently_as_prefect_tasks(mirror, tmp_path, pr
 
 def test_official_duplicate_pairs_are_collected_for_the_split(mirror, tmp_path):
     from layout_fixtures import write_isic2020_duplicates
+
     from skincancer.ingest.sample import write_sample
 
     folder = mirror.root / "challenges/2020"

@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from skincancer.train.hardware import REQUIRE_GPU, STRATEGIES, NoGPU, auto_strategy_name, check_devices, pick_strategy, precision_policy
+from skincancer.train.hardware import (
+    REQUIRE_GPU,
+    STRATEGIES,
+    NoGPU,
+    auto_strategy_name,
+    check_devices,
+    pick_strategy,
+    precision_policy,
+)
 
 
 @pytest.mark.parametrize(
@@ -66,9 +74,9 @@ def test_a_model_built_while_other_threads_draw_random_numbers_gets_the_seeds_we
 
     import numpy as np
 
+    from skincancer.core.params import TrainParams
     from skincancer.train.hardware import seeded_construction
     from skincancer.train.models import build_classifier
-    from skincancer.core.params import TrainParams
 
     params = TrainParams(backbone="small_cnn", weights=None, seed=7)
 

@@ -1,6 +1,6 @@
 import logging
-import shutil
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -8,9 +8,9 @@ import layout_fixtures as lf
 import pandas as pd
 import pytest
 
+from skincancer.core.labels import canonical_diagnosis
 from skincancer.ingest.archives import UnsafeArchive, member_uri, read_uris, sha256_hex
 from skincancer.ingest.catalog import CATALOG, CHALLENGE_URL
-from skincancer.core.labels import canonical_diagnosis
 from skincancer.ingest.layouts import (
     CHALLENGES,
     INDEX_COLUMNS,

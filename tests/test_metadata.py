@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from layout_fixtures import NINE_CLASS, csv_bytes, write_class_folders
+
+from skincancer.core.params import FetchParams
 from skincancer.ingest.fetch import fetch
 from skincancer.ingest.metadata import MetadataError, join_metadata, read_metadata_table
-from skincancer.core.params import FetchParams
 
 HAM_HEADER = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset")
 NINE_CLASS_IDS = sorted(i for ids in NINE_CLASS.values() for i in ids)

@@ -5,9 +5,15 @@ import pytest
 from scipy.stats import binomtest
 from sklearn import metrics as skm
 
-from skincancer.evaluate import metrics
-from skincancer.evaluate.metrics import METRIC_KEYS, binary_metrics, choose_threshold, evaluation_metrics, partial_auc_above_tpr
 from skincancer.core.params import EvaluateParams, ThresholdParams
+from skincancer.evaluate import metrics
+from skincancer.evaluate.metrics import (
+    METRIC_KEYS,
+    binary_metrics,
+    choose_threshold,
+    evaluation_metrics,
+    partial_auc_above_tpr,
+)
 
 
 @pytest.fixture

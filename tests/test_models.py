@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from skincancer.core.backbones import BACKBONES
+from skincancer.core.params import Params, TrainParams
 from skincancer.train.hardware import set_precision
 from skincancer.train.models import PixelPreprocessing, build_backbone, build_classifier
-from skincancer.core.params import Params, TrainParams
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

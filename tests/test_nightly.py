@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from skincancer.ops.nightly import BASE_REF, NightlyError, checkout_latest, commit_message, git, publish_results, records
+from skincancer.ops.nightly import (
+    BASE_REF,
+    NightlyError,
+    checkout_latest,
+    commit_message,
+    git,
+    publish_results,
+    records,
+)
 
 DVC_YAML = """stages:
   evaluate:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from project_copy import BIN, TINY_PARAMS, committed_project, project_env, run, set_params, stages_run
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,10 @@ import tensorflow as tf
 from typer.testing import CliRunner
 
 from skincancer.cli import app
-from skincancer.evaluate.evaluate import evaluate
-from skincancer.evaluate.inference import load_for_inference
 from skincancer.core.model_card import card_path_for, read_card
 from skincancer.core.params import AugmentParams, EvaluateParams, TrainParams
+from skincancer.evaluate.evaluate import evaluate
+from skincancer.evaluate.inference import load_for_inference
 from skincancer.serve.predict import image_files, predict
 from skincancer.train.train import train
 

@@ -1,11 +1,12 @@
 """split groups: connected components of patient, lesion and duplicate links, placed by class share."""
 
 import hashlib
+
 import numpy as np
 import pandas as pd
 import pytest
-
 from index_shapes import class_folder_copy, ham10000_shaped, isic2020_shaped
+
 from skincancer.core.params import LabelParams, SplitParams
 from skincancer.split.split import SplitError, ids_spanning_splits, plan_split
 

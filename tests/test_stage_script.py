@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-ROOT = Path(__file__).resolve().parents[1]
 from flows._stage import run_stage
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import sys
 
 import pytest
 import yaml
-
 from project_copy import copy_project, project_env, run
 
 

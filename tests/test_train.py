@@ -16,12 +16,12 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-
 from project_copy import ROOT
+
+from skincancer.core.params import AugmentParams, ShardParams, TrainParams
 from skincancer.train.data import ShardSpecMismatch, eval_dataset
 from skincancer.train.hardware import seeded_construction
 from skincancer.train.models import build_backbone
-from skincancer.core.params import AugmentParams, ShardParams, TrainParams
 from skincancer.train.train import HISTORY_COLUMNS, SingleClassSplit, class_weights, train
 
 FAST = TrainParams(epochs=3, batch_size=16, early_stopping_patience=3, augment=AugmentParams(rotation=0.1))

@@ -25,9 +25,9 @@ class SplitFeatures:
 def frozen_features(shards_dir: Path, backbone: str, weights: str, batch_size: int = 64) -> dict[str, SplitFeatures]:
     """Pooled features of the pretrained backbone for every split, in manifest order: the train stage's own
     frozen-phase cache (`build_classifier(...).features`, `cached_features`)."""
+    from skincancer.core.params import TrainParams
     from skincancer.train.data import read_shard_manifest, split_records
     from skincancer.train.models import build_classifier
-    from skincancer.core.params import TrainParams
     from skincancer.train.train import cached_features
 
     size = read_shard_manifest(shards_dir)["image_size"]

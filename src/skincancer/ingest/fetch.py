@@ -18,13 +18,13 @@ from urllib.request import url2pathname
 
 import pandas as pd
 
-from skincancer.core.atomic import atomic_path, atomic_write_text
 from skincancer.core import paths
+from skincancer.core.atomic import atomic_path, atomic_write_text
+from skincancer.core.params import METADATA_FOLDER, FetchParams, SourceParams
 from skincancer.ingest.catalog import CATALOG
 from skincancer.ingest.download import Downloaded, download
 from skincancer.ingest.layouts import DUPLICATE_READERS, read_layout
 from skincancer.ingest.metadata import join_metadata, read_metadata_table
-from skincancer.core.params import METADATA_FOLDER, FetchParams, SourceParams
 from skincancer.ingest.sample import write_sample
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from typing import Protocol
 
 import pandas as pd
 
-from skincancer.ingest.archives import URI_SEPARATOR, member_uri, read_uris, safe_members, sha256_hex
 from skincancer.core.labels import canonical_diagnosis, lookup_diagnosis
+from skincancer.ingest.archives import URI_SEPARATOR, member_uri, read_uris, safe_members, sha256_hex
 from skincancer.ingest.near_duplicates import image_hash
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from skincancer.ingest.image_ids import canonical_image_ids
 from skincancer.core.labels import lookup_diagnosis
+from skincancer.ingest.image_ids import canonical_image_ids
 from skincancer.ingest.layouts import ids_preview, index_metadata, read_csv_cells
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import keras
 from keras import layers
 
 from skincancer.core.backbones import BACKBONES
-from skincancer.train.diagnosis_classes import DiagnosisClasses
 from skincancer.core.params import TrainParams
+from skincancer.train.diagnosis_classes import DiagnosisClasses
 from skincancer.train.weights import WeightsError, imagenet_backbone, load_weights_file
 
 

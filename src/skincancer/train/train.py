@@ -17,6 +17,8 @@ import pandas as pd
 import tensorflow as tf
 
 from skincancer.core.atomic import atomic_path, atomic_write_text
+from skincancer.core.model_card import card_input, train_card_path_for, training_card, write_card
+from skincancer.core.params import TrainParams
 from skincancer.train.data import (
     check_image_size,
     eval_dataset,
@@ -27,12 +29,16 @@ from skincancer.train.data import (
     training_dataset,
 )
 from skincancer.train.diagnosis_classes import DiagnosisClasses, diagnosis_classes
-from skincancer.train.hardware import check_devices, make_deterministic, pick_strategy, seeded_construction, set_precision
-from skincancer.core.model_card import card_input, train_card_path_for, training_card, write_card
+from skincancer.train.hardware import (
+    check_devices,
+    make_deterministic,
+    pick_strategy,
+    seeded_construction,
+    set_precision,
+)
 from skincancer.train.model_file import save_model
 from skincancer.train.models import Classifier, build_classifier, malignant_probability, unfreeze_top
 from skincancer.train.multi_worker import is_chief, worker_count
-from skincancer.core.params import TrainParams
 from skincancer.train.train_state import TrainState
 
 log = logging.getLogger(__name__)
