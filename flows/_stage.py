@@ -4,21 +4,16 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 
-# forward the library's log records to the Prefect run logs; no telemetry from offline machines
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "skincancer")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: E402
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
-
-from flows._params import stage_params  # noqa: E402
-from flows._prefect_server import shared_api  # noqa: E402
-from skincancer.core.params import OrchestrationParams, Params  # noqa: E402
-from skincancer.ops.lifetime import die_with_dvc, exit_on_sigterm  # noqa: E402
-from skincancer.ops.native_stderr import filter_native_stderr  # noqa: E402
+from flows._params import stage_params
+from flows._prefect_server import shared_api
+from skincancer.core.params import OrchestrationParams, Params
+from skincancer.ops.lifetime import die_with_dvc, exit_on_sigterm
+from skincancer.ops.native_stderr import filter_native_stderr
 
 
 def task_runner(orchestration: OrchestrationParams, threads: int) -> TaskRunner:

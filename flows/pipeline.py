@@ -20,21 +20,19 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+from dvc.exceptions import DvcException, ReproductionError
+from dvc.repo import Repo
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.exceptions import TerminationSignal
 
-from dvc.exceptions import DvcException, ReproductionError  # noqa: E402
-from dvc.repo import Repo  # noqa: E402
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
-from prefect.exceptions import TerminationSignal  # noqa: E402
-
-from flows import _prefect_server  # noqa: E402
-from flows._prefect_server import shared_api  # noqa: E402
-from skincancer.core import paths  # noqa: E402
-from skincancer.evaluate.summary import split_summary  # noqa: E402
-from skincancer.ops import lifetime  # noqa: E402
-from skincancer.ops.nightly import NightlyError, commit_message, publish_results, snapshot_records  # noqa: E402
-from skincancer.review.metrics_diff import diff_markdown, flatten  # noqa: E402
+from flows import _prefect_server
+from flows._prefect_server import shared_api
+from skincancer.core import paths
+from skincancer.evaluate.summary import split_summary
+from skincancer.ops import lifetime
+from skincancer.ops.nightly import NightlyError, commit_message, publish_results, snapshot_records
+from skincancer.review.metrics_diff import diff_markdown, flatten
 
 
 class StageFailed(RuntimeError):

@@ -154,7 +154,7 @@ def test_melanoma_cues_survive_downsizing_to_64px(sample):
 
 
 def test_interrupted_write_leaves_no_half_archive(tmp_path, monkeypatch):
-    from skincancer import sample as sample_module
+    from skincancer.ingest import sample as sample_module
 
     real, calls = sample_module.encode_jpeg, []
 
