@@ -17,6 +17,7 @@ from project_copy import BIN, TINY_PARAMS, committed_project, project_env, run, 
 
 from skincancer.core.params import FetchParams, ShardParams, TrainParams
 from skincancer.evaluate.metrics import METRIC_KEYS
+from skincancer.evaluate.summary import split_summary
 from skincancer.ops import lifetime
 from skincancer.review.metrics_diff import flatten
 
@@ -338,3 +339,25 @@ def test_dvc_plots_render_every_declared_plot(repo):
                  "Calibration (test)", "Training history"):
         assert plot in shown, (plot, sorted(shown))
     assert any(name.startswith("reports/figures/") for name in shown)
+
+
+def test_a_run_without_bootstrap_succeeds_and_ends_with_the_summary(repo):
+    """`evaluate.bootstrap: 0` (no ROC AUC interval) is valid: only evaluate reruns, the run ends with its summary
+    and the undefined interval is shown as such. Last in the file: it leaves evaluate's outputs at bootstrap 0."""
+    root, env = repo
+    params = (root / "params.yaml").read_text()
+    set_params(root, {"evaluate": {"bootstrap": 0}})
+    try:
+        result = run([str(BIN / "python"), "-m", "flows.pipeline"], root, env)
+    finally:
+        (root / "params.yaml").write_text(params)
+    metrics = json.loads((root / "metrics.json").read_text())
+    test = metrics["test"]
+    assert test["roc_auc"] is not None and test["roc_auc_ci_low"] is None and test["roc_auc_ci_high"] is None
+    last = result.stdout.rstrip().splitlines()[-1]
+    assert re.search(r"stages run: evaluate in \d+ s\n", result.stdout), result.stdout[-2000:]
+    assert last == f"{split_summary(metrics, 'test')}; reports/report.html has the rest"
+    assert re.match(r"test: ROC AUC [\d.]+ \(95% CI -\), sensitivity [\d.]+, specificity [\d.]+ at threshold [\d.]+, "
+                    r"\d+ images \(\d+ malignant\);", last), last
+    report = (root / "reports/report.md").read_text()
+    assert re.search(r"\| ROC AUC \(95% CI, groups resampled\) \| [\d.]+ \| [\d.]+ \|", report)  # no interval, no error
