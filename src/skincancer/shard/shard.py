@@ -90,11 +90,12 @@ def write_shards(
             # zip pulls from rows first, so the shared results stream is never over-read.
             for row, result in zip(rows, results):
                 if isinstance(result, Resized):
-                    written.append((row, roller.add(_serialize(tfrecords, row, result), int(row["label"]))))
+                    image = _image_facts(row, split)
+                    written.append((image, roller.add(_serialize(tfrecords, image, result), image["label"])))
                 else:
                     skipped.append(_skip(row, result))
             described = roller.finish()
-            facts += [_image_facts(row, split, described[index]["file"]) for row, index in written]
+            facts += [image | {"shard": described[index]["file"]} for image, index in written]
             shards += described
         _check_skipped(skipped, len(jobs), params.max_skipped_fraction)
         document = _document(params, tfrecords.SPEC_VERSION, shards, skipped)
@@ -207,32 +208,24 @@ def _job(split_root: Path, row: dict[str, Any], preparation: Preparation) -> Enc
     return EncodeJob(path, preparation)
 
 
-def _serialize(tfrecords: ModuleType, row: dict[str, Any], image: Resized) -> bytes:
-    return tfrecords.serialize_example(
-        encoded=image.data,
-        height=image.height,
-        width=image.width,
-        image_id=str(row["image_id"]),
-        label=int(row["label"]),
-        diagnosis=_text(row["diagnosis"]) or "",
-        source=_text(row["source"]) or "",
-        group=str(row["group"]),
-        patient_id=_text(row["patient_id"]),
-        sex=_text(row["sex"]),
-        age_approx=_number(row["age_approx"]),
-        anatom_site=_text(row["anatom_site"]),
-    )
-
-
-def _image_facts(row: dict[str, Any], split: str, shard_file: str) -> dict[str, Any]:
-    """What train, evaluate and the report need to know of an image, as its record says it (IMAGE_COLUMNS)."""
+def _image_facts(row: dict[str, Any], split: str) -> dict[str, Any]:
+    """A split manifest row as its record and its image-table row both state it (IMAGE_COLUMNS but `shard`,
+    known once the split's shards are named): one conversion, so the two never disagree."""
     return {
         "image_id": str(row["image_id"]), "split": split, "label": int(row["label"]),
         "diagnosis": _text(row["diagnosis"]) or "", "source": _text(row["source"]) or "",
         "group": str(row["group"]), "patient_id": _text(row["patient_id"]),
         "sex": _text(row["sex"]), "age_approx": _number(row["age_approx"]), "anatom_site": _text(row["anatom_site"]),
-        "shard": shard_file,
     }
+
+
+def _serialize(tfrecords: ModuleType, facts: dict[str, Any], image: Resized) -> bytes:
+    return tfrecords.serialize_example(
+        encoded=image.data, height=image.height, width=image.width,
+        image_id=facts["image_id"], label=facts["label"], diagnosis=facts["diagnosis"], source=facts["source"],
+        group=facts["group"], patient_id=facts["patient_id"], sex=facts["sex"], age_approx=facts["age_approx"],
+        anatom_site=facts["anatom_site"],
+    )
 
 
 def write_image_table(facts: list[dict[str, Any]], path: Path) -> None:
