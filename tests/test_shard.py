@@ -112,6 +112,23 @@ def test_writes_one_shard_per_split_with_matching_counts(split_root: Path, tmp_p
         assert entry["count_per_class"] == {"benign": labels.count(0), "malignant": labels.count(1)}
 
 
+def test_fold_parts_are_sharded_like_splits_and_the_manifest_counts_the_folds(split_root: Path, tmp_path: Path) -> None:
+    """split.folds: K fold parts and test, each its own shards; the image table names each image's part."""
+    manifest = _manifest(split_root)
+    rest = manifest["split"] != "test"
+    manifest.loc[rest, "split"] = [f"fold{number % 3}" for number in range(int(rest.sum()))]
+    out = tmp_path / "shards"
+    document = write_shards(manifest, split_root, out, _params())
+
+    assert document["folds"] == 3 and list(document["splits"]) == ["fold0", "fold1", "fold2", "test"]
+    assert [entry["split"] for entry in document["shards"]] == ["fold0", "fold1", "fold2", "test"]
+    counts = manifest.groupby("split").size()
+    assert {part: document["splits"][part]["count"] for part in document["splits"]} == counts.to_dict()
+    table = pd.read_parquet(out / tfrecords.IMAGE_TABLE)
+    assert table["split"].tolist() == [part for part in document["splits"] for _ in range(counts[part])]
+    assert "folds" not in write_shards(_manifest(split_root), split_root, tmp_path / "plain", _params())
+
+
 def test_records_carry_the_manifest_metadata_and_resized_images(split_root: Path, tmp_path: Path) -> None:
     manifest = _manifest(split_root).set_index("image_id")
     write_shards(manifest.reset_index(), split_root, tmp_path / "shards", _params(resize="pad"))

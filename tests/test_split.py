@@ -268,3 +268,18 @@ def test_official_duplicate_pairs_are_read_from_fetchs_table(tmp_path):
     pd.DataFrame({"image_id_1": ["ISIC_1"], "image_id_2": ["ISIC_2"], "source": ["isic2020"]}).to_parquet(
         tmp_path / "duplicates.parquet")
     assert official_duplicate_pairs(tmp_path / "duplicates.parquet") == [("ISIC_1", "ISIC_2")]
+
+
+def test_folds_are_materialised_as_fold_folders_and_counted_in_the_summary(tmp_path):
+    raw, index = write_zip_index(tmp_path, n=90)
+    plan = plan_split(index, SplitParams(folds=3), LABELS)
+    materialise(plan.manifest, raw, tmp_path / "split", plan.removed)
+    folders = sorted(path.name for path in (tmp_path / "split").iterdir() if path.is_dir())
+    assert folders == ["fold0", "fold1", "fold2", "test"]
+    written = sorted(p.relative_to(tmp_path / "split").as_posix() for p in (tmp_path / "split").rglob("*.jpg"))
+    assert written == sorted(plan.manifest["path"])
+    assert pd.read_parquet(tmp_path / "split/manifest.parquet")["fold"].dtype == "Int64"
+    numbers = write_summary(plan, tmp_path / "reports/split.json")
+    assert numbers["folds"] == 3 and "train" not in numbers
+    assert sum(numbers[part]["images"] for part in ("fold0", "fold1", "fold2", "test")) == 90
+    assert describe_summary(numbers).startswith("split: {'fold0': ")

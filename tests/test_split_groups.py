@@ -122,3 +122,49 @@ def test_every_split_gets_a_like_mix_of_large_and_single_image_groups():
     for split, fraction in FRACTIONS.items():
         share = (malignant.loc[malignant["source"] == "isic-archive", "split"] == split).mean()
         assert abs(share - fraction) <= 0.05, (split, share)
+
+
+def assert_folds_leak_free_and_stratified(manifest: pd.DataFrame, folds: int) -> None:
+    """Every group in one fold; each fold's malignant share within 1 point and 10% relative of the whole;
+    each fold's size within 2 points of its (1 - test) / K share of all images."""
+    assert ids_spanning_splits(manifest, "patient_id") == 0 and ids_spanning_splits(manifest, "lesion_id") == 0
+    assert manifest.groupby("group")["split"].nunique().max() == 1
+    rest = manifest[manifest["split"] != "test"]
+    whole = rest["label"].mean()
+    for fold in range(folds):
+        part = rest.loc[rest["split"] == f"fold{fold}"]
+        assert (part["fold"] == fold).all()
+        share = part["label"].mean()
+        assert abs(share - whole) <= 0.01 and abs(share - whole) <= 0.1 * whole, (fold, share, whole)
+        assert abs(len(part) / len(manifest) - 0.9 / folds) <= 0.02, (fold, len(part) / len(manifest))
+    assert manifest.loc[manifest["split"] == "test", "fold"].isna().all()
+
+
+@pytest.mark.parametrize(("shaped", "folds"), [(ham10000_shaped, 5), (isic2020_shaped, 5), (ham10000_shaped, 3)])
+def test_folds_keep_every_group_in_one_fold_with_the_classes_balanced(shaped, folds):
+    index = shaped()
+    manifest = plan_split(index, SplitParams(folds=folds), LABELS).manifest
+    assert sorted(manifest["split"].unique()) == sorted([*(f"fold{k}" for k in range(folds)), "test"])
+    assert_folds_leak_free_and_stratified(manifest, folds)
+
+
+def test_folds_hold_out_the_test_images_of_the_plain_split_and_leave_it_unchanged_without_folds():
+    """The same test images with and without folds: a single model and a fold ensemble meet one test set.
+    Without folds the manifest has no fold column (today's files, byte for byte)."""
+    index = ham10000_shaped()
+    plain = plan_split(index, SplitParams(), LABELS).manifest
+    folded = plan_split(index, SplitParams(folds=5), LABELS).manifest
+    assert "fold" not in plain.columns
+    test_ids = lambda manifest: set(manifest.loc[manifest["split"] == "test", "image_id"])  # noqa: E731
+    assert test_ids(folded) == test_ids(plain)
+    assert set(folded["image_id"]) == set(plain["image_id"])
+
+
+def test_fold_paths_name_the_fold_and_the_same_seed_reproduces_the_folds():
+    index = isic2020_shaped(n_patients=400)
+    first = plan_split(index, SplitParams(folds=3), LABELS).manifest
+    again = plan_split(index.sample(frac=1, random_state=3), SplitParams(folds=3), LABELS).manifest
+    pd.testing.assert_frame_equal(first[["image_id", "split", "fold"]], again[["image_id", "split", "fold"]])
+    assert (first["path"].str.split("/").str[0] == first["split"]).all()
+    other_seed = plan_split(index, SplitParams(folds=3, seed=7), LABELS).manifest
+    assert not first["split"].equals(other_seed["split"])

@@ -14,6 +14,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     Strict,
     ValidationError,
     ValidationInfo,
@@ -189,6 +190,15 @@ class SplitParams(_Section):
         ("patient_id", "lesion_id"),
         description="images sharing any of these ids (or duplicates of each other) are one group, kept in one split",
     )
+    folds: Int | None = Field(
+        None, ge=3, le=20,
+        description="K: the test split as without folds, the rest in K grouped folds (one model per fold); null: 80/10/10",
+    )
+
+    @field_validator("folds", mode="before")
+    @classmethod
+    def _none_is_no_folds(cls, value: object) -> object:
+        return None if value == "none" else value
 
     @field_validator("group_by", mode="before")
     @classmethod
@@ -242,6 +252,10 @@ class AugmentParams(_Section):
         return bool(self.flip or self.rotation or self.zoom or self.color or self.resolution)
 
 
+# patient fields train.metadata may feed beside the image (skincancer.core.patient_context encodes them)
+CONTEXT_FIELDS = ("age", "sex", "site")
+
+
 class TrainParams(_Section):
     backbone: str = "small_cnn"
     weights: str | None = None
@@ -254,6 +268,9 @@ class TrainParams(_Section):
     dropout: Float = Field(0.3, ge=0, lt=1)
     head: Literal["binary", "diagnosis"] = Field(
         "binary", description="diagnosis: learn the diagnoses train holds; P(malignant) sums the malignant ones"
+    )
+    metadata: list[str] = Field(
+        default_factory=list, description="patient context fed beside the image features: any of age, sex, site"
     )
     imbalance: Literal["class_weight", "oversample", "none"] = "class_weight"
     early_stopping_patience: Int = Field(8, ge=1)
@@ -272,6 +289,20 @@ class TrainParams(_Section):
     @classmethod
     def _registered_backbone(cls, value: str) -> str:
         return _registered("backbone", value, BACKBONES)
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _none_is_no_metadata(cls, value: object) -> object:
+        return [] if value is None or value == "none" else value
+
+    @field_validator("metadata")
+    @classmethod
+    def _known_context_fields(cls, fields: list[str]) -> list[str]:
+        if unknown := [name for name in fields if name not in CONTEXT_FIELDS]:
+            raise ValueError(f"unknown field(s) {unknown}; known: {list(CONTEXT_FIELDS)} (or [] for none)")
+        if twice := _used_twice(fields):
+            raise ValueError(f"{fields} lists {twice} more than once; list each field once, e.g. [age, sex, site]")
+        return fields
 
     @field_validator("weights")
     @classmethod
@@ -331,11 +362,31 @@ class EvaluateParams(_Section):
         return scales
 
 
+def _fold_devices(value: object) -> object:
+    """`auto`, or where each fold process may run: GPU indexes and `cpu` (a slot on the host's cores)."""
+    if value == "auto":
+        return value
+    if not isinstance(value, list) or not value or not all(_is_device(device) for device in value):
+        raise ValueError(f"must be auto or a non-empty list of GPU indexes (0, 1, ...) and cpu, got {value!r}")
+    return value
+
+
+def _is_device(device: object) -> bool:
+    return device == "cpu" or (type(device) is int and device >= 0)
+
+
+FoldDevices = Annotated[Literal["auto"] | list[int | Literal["cpu"]], PlainValidator(_fold_devices)]
+
+
 class OrchestrationParams(_Section):
     """How stages run, never what they produce: no stage declares this section as a DVC param."""
 
     dask_address: str | None = Field(None, description="tcp://host:8786 of a Dask scheduler for downloads and shards")
     dask_workers: Int = Field(0, ge=0, description="without an address: a local Dask cluster of this many processes")
+    fold_devices: FoldDevices = Field(
+        "auto", description="where fold models train, one at a time each: auto (every GPU, else one CPU process), "
+        "or a list of GPU indexes and `cpu`",
+    )
 
 
 # what the evaluation report prints as the params that produced it (dvc.yaml's evaluate stage declares the same keys)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 RAW = Path("data/raw")
@@ -18,12 +19,30 @@ MODEL = MODELS / "model.keras"
 HISTORY = MODELS / "history.csv"
 TRAIN_CARD = MODELS / "train_card.json"  # the model's contract (skincancer.core.model_card), as trained
 CARD = MODELS / "card.json"  # and as evaluated: what `skincancer predict` and `export` read
+FOLDS_DIR = MODELS / "folds"  # split.folds: one model per fold, model.keras their ensemble (empty otherwise)
 TENSORBOARD = Path("logs/train")  # train.tensorboard: true
 METRICS = Path("metrics.json")
 REPORTS = Path("reports")
 SPLIT_SUMMARY = REPORTS / "split.json"
 PREDICTIONS = REPORTS / "predictions.csv"  # DVC-cached: read at another revision through dvc.api
 SPLITS = ("train", "val", "test")
+TEST = "test"
+
+
+def fold_part(fold: int) -> str:
+    """The name of a cross-validation fold's folder under data/split and of its shards."""
+    return f"fold{fold}"
+
+
+def split_parts(folds: int | None) -> tuple[str, ...]:
+    """What data/split and data/shards hold: train/val/test, or (split.folds: K) K folds and the test split."""
+    return SPLITS if folds is None else (*(fold_part(fold) for fold in range(folds)), TEST)
+
+
+def parts_named(names: Iterable[str]) -> tuple[str, ...]:
+    """The parts a manifest's `split` values belong to, in pipeline order: fold names mean K folds and test."""
+    folds = sum(1 for name in set(names) if name.startswith("fold"))
+    return split_parts(folds or None)
 
 
 class MissingInput(FileNotFoundError):

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from skincancer.core.atomic import atomic_dir
 from skincancer.core.images import Resized
 from skincancer.core.labels import CLASS_NAMES
-from skincancer.core.paths import SPLITS
+from skincancer.core.paths import SPLITS, parts_named
 from skincancer.shard.prepare import Encoded, EncodeJob, encode_file
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def write_shards(
             facts += [image | {"shard": described[index]["file"]} for image, index in written]
             shards += described
         _check_skipped(skipped, len(jobs), params.max_skipped_fraction)
-        document = _document(params, tfrecords.SPEC_VERSION, shards, skipped)
+        document = _document(params, tfrecords.SPEC_VERSION, shards, skipped, tuple(plan))
         (tmp / "manifest.json").write_text(json.dumps(document, sort_keys=True, indent=2) + "\n")
         write_image_table(facts, tmp / tfrecords.IMAGE_TABLE)
     _log_written(shards, len(jobs) - len(skipped), len(skipped), time.perf_counter() - started)
@@ -171,12 +171,12 @@ def _flatten(chunks: list[list[EncodeJob]], per_chunk: Iterable[list[Encoded]]) 
 
 
 def _plan(manifest: pd.DataFrame, split_root: Path, seed: int) -> dict[str, list[dict[str, Any]]]:
-    """Rows per split, checked, sorted by id then shuffled by seed: independent of input row order."""
+    """Rows per split (or fold), checked, sorted by id then shuffled by seed: independent of input row order."""
     _check_inputs(manifest, split_root)
     # Every kind of missing (None, NaN, pd.NA) becomes None, whatever the column dtypes.
     frame = manifest.astype(object).where(manifest.notna(), None)
     plan = {}
-    for split in SPLITS:
+    for split in parts_named(frame["split"]):
         rows = frame[frame["split"] == split].sort_values("image_id").to_dict("records")
         if not rows:
             raise ValueError(f"split {split!r} has no images in the split manifest; every split needs at least one")
@@ -191,9 +191,10 @@ def _check_inputs(manifest: pd.DataFrame, split_root: Path) -> None:
     missing_columns = [name for name in _REQUIRED if name not in manifest.columns]
     if missing_columns:
         raise ValueError(f"split manifest lacks column(s) {missing_columns}; {_RUN_SPLIT}")
-    unknown = sorted(set(manifest["split"].astype(str)) - set(SPLITS))
+    found = set(manifest["split"].astype(str))
+    unknown = sorted(found - set(parts_named(found)))
     if unknown:
-        raise ValueError(f"split manifest has unknown split value(s) {unknown}; expected {list(SPLITS)}")
+        raise ValueError(f"split manifest has unknown split value(s) {unknown}; expected {list(parts_named(found))}")
     bad_labels = sorted(set(manifest["label"].tolist()) - {0, 1})
     if bad_labels:
         raise ValueError(f"split manifest has label value(s) {bad_labels}; expected 0 (benign) or 1 (malignant)")
@@ -316,9 +317,9 @@ def _check_skipped(skipped: list[dict], total: int, limit: float) -> None:
     )
 
 
-def _document(params: ShardParams, spec_version: int, shards: list[dict], skipped: list[dict]) -> dict:
+def _document(params: ShardParams, spec_version: int, shards: list[dict], skipped: list[dict], parts: tuple[str, ...]) -> dict:
     splits = {}
-    for split in SPLITS:
+    for split in parts:
         mine = [shard for shard in shards if shard["split"] == split]
         totals = {name: sum(shard["count_per_class"][name] for shard in mine) for name in CLASS_NAMES}
         splits[split] = {"count": sum(totals.values()), **totals, "shards": len(mine)}
@@ -328,4 +329,4 @@ def _document(params: ShardParams, spec_version: int, shards: list[dict], skippe
         "shards": shards,
         "splits": splits,
         "skipped": skipped,
-    }
+    } | ({} if parts == SPLITS else {"folds": len(parts) - 1})

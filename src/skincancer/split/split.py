@@ -1,11 +1,11 @@
-"""Leak-free, deduplicated, seeded, stratified split into train/val/test benign/malignant folders."""
+"""Leak-free, deduplicated, seeded, stratified split into train/val/test (or K folds and test) benign/malignant folders."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import pandas as pd
 from skincancer.core.atomic import atomic_dir, atomic_write_text
 from skincancer.core.labels import CLASS_NAMES, is_labellable, label_of
 from skincancer.core.params import LabelParams, SplitParams
-from skincancer.core.paths import SPLITS
+from skincancer.core.paths import SPLITS, TEST, fold_part, parts_named, split_parts
 from skincancer.ingest.archives import read_uris, sha256_hex
 from skincancer.ingest.image_ids import canonical_image_ids
 from skincancer.ingest.near_duplicates import near_duplicate_pairs
@@ -178,7 +178,20 @@ def _fill_cost_increase(placed: np.ndarray, group: np.ndarray, targets: np.ndarr
 
 
 def assign_splits(groups: pd.Series, labels: pd.Series, params: SplitParams) -> pd.Series:
-    """Place whole groups so each split holds its fraction of the benign and of the malignant images.
+    """Train, val and test by `assign_parts` at split.fractions."""
+    return assign_parts(groups, labels, SPLITS, params.fractions, params.seed)
+
+
+def assign_folds(groups: pd.Series, labels: pd.Series, params: SplitParams) -> pd.Series:
+    """K folds of equal share by `assign_parts`, whole groups each, the classes balanced as between splits."""
+    names = tuple(fold_part(fold) for fold in range(params.folds))
+    return assign_parts(groups, labels, names, (1 / params.folds,) * params.folds, params.seed)
+
+
+def assign_parts(
+    groups: pd.Series, labels: pd.Series, names: Sequence[str], fractions: Sequence[float], seed: int
+) -> pd.Series:
+    """Place whole groups so each part holds its fraction of the benign and of the malignant images.
 
     Groups are placed one by one, those holding malignant images first (most first; ties, and the benign
     groups, in seeded order), each where it raises the fill cost least (`_fill_cost_increase`), each class
@@ -188,29 +201,40 @@ def assign_splits(groups: pd.Series, labels: pd.Series, params: SplitParams) -> 
     """
     frame = pd.DataFrame({"group": groups.to_numpy(), "malignant": labels.to_numpy()})
     sizes = frame.groupby("group", sort=True)["malignant"].agg(images="size", malignant="sum")
-    fractions = np.asarray(params.fractions)
+    fractions = np.asarray(fractions)
     _check_group_sizes(sizes, fractions * len(frame))
     totals = np.maximum([len(frame) - sizes["malignant"].sum(), sizes["malignant"].sum()], 1).astype(np.float64)
     targets = fractions[:, None] * totals  # (split, [benign, malignant])
     placed = np.zeros_like(targets)
     split_of_group: dict[str, str] = {}
-    for name, images, malignant in _placement_order(sizes, params.seed).itertuples(name=None):
+    for name, images, malignant in _placement_order(sizes, seed).itertuples(name=None):
         group = np.array([images - malignant, malignant], dtype=np.float64)
         best = int(np.argmin(_fill_cost_increase(placed, group, targets, totals)))
         placed[best] += group
-        split_of_group[name] = SPLITS[best]
+        split_of_group[name] = names[best]
     return pd.Series([split_of_group[name] for name in groups], index=groups.index, name="split")
+
+
+def with_folds(planned: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
+    """Test as without folds (the same images, so a single model and an ensemble meet the same test set);
+    train and val together divided into K folds by `assign_folds`. `fold` numbers each (<NA>: test)."""
+    rest = planned["split"] != TEST
+    folds = assign_folds(planned.loc[rest, "group"], planned.loc[rest, "label"], params)
+    split = planned["split"].where(~rest, folds.reindex(planned.index))
+    number = {fold_part(fold): fold for fold in range(params.folds)}
+    fold = pd.array([number.get(name) for name in split], dtype="Int64")
+    return planned.assign(split=split, fold=fold)
 
 
 def check_every_split_has_both_classes(manifest: pd.DataFrame) -> None:
     counts = manifest.groupby(["split", "label"]).size()
-    for split in SPLITS:
+    for split in parts_named(manifest["split"]):
         for label, name in enumerate(CLASS_NAMES):
             if counts.get((split, label), 0) == 0:
                 total = int((manifest["label"] == label).sum())
                 raise SplitError(
                     f"the {split} split would hold no {name} images ({total} {name} in total); "
-                    "add data (fetch.datasets), or change split.fractions / split.group_by"
+                    "add data (fetch.datasets), or change split.fractions / split.group_by / split.folds"
                 )
 
 
@@ -230,6 +254,8 @@ def _planned_rows(
     ordered = ordered.assign(group=group_names(ordered, split.group_by, links))
     unique, duplicates = drop_duplicates(ordered, links)
     planned = unique.assign(split=assign_splits(unique["group"], unique["label"], split))
+    if split.folds is not None:
+        planned = with_folds(planned, split)
     check_every_split_has_both_classes(planned)
     class_name = np.asarray(CLASS_NAMES)[planned["label"].to_numpy()]
     planned = planned.assign(path=planned["split"] + "/" + class_name + "/" + planned["image_id"] + ".jpg")
@@ -246,7 +272,7 @@ def plan_split(
     into the manifest, once: at ISIC 2020's size each whole-index copy alive at once raises the stage's peak."""
     work = index[_planning_columns(split)].assign(index_row=np.arange(len(index)))
     planned, removed = _planned_rows(work, split, labels, duplicate_pairs)
-    added = {column: planned[column].array for column in ("label", "group", "split", "path")}
+    added = {column: planned[column].array for column in ("label", "group", "split", "fold", "path") if column in planned}
     manifest = index.take(planned["index_row"].to_numpy()).reset_index(drop=True).assign(**added)
     return SplitPlan(manifest, removed)
 
@@ -267,7 +293,7 @@ def materialise(manifest: pd.DataFrame, raw_root: Path, split_root: Path, remove
     uris, targets, hashes = (manifest[column].array for column in ("uri", "path", "sha256"))
     in_archive_order = manifest["uri"].argsort(kind="stable").to_numpy()  # each row's strings made as it is read
     with atomic_dir(split_root) as staging:
-        for split in SPLITS:
+        for split in parts_named(manifest["split"]):
             for name in CLASS_NAMES:
                 (staging / split / name).mkdir(parents=True)
         read = read_uris(raw_root, (uris[row] for row in in_archive_order))
@@ -300,7 +326,10 @@ def summary(plan: SplitPlan) -> dict:
         "removed": {reason: int(removed.get(reason, 0)) for reason in ("duplicate", "label_conflict", "unlabelled")},
         "spanning_splits": {column: ids_spanning_splits(manifest, column) for column in ("patient_id", "lesion_id")},
     }
-    for split in SPLITS:
+    parts = parts_named(manifest["split"])
+    if parts != SPLITS:
+        result["folds"] = len(parts) - 1
+    for split in parts:
         part = manifest["split"] == split
         labels = manifest.loc[part, "label"]
         result[split] = {
@@ -322,7 +351,7 @@ def write_summary(plan: SplitPlan, path: Path) -> dict:
 
 def describe_summary(result: dict) -> str:
     """The split in one line, for the terminal and the Prefect run log."""
-    counts = {name: result[name]["images"] for name in SPLITS} | result["removed"]
+    counts = {name: result[name]["images"] for name in split_parts(result.get("folds"))} | result["removed"]
     return f"split: {counts}; {result['groups']} groups; ids in two splits: {result['spanning_splits']}"
 
 
