@@ -1,6 +1,8 @@
 """Platt scaling fitted on val: a class-weighted model's over-called scores become probabilities that match
 the observed malignant frequency, and a stated prevalence moves them by Bayes' rule; order never changes."""
 
+import logging
+
 import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss, roc_auc_score
@@ -48,3 +50,15 @@ def test_what_metrics_json_keeps_applies_exactly_and_none_or_one_class_passes_sc
     np.testing.assert_array_equal(fit_calibration(val_y, val_p, CalibrationParams(method="none"), 6).apply(scores), scores)
     np.testing.assert_array_equal(fit_calibration(np.zeros(10), np.linspace(0, 1, 10), CalibrationParams(), 6).apply(scores), scores)
     assert Calibration.from_json(None).method == "none"  # a metrics.json from before calibration
+
+
+def test_a_fit_that_would_reverse_the_ranking_leaves_raw_scores_and_says_so(caplog):
+    """Scores that rank val's malignant images below its benign ones would get a negative slope, and every AUC
+    computed on the probabilities would flip: the scores stay as they are, with a warning naming the slope."""
+    labels = np.tile([0, 1], 50)
+    scores = np.where(labels == 1, 0.2, 0.7) + np.linspace(0, 0.05, 100)
+    with caplog.at_level(logging.WARNING, logger="skincancer"):
+        calibration = fit_calibration(labels, scores, CalibrationParams(), 6)
+    assert calibration.method == "none"
+    np.testing.assert_array_equal(calibration.apply(scores), scores)
+    assert "slope is -" in caplog.text and "left as raw scores" in caplog.text

@@ -2,9 +2,17 @@
 
 import numpy as np
 import pytest
+from test_cross_validation import write_fold_shards
 
 from skincancer.core.params import AugmentParams
-from skincancer.train.data import eval_dataset, feature_dataset, split_labels, split_records, training_dataset
+from skincancer.train.data import (
+    Roles,
+    eval_dataset,
+    feature_dataset,
+    split_labels,
+    split_records,
+    training_dataset,
+)
 
 
 def batches(shards, seed, **options) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -47,3 +55,22 @@ def test_feature_dataset_shuffles_only_with_a_seed():
     np.testing.assert_array_equal(ordered, features)  # evaluation: every row, in order, last batch kept
     shuffled = np.concatenate([x.numpy() for x, _ in feature_dataset(features, labels, 8, seed=0)])
     assert len(shuffled) == 16 and not np.array_equal(shuffled, features[:16])  # training: full batches
+
+
+def test_a_fold_trains_on_the_other_folds_and_is_stopped_on_its_own():
+    assert Roles() == Roles(("train",), ("val",))
+    assert Roles.for_fold(1, 4) == Roles(("fold0", "fold2", "fold3"), ("fold1",))
+
+
+def test_parts_read_as_one_in_the_manifest_order_whatever_order_they_are_named_in(tiny_shards, tmp_path):
+    shards = write_fold_shards(tiny_shards.parent / "split", tmp_path / "shards")
+    both = split_records(shards, ("fold2", "fold0"))
+    assert both["image_id"].tolist() == (split_records(shards, "fold0")["image_id"].tolist()
+                                         + split_records(shards, "fold2")["image_id"].tolist())
+    evaluated = [(x.numpy(), y.numpy()) for x, y in eval_dataset(shards, ["fold2", "fold0"], 5)]
+    np.testing.assert_array_equal(np.concatenate([y for _, y in evaluated]), split_labels(shards, ("fold0", "fold2")))
+    (trained, _), = [(x.numpy(), y) for x, y in training_dataset(shards, len(both), 0, parts=("fold0", "fold2"))]
+    assert sorted(image.tobytes() for image in trained) == sorted(
+        image.tobytes() for images, _ in evaluated for image in images)  # every image of both parts, once
+    with pytest.raises(FileNotFoundError, match=r"no shards for split 'train' \(it has fold0, fold1, fold2, test\)"):
+        eval_dataset(shards, "train", 5)

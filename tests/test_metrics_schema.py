@@ -47,3 +47,21 @@ def test_the_pr_workflow_renders_the_report_with_the_project_script():
     steps = " ".join(step.get("run", "") for step in workflow["jobs"]["report"]["steps"])
     assert "python -m flows.pr_report --base" in steps and "cml comment update" in steps  # tests/test_nightly_box.py runs it
     assert "origin/results" in steps
+
+
+def test_a_cross_validated_run_puts_the_out_of_fold_section_in_vals_place_with_the_folds_after_it():
+    """The oof section's keys: every pinned metric, then the per-fold AUCs and their spread (architecture.md)."""
+    import numpy as np
+
+    from skincancer.core.params import EvaluateParams
+    from skincancer.evaluate.metrics import FOLD_KEYS, Scores, evaluation_metrics, fold_metrics
+
+    rng = np.random.default_rng(0)
+    scores = Scores(np.arange(60) % 3 == 0, rng.random(60), np.arange(60) // 2)
+    params = EvaluateParams(bootstrap=10)
+    metrics = evaluation_metrics(scores, scores, params, "oof")
+    metrics["oof"] |= fold_metrics({"fold0": scores, "fold1": scores, "fold2": scores}, params)
+    assert list(metrics) == ["threshold", "oof", "test"]
+    assert list(metrics["oof"]) == [*PINNED, "folds", "fold_roc_auc_mean", "fold_roc_auc_sd"]
+    assert FOLD_KEYS == ("roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "n", "n_malignant")
+    assert all(list(fold) == list(FOLD_KEYS) for fold in metrics["oof"]["folds"].values())

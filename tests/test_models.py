@@ -2,12 +2,15 @@
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 from skincancer.core.backbones import BACKBONES
 from skincancer.core.params import Params, TrainParams
+from skincancer.core.patient_context import context_columns
+from skincancer.train.diagnosis_classes import MIN_CLASS_IMAGES, diagnosis_classes
 from skincancer.train.hardware import set_precision
-from skincancer.train.models import PixelPreprocessing, build_backbone, build_classifier
+from skincancer.train.models import WITH_CONTEXT, PixelPreprocessing, build_backbone, build_classifier
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -82,3 +85,36 @@ def test_pretrained_backbone_starts_frozen(tmp_path):
     path = tmp_path / "backbone.weights.h5"
     build_backbone("small_cnn", 32, None).save_weights(path)
     assert not build_classifier(TrainParams(weights=str(path)), 32).backbone.trainable
+
+
+def test_without_metadata_the_model_takes_the_image_alone():
+    classifier = build_classifier(TrainParams(), 32)
+    assert [tensor.name for tensor in classifier.model.inputs] == ["image"]
+    assert [tensor.name for tensor in classifier.head.inputs] == ["features"]
+    assert WITH_CONTEXT not in [layer.name for layer in classifier.model.layers]
+
+
+@pytest.mark.parametrize(("fields", "head"), [(["sex"], "binary"), (["site", "age"], "binary"),
+                                              (["age", "sex", "site"], "diagnosis")])
+def test_with_metadata_the_context_sits_beside_the_pooled_features_in_model_and_head(fields, head):
+    """The model takes {"image", "context"}; the head, which the frozen phase trains on cached features, takes
+    {"features", "context"} and computes the same thing from the same layers."""
+    records = pd.DataFrame({"label": [0, 1] * MIN_CLASS_IMAGES, "diagnosis": ["nevus", "melanoma"] * MIN_CLASS_IMAGES})
+    classes = diagnosis_classes(records) if head == "diagnosis" else None
+    classifier = build_classifier(TrainParams(metadata=fields, head=head), 32, classes)
+    width = len(context_columns(fields))
+    for model in (classifier.model, classifier.serving):
+        assert [(tensor.name, tensor.shape) for tensor in model.inputs] == [("image", (None, 32, 32, 3)),
+                                                                           ("context", (None, width))]
+    assert classifier.serving.outputs[0].shape == (None, 1)
+    assert [tensor.name for tensor in classifier.head.inputs] == ["features", "context"]
+    assert classifier.model.get_layer("pool").output.shape == classifier.features.outputs[0].shape  # Grad-CAM's
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    context = rng.random((4, width)).astype(np.float32)
+    whole = classifier.model.predict({"image": images, "context": context}, verbose=0)
+    features = classifier.features.predict(images, verbose=0)
+    in_parts = classifier.head.predict({"features": features, "context": context}, verbose=0)
+    np.testing.assert_allclose(whole, in_parts, rtol=1e-6)
+    other = classifier.model.predict({"image": images, "context": context[::-1]}, verbose=0)
+    assert not np.allclose(whole, other)  # the context reaches the output

@@ -343,7 +343,7 @@ def test_dvc_plots_render_every_declared_plot(repo):
 
 def test_a_run_without_bootstrap_succeeds_and_ends_with_the_summary(repo):
     """`evaluate.bootstrap: 0` (no ROC AUC interval) is valid: only evaluate reruns, the run ends with its summary
-    and the undefined interval is shown as such. Last in the file: it leaves evaluate's outputs at bootstrap 0."""
+    and the undefined interval is shown as such. It leaves evaluate's outputs at bootstrap 0."""
     root, env = repo
     params = (root / "params.yaml").read_text()
     set_params(root, {"evaluate": {"bootstrap": 0}})
@@ -361,3 +361,29 @@ def test_a_run_without_bootstrap_succeeds_and_ends_with_the_summary(repo):
                     r"\d+ images \(\d+ malignant\);", last), last
     report = (root / "reports/report.md").read_text()
     assert re.search(r"\| ROC AUC \(95% CI, groups resampled\) \| [\d.]+ \| [\d.]+ \|", report)  # no interval, no error
+
+
+def test_folds_rerun_from_split_train_a_member_per_fold_and_metrics_diff_shows_the_out_of_fold_section(repo):
+    """`split.folds: 3` through plain `dvc repro`: split, shard, train (three fold processes on two CPU slots) and
+    evaluate rerun, fetch does not; the members are DVC outputs; `dvc metrics diff` against the single-model
+    commit shows the new `oof` section (and each fold's AUC); `dvc plots` draws the out-of-fold curves.
+    Last in the file: it leaves the project cross-validated."""
+    root, env = repo
+    set_params(root, {"split": {"folds": 3}, "orchestration": {"fold_devices": ["cpu", "cpu"]}})
+    result = run([str(BIN / "dvc"), "repro"], root, env)
+    assert stages_run(result.stdout) == ["split", "shard", "train", "evaluate"], result.stdout[-3000:]
+    output = result.stdout + result.stderr
+    for fold in range(3):
+        assert re.search(rf"fold {fold}: started on slot \d \(cpu\), process \d+", output), output[-3000:]
+        assert (root / f"models/folds/fold{fold}.keras").is_file()
+    lock = (root / "dvc.lock").read_text()
+    assert "path: models/folds" in lock and "nfiles: 3" in lock
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert list(metrics) == ["threshold", "oof", "test", "calibration"]
+    assert sum(fold["n"] for fold in metrics["oof"]["folds"].values()) == metrics["oof"]["n"]
+    diff = json.loads(run([str(BIN / "dvc"), "metrics", "diff", "--json"], root, env).stdout)["metrics.json"]
+    assert diff["oof.roc_auc"]["old"] is None and diff["oof.roc_auc"]["new"] == metrics["oof"]["roc_auc"]
+    assert "oof.folds.fold2.roc_auc" in diff and "oof.fold_roc_auc_sd" in diff
+    shown = json.loads(run([str(BIN / "dvc"), "plots", "show", "--json"], root, env).stdout)["data"]
+    drawn = set(re.findall(r'"filename": "([^"]+)"', json.dumps(shown["ROC (val and test)"])))
+    assert drawn == {"roc_oof.csv", "roc_test.csv"}, drawn

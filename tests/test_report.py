@@ -139,3 +139,51 @@ def test_the_report_states_the_benign_malignant_mapping_in_force():
             "benign, including actinic keratosis (AKIEC, which includes Bowen's disease) unless listed.") in report
     listed = {"labels": {"malignant": ["melanoma", "actinic_keratosis"], "unknown": "error"}}
     assert "Bowen" not in render_markdown(metrics, frame, ThresholdParams(), listed, confident_mistakes(frame, 4), with_history=False)
+
+
+def fold_scored(params: EvaluateParams = EvaluateParams(bootstrap=20)) -> tuple[dict, pd.DataFrame]:
+    """A cross-validated run's predictions: three folds scored out of fold, and test; decisions fitted on oof."""
+    from skincancer.evaluate.metrics import fold_metrics
+
+    frame = predictions_frame(n=300)
+    frame["split"] = np.where(np.arange(300) < 200, "oof", "test")
+    frame["fold"] = pd.array([i // 4 % 3 if i < 200 else None for i in range(300)], dtype="Int64")
+    metrics = evaluation_metrics(split_scores(frame, "oof"), split_scores(frame, "test"), params, "oof")
+    oof = frame[frame["split"] == "oof"]
+    metrics["oof"] |= fold_metrics({f"fold{k}": split_scores(rows, "oof") for k, rows in oof.groupby("fold")}, params)
+    return metrics, frame.assign(prediction=(frame["probability"] >= metrics["threshold"]).astype(int))
+
+
+def test_a_cross_validated_report_shows_the_folds_and_out_of_fold_beside_test():
+    metrics, frame = fold_scored()
+    assert list(metrics) == ["threshold", "oof", "test"] and "val" not in metrics
+    folds = metrics["oof"]["folds"]
+    assert list(folds) == ["fold0", "fold1", "fold2"] and sum(fold["n"] for fold in folds.values()) == 200
+    oof = frame[frame["split"] == "oof"]
+    for name, fold in folds.items():
+        rows = oof[oof["fold"] == int(name[-1])]
+        assert fold["roc_auc"] == pytest.approx(skm.roc_auc_score(rows["label"], rows["probability"]), abs=1e-6)
+        assert fold["roc_auc_ci_low"] < fold["roc_auc"] < fold["roc_auc_ci_high"]
+    aucs = [fold["roc_auc"] for fold in folds.values()]
+    assert metrics["oof"]["fold_roc_auc_mean"] == pytest.approx(np.mean(aucs), abs=1e-6)
+    assert metrics["oof"]["fold_roc_auc_sd"] == pytest.approx(np.std(aucs, ddof=1), abs=1e-6)
+
+    report = render_markdown(metrics, frame, ThresholdParams(), {}, confident_mistakes(frame, 4), with_history=False)
+    assert "chosen on the out-of-fold predictions" in report and "validation split" not in report
+    assert "| | out-of-fold | test |" in report.replace("|  |", "| |")
+    assert "## Folds" in report and "| fold0 |" in report and "Out-of-fold vs test" in report
+    assert "out-of-fold: 200 images in 50 groups" in intervals_note(metrics, frame)
+
+
+def test_a_single_model_report_has_no_folds_section():
+    metrics, frame = scored(predictions_frame())
+    report = render_markdown(metrics, frame, ThresholdParams(), {}, confident_mistakes(frame, 4), with_history=False)
+    assert "## Folds" not in report and "out-of-fold" not in report
+
+
+def test_cross_validated_plot_tables_draw_the_out_of_fold_curves(tmp_path):
+    metrics, frame = fold_scored()
+    write_report(tmp_path, metrics, frame, policy=ThresholdParams(), params={}, history=None, images={},
+                 mistakes=confident_mistakes(frame, 0))
+    plots = sorted(path.name for path in (tmp_path / "plots").iterdir())
+    assert "roc_oof.csv" in plots and "pr_oof.csv" in plots and "roc_val.csv" not in plots

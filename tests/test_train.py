@@ -51,6 +51,7 @@ def test_training_is_deterministic_and_writes_outputs(tiny_shards, tmp_path):
     assert list(first.columns) == HISTORY_COLUMNS  # loss, AUC, precision, recall (+ val_), learning rate
     assert first["epoch"].tolist() == [0, 1, 2] and first["learning_rate"].iloc[0] == pytest.approx(FAST.learning_rate)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["history.csv", "model.keras", "train_card.json"]  # no state left
+    assert "context" not in json.loads((tmp_path / "a/train_card.json").read_text())  # no train.metadata: no context
     np.testing.assert_array_equal(val_predictions(tmp_path / "a/model.keras", tiny_shards),
                                   val_predictions(tmp_path / "b/model.keras", tiny_shards))
 

@@ -103,18 +103,19 @@ METRIC_ROWS = ("roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "
 
 @app.command()
 def metrics(path: Annotated[Path, typer.Argument()] = Path("metrics.json")) -> None:
-    """The last evaluation: val and test side by side, with 95% intervals where it has them, and the
-    threshold chosen on val."""
+    """The last evaluation: val (or out-of-fold) and test side by side, with 95% intervals where it has them,
+    and the threshold chosen on val (or out-of-fold)."""
     from skincancer.evaluate.summary import number, with_interval
 
     if not path.is_file():
         raise _fail(f"{path} not found: run the pipeline first (`skincancer run` or `dvc repro`)")
     values = json.loads(path.read_text())
-    typer.echo(f"threshold (chosen on val): {number(values['threshold'], 4)}")
-    splits = [split for split in ("val", "test") if values.get(split)]
+    chosen_on = "oof" if "oof" in values else "val"
+    typer.echo(f"threshold (chosen on {chosen_on}): {number(values['threshold'], 4)}")
+    splits = [split for split in (chosen_on, "test") if values.get(split)]
     keys = [key for key in METRIC_ROWS if any(key in values[split] for split in splits)]
-    keys += [key for split in splits for key in values[split]
-             if key not in keys and not key.endswith(("_ci_low", "_ci_high"))]
+    keys += [key for split in splits for key, value in values[split].items()
+             if key not in keys and not key.endswith(("_ci_low", "_ci_high")) and not isinstance(value, dict)]
     keys = list(dict.fromkeys(keys))
     width = max(map(len, keys), default=0)
     typer.echo(f"{'':<{width}}  " + "  ".join(f"{split:<26}" for split in splits).rstrip())
@@ -148,32 +149,43 @@ def predict(
     threshold: Annotated[float | None, typer.Option(min=0, max=1, help="decide at this probability instead of the card's")] = None,
     output: Annotated[Path | None, typer.Option(help="out.csv or out.json (default: CSV on stdout)")] = None,
     explain: Annotated[Path | None, typer.Option(help="folder for one Grad-CAM overlay PNG per image")] = None,
+    metadata: Annotated[Path | None, typer.Option(help="patient context CSV for a model trained with it: a column image (each file's path, name or stem) and age, sex, site (or the ISIC tables' headers)", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
     """P(malignant) per image, prepared and calibrated as the card says (column score: the model's raw output;
     prevalence: the malignant share the probability is calibrated to), and the decision at the evaluated
-    threshold; exit 1 if any image failed.
+    threshold; exit 1 if any image failed. A model trained with patient context takes each image's row of
+    --metadata (blank cells, or no row, are scored as missing; the context column says which fields).
 
     \b
     skincancer predict lesion.jpg
     skincancer predict photos/ --output predictions.json --explain cams/
+    skincancer predict photos/ --metadata photos/patients.csv
     """
     model_card = _read_card(model, card, evaluated=True)
     calibration = model_card.calibration
+    from skincancer.serve.context import check_context, image_context
     from skincancer.serve.predict import image_files, write_predictions
     from skincancer.serve.predict import predict as classify
 
     files = image_files(inputs)
     if not files:
         raise _fail(f"no images found in {', '.join(map(str, inputs))}")
-    classifier = _load(model)
+    try:  # the CSV is read before the model loads: a bad one fails at once
+        context = image_context(files, model_card, metadata)
+        classifier = _load(model)
+        check_context(classifier, model_card)
+    except ValueError as error:  # an unreadable CSV, one a model without context would ignore, a mismatched card
+        raise _fail(str(error)) from None
+    for warning in context.warnings if context else []:
+        typer.echo(f"warning: {warning}", err=True)
     chosen = model_card.threshold if threshold is None else threshold
     typer.echo(f"{calibration.in_words()}; malignant at p >= {chosen:.4f}", err=True)
-    frame = classify(files, classifier, model_card, threshold=threshold, batch_size=batch_size)
+    frame = classify(files, classifier, model_card, context=context, threshold=threshold, batch_size=batch_size)
     if explain is not None:
         from skincancer.serve.predict import write_explanations
 
-        write_explanations(frame, classifier, model_card, explain)
+        write_explanations(frame, classifier, model_card, explain, context)
     text = write_predictions(frame, output)
     if text is not None:
         typer.echo(text, nl=False)

@@ -10,12 +10,14 @@ plot change, which is the point.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from skincancer.core.params import CalibrationParams
 
+log = logging.getLogger(__name__)
 _EPSILON = 1e-6  # scores of exactly 0 or 1 have an infinite logit
 
 
@@ -57,13 +59,19 @@ class Calibration:
 
 def fit_calibration(labels: np.ndarray, scores: np.ndarray, params: CalibrationParams, decimals: int) -> Calibration:
     """Platt scaling on val's (labels, scores), rounded to `decimals` as metrics.json keeps it (so what
-    `skincancer predict` reads back applies exactly); a val split of one class leaves scores as they are."""
+    `skincancer predict` reads back applies exactly); a val split of one class leaves scores as they are, and so
+    does a fit whose slope is not positive (scores that rank val's malignant images no better than chance): its
+    map would reverse the ranking, turning every AUC computed on the probabilities upside down."""
     labels = np.asarray(labels, dtype=np.int64)
     if params.method == "none" or len(np.unique(labels)) < 2:
         return Calibration("none")
     from sklearn.linear_model import LogisticRegression
 
     fit = LogisticRegression(C=1e6, max_iter=1000).fit(_logit(scores).reshape(-1, 1), labels)
+    if round(float(fit.coef_[0, 0]), decimals) <= 0:
+        log.warning("calibration: the Platt fit's slope is %.4g (scores rank the malignant images no better than "
+                    "chance where it was fitted); probabilities are left as raw scores", float(fit.coef_[0, 0]))
+        return Calibration("none")
     fitted = float(labels.mean())
     calibration = Calibration(
         "platt", float(fit.coef_[0, 0]), float(fit.intercept_[0]), fitted,

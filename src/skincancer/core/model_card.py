@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from skincancer.core.atomic import atomic_write_text
 from skincancer.core.calibration import Calibration
 from skincancer.core.labels import CLASS_NAMES
 from skincancer.core.params import EvaluateParams, TrainParams
+from skincancer.core.patient_context import context_encoding
 from skincancer.core.preparation import Preparation, PreparationMissing
 
 CARD_VERSION = 1
@@ -92,9 +94,11 @@ def card_input(manifest: dict, manifest_path: Path) -> dict:
 
 
 def training_card(params: TrainParams, card_input: dict, manifest_path: Path, records: pd.DataFrame,
-                  model_path: Path, precision: str, classes: list[str] | None = None) -> dict:
+                  model_path: Path, precision: str, classes: list[str] | None = None,
+                  context: Sequence[str] = ()) -> dict:
     """The card of a freshly saved model: `card_input` as card_input() gave it, `records` the training
-    split's rows (its diagnoses and labels)."""
+    split's rows (its diagnoses and labels); with patient `context` fields (train.metadata), their encoding,
+    which predict and the exports rebuild the model's context input from."""
     return {
         "card_version": CARD_VERSION,
         "model": {"file": Path(model_path).name, "sha256": file_sha256(model_path)},
@@ -107,19 +111,42 @@ def training_card(params: TrainParams, card_input: dict, manifest_path: Path, re
         "labels": _labels(records, classes),
         "data": {"shards_manifest_sha256": file_sha256(manifest_path)},
         "versions": _versions(),
+    } | ({"context": context_encoding(context)} if context else {})
+
+
+def member(fold: int, path: Path, card_dir: Path, trained_on: tuple[str, ...], stopped_on: str) -> dict:
+    """A cross-validation member as the ensemble's card lists it: its file (relative to the card's folder)
+    and that file's SHA-256, and the parts it trained and was stopped on."""
+    return {"fold": fold, "file": Path(path).relative_to(card_dir).as_posix(), "sha256": file_sha256(path),
+            "trained_on": list(trained_on), "stopped_on": stopped_on}
+
+
+def ensemble_card(member_cards: list[dict], model_path: Path, records: pd.DataFrame, members: list[dict]) -> dict:
+    """The card of the fold models' ensemble: what the members share (backbone, weights, head, input, shards,
+    versions) from their own cards, the ensemble file's hash, the labels of every image the members trained on
+    (`records`), its precision (the members', one value where they agree) and the members."""
+    precisions = sorted({card["trained_precision"] for card in member_cards})
+    return member_cards[0] | {
+        "model": {"file": Path(model_path).name, "sha256": file_sha256(model_path)},
+        "trained_precision": ", ".join(precisions),
+        "labels": _labels(records, None),
+        "folds": len(members),
+        "members": members,
     }
 
 
 def evaluated_card(training: dict, metrics: dict, params: EvaluateParams) -> dict:
-    """The training card with the evaluation's decision: threshold and its policy, calibration, the views
-    scores average over (tta), and val/test headline metrics with their intervals."""
+    """The training card (its members too, with folds) with the evaluation's decision: threshold and its
+    policy, calibration, the views scores average over (tta), and the headline metrics with their intervals
+    of each evaluated part (val or the out-of-fold scores, and test)."""
     return training | {"evaluation": {
         "threshold": metrics["threshold"],
         "threshold_policy": params.threshold.model_dump(mode="json"),
         "calibration": metrics["calibration"],
         "tta": params.tta,
         "tta_scales": list(params.tta_scales),
-        "metrics": {split: {key: metrics[split].get(key) for key in HEADLINE} for split in ("val", "test")},
+        "metrics": {split: {key: metrics[split].get(key) for key in HEADLINE}
+                    for split in ("val", "oof", "test") if split in metrics},
     }}
 
 
@@ -155,6 +182,12 @@ class ModelCard:
         return Calibration.from_json(self.evaluation["calibration"])
 
     @property
+    def context_fields(self) -> list[str]:
+        """The patient context fields the model takes beside the image (the card's context record); [] for an
+        image-only model."""
+        return list(self.document.get("context", {}).get("fields", []))
+
+    @property
     def tta(self) -> int:
         return int(self.document.get("evaluation", {}).get("tta", 1))
 
@@ -186,3 +219,21 @@ def read_card(card_path: Path, model_path: Path, written_by: str = "evaluate") -
                         f"{actual[:12]}...): use the card written with this model, or rerun "
                         f"`dvc repro {written_by}`")
     return ModelCard(document, card_path)
+
+
+def check_members(card: ModelCard, models_dir: Path) -> list[Path]:
+    """The member files of an ensemble's card (none for a single model), in fold order, each refused unless
+    it is there with the bytes the card names: an ensemble scored with another fold's model is not the one
+    evaluated."""
+    paths = []
+    for entry in card.document.get("members", []):
+        path = Path(models_dir) / entry["file"]
+        if not path.is_file():
+            raise CardError(f"{path} not found: member fold{entry['fold']} of the ensemble {card.path} describes; "
+                            "rerun `dvc repro train` (or `dvc checkout`)")
+        if entry["sha256"] != (actual := file_sha256(path)):
+            raise CardError(f"{path} is not member fold{entry['fold']} of the ensemble {card.path} describes "
+                            f"(SHA-256 {entry['sha256'][:12]}... vs {actual[:12]}...): rerun `dvc repro train` "
+                            "(or `dvc checkout`) so members and ensemble come from one run")
+        paths.append(path)
+    return paths

@@ -1,4 +1,8 @@
-"""evaluate stage: predict val and test, freeze the threshold on val, score test, write the report."""
+"""evaluate stage: predict val and test, freeze the threshold on val, score test, write the report.
+
+A cross-validated run (split.folds) has no val split: each fold's model scores the fold it never trained on
+(out-of-fold, `oof`), the threshold and the calibration come from those scores, and the ensemble, the model
+users get, scores test."""
 
 from __future__ import annotations
 
@@ -13,18 +17,29 @@ import pandas as pd
 
 from skincancer.core.atomic import atomic_write_text
 from skincancer.core.calibration import Calibration, fit_calibration
-from skincancer.core.model_card import card_path_for, evaluated_card, read_card, train_card_path_for, write_card
+from skincancer.core.model_card import (
+    ModelCard,
+    card_path_for,
+    check_members,
+    evaluated_card,
+    read_card,
+    train_card_path_for,
+    write_card,
+)
 from skincancer.core.params import EvaluateParams
-from skincancer.evaluate.inference import load_for_inference, predict_images
-from skincancer.evaluate.metrics import DECIMALS, evaluation_metrics
+from skincancer.core.paths import TEST, fold_part
+from skincancer.core.patient_context import context_columns
+from skincancer.evaluate.inference import context_width, load_for_inference, predict_images
+from skincancer.evaluate.metrics import DECIMALS, evaluation_metrics, fold_metrics
 from skincancer.evaluate.report import confident_mistakes, split_scores, write_report
-from skincancer.evaluate.summary import split_summary
+from skincancer.evaluate.summary import fold_summary, split_summary
 from skincancer.shard.tfrecords import read_examples
 from skincancer.train.data import ShardSpecMismatch, eval_dataset, read_shard_manifest, split_records
 
 log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ["image_id", "split", "label", "diagnosis", "probability", "prediction", "source", "group", "score"]
+OOF = "oof"  # the split name of out-of-fold predictions, in predictions.csv and metrics.json
 
 
 def check_model_fits_shards(model: keras.Model, shards_dir: Path, model_path: Path) -> None:
@@ -39,24 +54,82 @@ def check_model_fits_shards(model: keras.Model, shards_dir: Path, model_path: Pa
         )
 
 
+class ContextMismatch(ValueError):
+    """The model takes another patient context than its card records: scored without it, or with a vector of
+    another layout, every score would be wrong without failing."""
+
+
+def _check_context(model: keras.Model, fields: Sequence[str]) -> None:
+    recorded = len(context_columns(fields)) if fields else None
+    if (width := context_width(model)) != recorded:
+        taken = "the image alone" if width is None else f"a patient context of {width} columns"
+        given = "no patient context" if recorded is None else f"{list(fields)} ({recorded} columns)"
+        raise ContextMismatch(f"the model takes {taken} but its card records {given}: rerun `dvc repro train` so "
+                              "that model and card come from one run")
+
+
 def predict_split(
-    model: keras.Model, shards_dir: Path, split: str, tta: int = 1, scales: Sequence[float] = (1.0,), batch_size: int = 64
+    model: keras.Model, shards_dir: Path, split: str, tta: int = 1, scales: Sequence[float] = (1.0,),
+    batch_size: int = 64, fields: Sequence[str] = (),
 ) -> np.ndarray:
-    """P(malignant) per image of a split, in manifest order."""
-    return predict_images(model, eval_dataset(shards_dir, split, batch_size).map(lambda x, _: x), tta, scales)
+    """P(malignant) per image of a split, in manifest order; a model trained with patient context `fields` (its
+    card's) is fed each image's context from the shards' image table."""
+    _check_context(model, fields)
+    images = eval_dataset(shards_dir, split, batch_size, fields=fields).map(lambda inputs, _: inputs)
+    return predict_images(model, images, tta, scales)
 
 
-def _predictions(model: keras.Model, shards_dir: Path, params: EvaluateParams) -> tuple[pd.DataFrame, Calibration]:
-    """The model's scores, and probabilities calibrated on val, both at metrics.json's precision: the
-    threshold is one of the probabilities, so predictions.csv reproduces every decision exactly."""
-    frames = []
-    for split in ("val", "test"):
-        score = predict_split(model, shards_dir, split, params.tta, params.tta_scales).round(DECIMALS)
-        frames.append(split_records(shards_dir, split).assign(split=split, score=score))
+def _scored(model: keras.Model, shards_dir: Path, part: str, params: EvaluateParams, fields: Sequence[str],
+            **columns: object) -> pd.DataFrame:
+    """A shard part's images with the model's score, at metrics.json's precision, and `columns` added."""
+    score = predict_split(model, shards_dir, part, params.tta, params.tta_scales, fields=fields).round(DECIMALS)
+    return split_records(shards_dir, part).assign(score=score, **columns)
+
+
+def _out_of_fold(members: list[Path], shards_dir: Path, params: EvaluateParams,
+                 fields: Sequence[str]) -> list[pd.DataFrame]:
+    """Every non-test image scored once, by the fold model that never saw it (one model in memory at a time)."""
+    return [_scored(load_for_inference(path), shards_dir, fold_part(fold), params, fields, split=OOF, fold=fold)
+            for fold, path in enumerate(members)]
+
+
+def _calibrated(frames: list[pd.DataFrame], chosen_on: str, params: EvaluateParams) -> tuple[pd.DataFrame, Calibration]:
+    """Probabilities calibrated on the `chosen_on` scores: the threshold is one of them, so predictions.csv
+    reproduces every decision exactly."""
     predictions = pd.concat(frames, ignore_index=True)
-    val = predictions[predictions["split"] == "val"]
-    calibration = fit_calibration(val["label"], val["score"], params.calibration, DECIMALS)
+    chosen = predictions[predictions["split"] == chosen_on]
+    calibration = fit_calibration(chosen["label"], chosen["score"], params.calibration, DECIMALS)
     return predictions.assign(probability=calibration.apply(predictions["score"]).round(DECIMALS)), calibration
+
+
+def _predictions(
+    model: keras.Model, shards_dir: Path, params: EvaluateParams, members: list[Path], fields: Sequence[str]
+) -> tuple[pd.DataFrame, Calibration, str]:
+    """Scores and calibrated probabilities, and the split the decisions are fitted on: val, or (with fold
+    `members`) the out-of-fold scores, beside the model's (the ensemble's) own test scores; `fields`: the
+    patient context the card records."""
+    if not members:
+        frames = [_scored(model, shards_dir, split, params, fields, split=split) for split in ("val", TEST)]
+        return (*_calibrated(frames, "val", params), "val")
+    frames = [*_out_of_fold(members, shards_dir, params, fields),
+              _scored(model, shards_dir, TEST, params, fields, split=TEST)]
+    predictions, calibration = _calibrated(frames, OOF, params)
+    return predictions.astype({"fold": "Int64"}), calibration, OOF  # test rows have none
+
+
+def _metrics(predictions: pd.DataFrame, chosen_on: str, params: EvaluateParams) -> dict:
+    """metrics.json's sections; with folds, the out-of-fold section also holds each fold's AUC."""
+    metrics = evaluation_metrics(split_scores(predictions, chosen_on), split_scores(predictions, TEST), params, chosen_on)
+    if chosen_on == OOF:
+        oof = predictions[predictions["split"] == OOF]
+        folds = {fold_part(fold): split_scores(rows, OOF) for fold, rows in oof.groupby("fold", sort=True)}
+        metrics[OOF] |= fold_metrics(folds, params)
+    return metrics
+
+
+def ensemble_members(training: ModelCard, model_path: Path) -> list[Path]:
+    """The fold models a cross-validated card lists, each checked against its hash; none for a single model."""
+    return check_members(training, Path(model_path).parent) if training.document.get("members") else []
 
 
 def _encoded_images(shards_dir: Path, shown: pd.DataFrame) -> dict[str, bytes]:
@@ -85,13 +158,14 @@ def evaluate(
     training card (default train_card.json beside it) with this evaluation added. `shown_params` are
     printed in the report (the params that produced it)."""
     training = read_card(train_card_path or train_card_path_for(model_path), model_path, written_by="train")
+    members = ensemble_members(training, model_path)
     model = load_for_inference(model_path)
     check_model_fits_shards(model, shards_dir, model_path)
-    predictions, calibration = _predictions(model, shards_dir, params)
-    metrics = evaluation_metrics(split_scores(predictions, "val"), split_scores(predictions, "test"), params)
+    predictions, calibration, chosen_on = _predictions(model, shards_dir, params, members, training.context_fields)
+    metrics = _metrics(predictions, chosen_on, params)
     metrics["calibration"] = calibration.as_json(DECIMALS)
     predictions["prediction"] = (predictions["probability"] >= metrics["threshold"]).astype(int)
-    facts, predictions = predictions, predictions[PREDICTION_COLUMNS]
+    facts, predictions = predictions, predictions[PREDICTION_COLUMNS + (["fold"] if members else [])]
     mistakes = confident_mistakes(predictions, params.gallery)
     history = pd.read_csv(history_path) if history_path is not None and Path(history_path).exists() else None
     write_report(
@@ -101,11 +175,13 @@ def evaluate(
     )
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     write_card(evaluated_card(training.document, metrics, params), card_path or card_path_for(model_path))
-    _log_summary(metrics)
+    _log_summary(metrics, chosen_on)
     return metrics
 
 
-def _log_summary(metrics: dict) -> None:
-    """The evaluation in two lines, for the terminal and the Prefect run log."""
-    for split in ("val", "test"):
+def _log_summary(metrics: dict, chosen_on: str) -> None:
+    """The evaluation in two lines (three with folds), for the terminal and the Prefect run log."""
+    for split in (chosen_on, TEST):
         log.info("%s", split_summary(metrics, split))
+    if chosen_on == OOF:
+        log.info("%s", fold_summary(metrics[OOF]))

@@ -1,13 +1,17 @@
 """The one way a trained model scores images: load it for inference, prepare each file as the shard stage
 did, decode, and average over the evaluated views. evaluate, `skincancer predict`, the exports and
 Grad-CAM all call these, so they cannot drift apart.
+
+A model trained with patient context (train.metadata) takes two named inputs, `image` (uint8) and `context`
+(float32, skincancer.core.patient_context's vector), and is scored on {"image": ..., "context": ...}; a model
+without takes the image alone, as before.
 """
 
 from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,8 @@ from skincancer.shard.prepare import EncodeJob, encode_file
 from skincancer.train.augment import lose_resolution
 
 View = Callable[[tf.Tensor], tf.Tensor]
+Inputs = tf.Tensor | Mapping[str, tf.Tensor]  # uint8 images, or {"image": images, "context": vectors}
+IMAGE_INPUT, CONTEXT_INPUT = "image", "context"
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 
 
@@ -59,19 +65,39 @@ def views(tta: int = 1, scales: Sequence[float] = (1.0,)) -> list[View]:
     return [lambda x, view=view, scale=scale: at_scale(view(x), scale) for view in DIHEDRAL[:tta] for scale in scales]
 
 
+def _on_inputs(view: View) -> Callable[[Inputs], Inputs]:
+    """The view applied to a model's inputs: it moves the pixels; an image's patient context is the same in
+    every view."""
+
+    def viewed(inputs: Inputs) -> Inputs:
+        if isinstance(inputs, Mapping):
+            return {**inputs, IMAGE_INPUT: view(inputs[IMAGE_INPUT])}
+        return view(inputs)
+
+    return viewed
+
+
 def predict_images(
     model: keras.Model, images: tf.data.Dataset, tta: int = 1, scales: Sequence[float] = (1.0,)
 ) -> np.ndarray:
-    """The model's score for batches of uint8 images, averaged over `views`: a model that sees each image
-    also at half its detail answers alike for a half-size copy."""
-    scores = [model.predict(images.map(view), verbose=0).reshape(-1) for view in views(tta, scales)]
+    """The model's score for batches of uint8 images (or of {"image", "context"} for a context model), averaged
+    over `views`: a model that sees each image also at half its detail answers alike for a half-size copy."""
+    scores = [model.predict(images.map(_on_inputs(view)), verbose=0).reshape(-1) for view in views(tta, scales)]
     return np.mean(scores, axis=0, dtype=np.float64)
 
 
-def score_in_graph(model: keras.Model, images: tf.Tensor, tta: int = 1, scales: Sequence[float] = (1.0,)) -> tf.Tensor:
-    """predict_images as one TensorFlow function of a uint8 batch (the exports' signatures): (batch,) scores."""
-    scores = [tf.reshape(tf.cast(model(view(images), training=False), tf.float32), [-1]) for view in views(tta, scales)]
+def score_in_graph(model: keras.Model, images: Inputs, tta: int = 1, scales: Sequence[float] = (1.0,)) -> tf.Tensor:
+    """predict_images as one TensorFlow function of a uint8 batch (or {"image", "context"}; the exports'
+    signatures): (batch,) scores."""
+    scores = [tf.reshape(tf.cast(model(_on_inputs(view)(images), training=False), tf.float32), [-1])
+              for view in views(tta, scales)]
     return tf.add_n(scores) / len(scores)
+
+
+def context_width(model: keras.Model) -> int | None:
+    """The length of the patient context vector the model takes beside the image; None for an image-only model."""
+    widths = [int(tensor.shape[-1]) for tensor in model.inputs if tensor.name == CONTEXT_INPUT]
+    return widths[0] if widths else None
 
 
 @dataclass(frozen=True)

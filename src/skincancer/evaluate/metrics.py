@@ -228,13 +228,39 @@ def _split_metrics(scores: Scores, threshold: float, params: EvaluateParams, spl
     )
 
 
-def evaluation_metrics(val: Scores | tuple, test: Scores | tuple, params: EvaluateParams) -> dict:
+def evaluation_metrics(val: Scores | tuple, test: Scores | tuple, params: EvaluateParams, chosen_on: str = "val") -> dict:
     """metrics.json: the threshold is frozen from val's (labels, probabilities), then applied to test.
-    Each split is `Scores` or a plain (labels, probabilities[, groups]) tuple."""
+    Each split is `Scores` or a plain (labels, probabilities[, groups]) tuple. `chosen_on` names the scores
+    the threshold comes from: "val", or "oof" for the out-of-fold predictions of a cross-validated run."""
     val, test = Scores(*val), Scores(*test)
     threshold = choose_threshold(val.labels, val.probabilities, params.threshold)
     return {
         "threshold": round(threshold, DECIMALS),
-        "val": _split_metrics(val, threshold, params, "val"),
+        chosen_on: _split_metrics(val, threshold, params, chosen_on),
         "test": _split_metrics(test, threshold, params, "test"),
+    }
+
+
+FOLD_KEYS = ("roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "n", "n_malignant")
+
+
+def _fold_auc(scores: Scores, params: EvaluateParams) -> dict[str, float | int | None]:
+    """One fold's ROC AUC, its interval resampling the fold's groups, and the images it rests on."""
+    y = np.asarray(scores.labels, dtype=np.int64)
+    both = 0 < y.sum() < len(y)
+    low, high = bootstrap_auc_ci(y, scores.probabilities, params.bootstrap, params.seed, groups=scores.groups) if both else (None, None)
+    values = {"roc_auc": skm.roc_auc_score(y, scores.probabilities) if both else None,
+              "roc_auc_ci_low": low, "roc_auc_ci_high": high, "n": len(y), "n_malignant": int(y.sum())}
+    return {key: _rounded(key, value) for key, value in values.items()}
+
+
+def fold_metrics(folds: dict[str, Scores], params: EvaluateParams) -> dict:
+    """Per fold, its model's AUC on the fold it never trained on; their mean and sample standard deviation say
+    how much one model's quality depends on which images it was given (null with fewer than two defined)."""
+    per_fold = {name: _fold_auc(scores, params) for name, scores in folds.items()}
+    aucs = [values["roc_auc"] for values in per_fold.values() if values["roc_auc"] is not None]
+    return {
+        "folds": per_fold,
+        "fold_roc_auc_mean": _rounded("mean", float(np.mean(aucs))) if len(aucs) > 1 else None,
+        "fold_roc_auc_sd": _rounded("sd", float(np.std(aucs, ddof=1))) if len(aucs) > 1 else None,
     }

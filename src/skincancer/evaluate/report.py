@@ -25,7 +25,8 @@ from skincancer.evaluate.metrics import Scores
 from skincancer.evaluate.summary import UNDEFINED, number, with_interval
 
 CLASS_NAMES = np.array(LABEL_NAMES)
-CURVE_SPLITS = ("val", "test")
+OOF = "oof"  # out-of-fold predictions (split.folds): where a cross-validated run chooses, in val's place
+SPLIT_NAMES = {"val": "val", OOF: "out-of-fold", "test": "test"}
 WITH_INTERVAL = {  # headline rows shown with their 95% interval, and what the interval resamples or counts
     "roc_auc": "ROC AUC (95% CI, groups resampled)",
     "sensitivity": "sensitivity (95% CI, images)",
@@ -48,9 +49,14 @@ def split_scores(predictions: pd.DataFrame, split: str) -> Scores:
     return Scores(rows["label"].to_numpy(), rows["probability"].to_numpy(), rows["group"].to_numpy())
 
 
+def curve_splits(predictions: pd.DataFrame) -> tuple[str, str]:
+    """The split the threshold and calibration were fitted on (val, or the out-of-fold scores), and test."""
+    return (OOF if (predictions["split"] == OOF).any() else "val", "test")
+
+
 def group_counts(predictions: pd.DataFrame) -> dict[str, int]:
     """Groups per split: how many independent units the AUC intervals resample."""
-    return {split: predictions.loc[predictions["split"] == split, "group"].nunique() for split in CURVE_SPLITS}
+    return {split: predictions.loc[predictions["split"] == split, "group"].nunique() for split in curve_splits(predictions)}
 
 
 # ---------------------------------------------------------------- plot data (dvc plots)
@@ -72,7 +78,7 @@ def plot_tables(predictions: pd.DataFrame, threshold: float) -> dict[str, pd.Dat
     """The tables `dvc plots` draws (and diffs across commits): ROC and PR per split, confusion and
     calibration on test."""
     tables: dict[str, pd.DataFrame] = {}
-    for split in CURVE_SPLITS:
+    for split in curve_splits(predictions):
         rows = predictions[predictions["split"] == split]
         for name, table in _curves(rows["label"].to_numpy(), rows["probability"].to_numpy()).items():
             tables[f"{name}_{split}"] = table
@@ -93,10 +99,10 @@ def _auc_label(split: str, auc: float | None) -> str:
 
 def _curves_figure(tables: dict[str, pd.DataFrame], kind: str, x: str, y: str, title: str, metrics: dict) -> bytes:
     figure, axes = plt.subplots(figsize=(4.5, 4.5))
-    for split in CURVE_SPLITS:
+    for split in _chosen_and_test(metrics):
         table = tables[f"{kind}_{split}"]
         key = "roc_auc" if kind == "roc" else "pr_auc"
-        axes.plot(table[x], table[y], label=_auc_label(split, metrics[split][key]))
+        axes.plot(table[x], table[y], label=_auc_label(SPLIT_NAMES[split], metrics[split][key]))
     if kind == "roc":
         axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     axes.set(xlabel=x, ylabel=y, title=title, xlim=(0, 1), ylim=(0, 1.02))
@@ -123,14 +129,20 @@ def _confusion_figure(table: pd.DataFrame) -> bytes:
 
 
 def _history_figure(history: pd.DataFrame) -> bytes:
+    """Train and val curves per epoch; a cross-validated run's history (a `fold` column) draws each fold's
+    model, its val being the fold it early-stopped on."""
     figure, (auc_axes, loss_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
+    runs = history.groupby("fold", sort=True) if "fold" in history else [(None, history)]
+    for fold, run in runs:
+        named = "" if fold is None else f"fold {fold} "
+        for axes, metric in ((auc_axes, "auc"), (loss_axes, "loss")):
+            axes.plot(run["epoch"], run[metric], label=f"{named}train {metric}")
+            axes.plot(run["epoch"], run[f"val_{metric}"], label=f"{named}val {metric}")
     for axes, metric in ((auc_axes, "auc"), (loss_axes, "loss")):
-        axes.plot(history["epoch"], history[metric], label=f"train {metric}")
-        axes.plot(history["epoch"], history[f"val_{metric}"], label=f"val {metric}")
         for start in history.loc[history["phase"].diff() > 0, "epoch"]:
             axes.axvline(start - 0.5, color="grey", linestyle=":", linewidth=1)  # fine-tuning starts
         axes.set(xlabel="epoch", title=f"Training {metric}")
-        axes.legend()
+        axes.legend(fontsize="small")
     return png_bytes(figure)
 
 
@@ -208,12 +220,20 @@ def _percent_interval(metrics: dict, key: str) -> str:
     return "" if low is None else f" (95% CI {low:.0%}-{high:.0%})"
 
 
-def _how_chosen(policy: ThresholdParams) -> str:
+CHOSEN_ON = {"val": "the validation split", OOF: "the out-of-fold predictions (each non-test image scored by the fold model that never trained on it)"}
+
+
+def _how_chosen(policy: ThresholdParams, chosen_on: str = "val") -> str:
+    where = CHOSEN_ON[chosen_on]
     return {
-        "sensitivity": f"chosen on the validation split to catch {policy.target:.0%} of its malignant images",
-        "youden": "chosen on the validation split to maximise sensitivity + specificity (Youden's J)",
+        "sensitivity": f"chosen on {where} to catch {policy.target:.0%} of its malignant images",
+        "youden": f"chosen on {where} to maximise sensitivity + specificity (Youden's J)",
         "fixed": "fixed in params.yaml (evaluate.threshold.value)",
     }[policy.policy]
+
+
+def _chosen_and_test(metrics: dict) -> tuple[str, str]:
+    return (OOF if OOF in metrics else "val", "test")
 
 
 def operating_point(metrics: dict, predictions: pd.DataFrame, policy: ThresholdParams) -> str:
@@ -223,7 +243,7 @@ def operating_point(metrics: dict, predictions: pd.DataFrame, policy: ThresholdP
     caught, cleared = int(malignant["prediction"].sum()), int((benign["prediction"] == 0).sum())
     called = int(test["prediction"].sum())
     return (
-        f"At threshold **{metrics['threshold']:.4f}** ({_how_chosen(policy)}), the model catches "
+        f"At threshold **{metrics['threshold']:.4f}** ({_how_chosen(policy, _chosen_and_test(metrics)[0])}), the model catches "
         f"**{_percent(caught, len(malignant))}**{_percent_interval(metrics['test'], 'sensitivity')} of the "
         f"malignant test images ({caught} of {len(malignant)}) and correctly clears "
         f"**{_percent(cleared, len(benign))}**{_percent_interval(metrics['test'], 'specificity')} of the benign "
@@ -237,12 +257,14 @@ def calibration_note(metrics: dict) -> str:
     from skincancer.core.calibration import Calibration
 
     calibration = Calibration.from_json(metrics.get("calibration"))
+    where = "out-of-fold predictions" if OOF in metrics else "validation split"
     if calibration.method == "none":
-        return "Probabilities are the model's raw scores (evaluate.calibration.method: none)."
+        return ("Probabilities are the model's raw scores (evaluate.calibration.method: none, or a Platt fit whose "
+                "slope was not positive, which would have reversed their ranking: evaluate's log says which).")
     return (
         f"Probabilities are the model's scores {calibration.in_words().removeprefix('probabilities ')}: "
         f"Platt scaling (slope {calibration.slope:.3f}, intercept {calibration.intercept:+.3f}) fitted on the "
-        "validation split only; the Brier score and the calibration plot are of these probabilities, and "
+        f"{where} only; the Brier score and the calibration plot are of these probabilities, and "
         "`skincancer predict` prints them. AUC and the decisions are unchanged by it (the map is monotone)."
     )
 
@@ -250,11 +272,17 @@ def calibration_note(metrics: dict) -> str:
 def intervals_note(metrics: dict, predictions: pd.DataFrame) -> str:
     """What each interval resamples or counts, and on how many independent units it rests."""
     groups = group_counts(predictions)
+    chosen = _chosen_and_test(metrics)[0]
+    held_out = (
+        f"out-of-fold: {metrics[OOF]['n']} images in {groups[OOF]} groups, every non-test image once, each fold's "
+        "interval resampling that fold's groups" if chosen == OOF
+        else f"val: {metrics['val']['n']} images in {groups['val']} groups"
+    )
     return (
         "Intervals are 95%. ROC AUC intervals are percentile bootstraps that resample the split's groups "
         "(patients, lesions and duplicate links, as the split placed them), each drawn group with all its "
-        f"images: the test split holds {metrics['test']['n']} images in {groups['test']} groups (val: "
-        f"{metrics['val']['n']} images in {groups['val']} groups). Sensitivity, specificity and precision "
+        f"images: the test split holds {metrics['test']['n']} images in {groups['test']} groups ({held_out}). "
+        "Sensitivity, specificity and precision "
         "intervals are Wilson score intervals that count images as independent: where a patient contributes "
         "several images, they are narrower than the evidence warrants."
     )
@@ -266,17 +294,44 @@ def _table(header: list[str], rows: list[list[str]], align: str) -> str:
 
 
 def _headline(metrics: dict, groups: dict[str, int]) -> str:
-    splits = [metrics[split] for split in CURVE_SPLITS]
+    names = _chosen_and_test(metrics)
+    splits = [metrics[split] for split in names]
     rows = [[label, *(with_interval(m, key, 3) for m in splits)] for key, label in WITH_INTERVAL.items()]
     rows += [[label, *(number(m[key], 3) for m in splits)] for key, label in HEADLINE.items()]
     rows.append(["images (malignant)", *(f"{m['n']} ({m['n_malignant']})" for m in splits)])
-    rows.append(["groups (patients, lesions, duplicates)", *(str(groups[split]) for split in CURVE_SPLITS)])
-    return _table(["", "val", "test"], rows, "lrr")
+    rows.append(["groups (patients, lesions, duplicates)", *(str(groups[split]) for split in names)])
+    return _table(["", *(SPLIT_NAMES[split] for split in names)], rows, "lrr")
+
+
+def folds_section(metrics: dict) -> str:
+    """A cross-validated run's folds: each fold model's AUC on the fold it never trained on, their spread, and
+    the out-of-fold estimate beside the ensemble's test result; nothing for a single model."""
+    if OOF not in metrics:
+        return ""
+    oof, test = metrics[OOF], metrics["test"]
+    rows = [[name, f"{fold['n']} ({fold['n_malignant']})", with_interval(fold, "roc_auc", 3)]
+            for name, fold in oof["folds"].items()]
+    return f"""
+## Folds
+
+Each fold's model trained on the other folds and early-stopped on its own; its ROC AUC here is on that fold
+(interval: the fold's groups resampled). The fold AUCs' mean is **{number(oof['fold_roc_auc_mean'], 3)}** with
+standard deviation **{number(oof['fold_roc_auc_sd'], 3)}**: how much one model depends on the images it was given.
+
+{_table(["fold", "images (malignant)", "ROC AUC (95% CI)"], rows, "lrr")}
+
+Out-of-fold vs test: the out-of-fold ROC AUC, **{with_interval(oof, 'roc_auc', 3)}**, estimates one fold model
+on every non-test image (the threshold and calibration are fitted on it); the test ROC AUC,
+**{with_interval(test, 'roc_auc', 3)}**, is the ensemble's (the mean of the fold models, what `skincancer
+predict` uses) on the held-out test split. The ensemble's test scores are averages, so a threshold fitted on
+single models' scores may sit differently on them: the test sensitivity above says how it held.
+"""
 
 
 def _all_metrics(metrics: dict) -> str:
-    rows = [[key, number(metrics["val"][key], 4), number(metrics["test"][key], 4)] for key in metrics["test"]]
-    return _table(["metric", "val", "test"], rows, "lrr")
+    chosen, test = _chosen_and_test(metrics)
+    rows = [[key, number(metrics[chosen][key], 4), number(metrics[test][key], 4)] for key in metrics[test]]
+    return _table(["metric", SPLIT_NAMES[chosen], test], rows, "lrr")
 
 
 def _mistakes_table(rows: pd.DataFrame) -> str:
@@ -326,7 +381,7 @@ def render_markdown(
 {intervals_note(metrics, predictions)}
 
 {calibration_note(metrics)}
-{labels_section(params)}
+{folds_section(metrics)}{labels_section(params)}
 ## Per diagnosis (test)
 
 Share of images called malignant: the sensitivity for malignant diagnoses, the false-positive rate for benign ones.

@@ -47,3 +47,10 @@ def split_summary(metrics: dict, split: str) -> str:
         f"at threshold {number(metrics.get('threshold'), 4)}, "
         f"{number(m.get('n'), 0)} images ({number(m.get('n_malignant'), 0)} malignant)"
     )
+
+
+def fold_summary(oof: dict) -> str:
+    """The fold models' AUCs on their own folds in a line, with their mean and standard deviation."""
+    aucs = ", ".join(f"{name} {number(fold.get('roc_auc'), 4)}" for name, fold in oof["folds"].items())
+    return (f"per fold ROC AUC: {aucs}; mean {number(oof.get('fold_roc_auc_mean'), 4)}, "
+            f"sd {number(oof.get('fold_roc_auc_sd'), 4)}")

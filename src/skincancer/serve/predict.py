@@ -3,7 +3,9 @@
 Each image goes through the shard stage's own encoding (skincancer.evaluate.inference.prepare: EXIF transpose,
 reduced-scale decode, crop or pad, JPEG at the shard quality) and the training pipeline's JPEG decoder,
 so a test image scores here what it scored in reports/predictions.csv. Everything it needs to know
-(image size, resize, quality, views, calibration, threshold) comes from the model card, not params.yaml.
+(image size, resize, quality, views, calibration, threshold, patient context) comes from the model card, not
+params.yaml. A model trained with patient context scores each image with its row of a CSV (skincancer.serve.context);
+the output's `context` column then names the fields an image was scored without.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 from tqdm import tqdm
@@ -20,14 +23,16 @@ from tqdm import tqdm
 from skincancer.core.atomic import atomic_write_text
 from skincancer.core.labels import CLASS_NAMES
 from skincancer.core.model_card import ModelCard
-from skincancer.evaluate.inference import Prepared, decode, predict_images, prepare
+from skincancer.evaluate.inference import CONTEXT_INPUT, IMAGE_INPUT, Prepared, decode, predict_images, prepare
 from skincancer.evaluate.metrics import DECIMALS
+from skincancer.serve.context import ContextError, ImageContext, check_context, image_context
 
 log = logging.getLogger(__name__)
 
 # what a folder walk picks up (an explicit file is always tried, whatever its name)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm"}
 COLUMNS = ["path", "probability", "prediction", "label", "threshold", "error", "score", "prevalence"]
+CONTEXT_COLUMN = "context"  # a context model's rows: the fields an image was scored without
 
 
 def image_files(inputs: Iterable[Path]) -> list[Path]:
@@ -41,8 +46,8 @@ def image_files(inputs: Iterable[Path]) -> list[Path]:
     return found
 
 
-def _batches(prepared: Iterator[Prepared], batch_size: int) -> Iterator[list[Prepared]]:
-    batch: list[Prepared] = []
+def _batches(prepared: Iterator[tuple[int, Prepared]], batch_size: int) -> Iterator[list[tuple[int, Prepared]]]:
+    batch: list[tuple[int, Prepared]] = []
     for item in prepared:
         batch.append(item)
         if len(batch) == batch_size:
@@ -52,29 +57,54 @@ def _batches(prepared: Iterator[Prepared], batch_size: int) -> Iterator[list[Pre
         yield batch
 
 
+def _inputs(jpegs: list[bytes], vectors: np.ndarray | None, batch_size: int) -> tf.data.Dataset:
+    """Decoded images, beside their context vectors for a context model."""
+    images = tf.data.Dataset.from_tensor_slices(jpegs).map(decode)
+    if vectors is None:
+        return images.batch(batch_size)
+    return tf.data.Dataset.zip({IMAGE_INPUT: images, CONTEXT_INPUT: tf.data.Dataset.from_tensor_slices(vectors)}).batch(batch_size)
+
+
+def _context(files: list[Path], model: keras.Model, card: ModelCard, context: ImageContext | None) -> ImageContext | None:
+    """The context the model takes: `context` as given, or every field missing (warned) where none was."""
+    if check_context(model, card) is None:
+        if context is not None:
+            raise ContextError(f"{card.path} records no patient context: its model takes the image alone")
+        return None
+    if context is None:
+        context = image_context(files, card, None)
+        for warning in context.warnings:
+            log.warning("%s", warning)
+    return context
+
+
 def predict(
     files: list[Path],
     model: keras.Model,
     card: ModelCard,
     *,
+    context: ImageContext | None = None,
     threshold: float | None = None,
     batch_size: int = 64,
     progress: bool = True,
 ) -> pd.DataFrame:
     """One row per file: P(malignant) (the score calibrated as evaluated, both rounded like predictions.csv),
-    the call at the card's threshold (or `threshold`), or the error."""
+    the call at the card's threshold (or `threshold`), or the error. A context model takes `context`
+    (image_context's, in the files' order; without it every field is missing) and adds the `context` column."""
     threshold = card.threshold if threshold is None else threshold
     calibration, preparation = card.calibration, card.preparation
+    context = _context(files, model, card, context)
     rows = []
     bar = tqdm(total=len(files), unit="image", disable=not progress or len(files) <= batch_size, leave=False)
-    for batch in _batches((prepare(path, preparation) for path in files), batch_size):
-        good = [item for item in batch if item.jpeg is not None]
+    for batch in _batches(((index, prepare(path, preparation)) for index, path in enumerate(files)), batch_size):
+        good = [(index, item) for index, item in batch if item.jpeg is not None]
         probabilities = iter(())
         if good:
-            images = tf.data.Dataset.from_tensor_slices([item.jpeg for item in good]).map(decode).batch(batch_size)
+            vectors = None if context is None else context.vectors[[index for index, _ in good]]
+            images = _inputs([item.jpeg for _, item in good], vectors, batch_size)
             scores = predict_images(model, images, card.tta, card.tta_scales).round(DECIMALS)
             probabilities = iter(zip(scores, calibration.apply(scores).round(DECIMALS), strict=True))
-        for item in batch:
+        for index, item in batch:
             if item.error is not None:
                 log.warning("%s: %s", item.path, item.error)
                 rows.append({"path": str(item.path), "threshold": threshold, "error": item.error})
@@ -83,10 +113,11 @@ def predict(
             called = int(probability >= threshold)
             rows.append({"path": str(item.path), "probability": probability, "prediction": called,
                          "label": CLASS_NAMES[called], "threshold": threshold, "error": "",
-                         "score": score, "prevalence": calibration.prevalence})
+                         "score": score, "prevalence": calibration.prevalence,
+                         **({} if context is None else {CONTEXT_COLUMN: context.notes[index]})})
         bar.update(len(batch))
     bar.close()
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame = pd.DataFrame(rows, columns=COLUMNS + ([] if context is None else [CONTEXT_COLUMN]))
     return frame.astype({"prediction": "Int64"})
 
 
@@ -99,12 +130,16 @@ def write_predictions(frame: pd.DataFrame, output: Path | None) -> str | None:
     return None
 
 
-def write_explanations(frame: pd.DataFrame, model: keras.Model, card: ModelCard, out_dir: Path) -> None:
-    """One Grad-CAM overlay PNG per classified image, named after it (`<stem>.gradcam.png`)."""
+def write_explanations(frame: pd.DataFrame, model: keras.Model, card: ModelCard, out_dir: Path,
+                       context: ImageContext | None = None) -> None:
+    """One Grad-CAM overlay PNG per classified image, named after it (`<stem>.gradcam.png`); a context model's
+    map is of the score with the image's context (`context`, as predict took it)."""
     from skincancer.core.atomic import atomic_write_bytes
     from skincancer.serve.explain import grad_cam, overlay_png
 
+    context = _context([Path(path) for path in frame["path"]], model, card, context)
     for row in frame[frame["error"] == ""].itertuples():
         image = decode(prepare(Path(row.path), card.preparation).jpeg).numpy()
+        heat = grad_cam(model, image, None if context is None else context.vectors[row.Index])
         title = f"{Path(row.path).name}: p={row.probability:.3f} ({row.label})"
-        atomic_write_bytes(out_dir / f"{Path(row.path).stem}.gradcam.png", overlay_png(image, grad_cam(model, image), title))
+        atomic_write_bytes(out_dir / f"{Path(row.path).stem}.gradcam.png", overlay_png(image, heat, title))

@@ -6,13 +6,18 @@ Lanczos as Pillow computes it (separable, horizontal first, 8-bit between the pa
 crop box); where it still differs (no box pre-reduction for images over ~48x the model's side, PNG's
 16-bit RGB taken as its high byte, the pad mode's fitted resize in one float pass) the export's test and
 benchmarks/serving.py measure the gap against `skincancer predict`.
+
+ContextEncoder is skincancer.core.patient_context.encode_context as TensorFlow ops, for a model trained with
+patient context: its signatures take the fields as named inputs, not the encoded vector.
 """
 
 from __future__ import annotations
 
+import pandas as pd
 import tensorflow as tf
 
 from skincancer.core.images import SHADES_OF_GRAY_POWER
+from skincancer.core.patient_context import SOURCE_COLUMNS, encode_context
 
 EXIF_SEARCH_BYTES = 1 << 16  # an APP1 segment is at most 64 KiB and comes first
 MAX_IFD_ENTRIES = 64
@@ -173,3 +178,46 @@ def prepare_bytes(contents: tf.Tensor, size: int, resize: str, quality: int, col
         out = tf.image.pad_to_bounding_box(correct(fitted), (size - height) // 2, (size - width) // 2, size, size)
     encoded = tf.io.encode_jpeg(out, quality=quality, chroma_downsampling=False, optimize_size=False, progressive=False)
     return tf.io.decode_jpeg(encoded, channels=3)
+
+
+def _spelling_table(field: str, record: dict) -> tf.lookup.StaticHashTable:
+    """The card's spellings of a field (its record's `spellings`, stripped and lower-cased) -> the index of the
+    value column encode_context sets for each; anything else looks up -1, missing."""
+    spellings = sorted({spelling.strip().casefold() for names in record["spellings"].values() for spelling in names})
+    encoded = encode_context(pd.DataFrame({SOURCE_COLUMNS[field]: spellings}), [field])
+    known = encoded[:, -1] == 0  # a spelling this version does not map stays missing, as encode_context has it
+    keys = tf.constant([spelling for spelling, kept in zip(spellings, known, strict=True) if kept], tf.string)
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, encoded[known, :-1].argmax(1)), -1)
+
+
+class ContextEncoder(tf.Module):
+    """The context vector from named inputs, as encode_context builds it from the card's record (`context`):
+    age float32 in years (NaN: missing) over the record's scale; sex and site strings ("" or unknown: missing)
+    looked up stripped and lower-cased (Python's casefold and Unicode whitespace differ only for characters
+    none of the spellings hold)."""
+
+    def __init__(self, encoding: dict):
+        super().__init__(name="patient_context")
+        self.fields = list(encoding["fields"])
+        self.age_scale = float(encoding["age"]["scale"]) if "age" in self.fields else None
+        self.tables = {field: _spelling_table(field, encoding[field]) for field in self.fields if field != "age"}
+        self.depths = {field: len(encoding[field]["columns"]) - 1 for field in self.tables}
+
+    def input_specs(self) -> list[tf.TensorSpec]:
+        """One (batch,) input per field, named after it, in the vector's order."""
+        return [tf.TensorSpec([None], tf.float32 if field == "age" else tf.string, name=field) for field in self.fields]
+
+    def _age(self, age: tf.Tensor) -> tf.Tensor:
+        missing = tf.math.is_nan(age)
+        value = tf.cast(tf.cast(age, tf.float64) / self.age_scale, tf.float32)  # encode_context divides in float64
+        return tf.stack([tf.where(missing, 0.0, value), tf.cast(missing, tf.float32)], axis=1)
+
+    def _one_hot(self, field: str, text: tf.Tensor) -> tf.Tensor:
+        index = self.tables[field].lookup(tf.strings.lower(tf.strings.strip(text), encoding="utf-8"))
+        return tf.concat([tf.one_hot(index, self.depths[field]), tf.cast(index < 0, tf.float32)[:, tf.newaxis]], 1)
+
+    def __call__(self, values: list[tf.Tensor]) -> tf.Tensor:
+        """(batch, columns) float32 from one tensor per field, in `input_specs` order."""
+        parts = [self._age(value) if field == "age" else self._one_hot(field, value)
+                 for field, value in zip(self.fields, values, strict=True)]
+        return tf.concat(parts, axis=1)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,12 @@ import pandas as pd
 import tensorflow as tf
 
 from skincancer.core.params import AugmentParams
+from skincancer.core.paths import fold_part
+from skincancer.core.patient_context import encode_context
 from skincancer.shard.tfrecords import FEATURE_SPEC, IMAGE_TABLE, SPEC_VERSION, parse_example
 from skincancer.train.augment import augmenter
 from skincancer.train.diagnosis_classes import DiagnosisClasses
+from skincancer.train.models import CONTEXT_INPUT, IMAGE_INPUT
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -36,13 +40,39 @@ def read_shard_manifest(shards_dir: Path) -> dict:
     return manifest
 
 
-def shard_paths(shards_dir: Path, split: str) -> list[str]:
-    """The split's shard files in manifest order (the order evaluation reports rows in)."""
+Parts = str | Sequence[str]  # one part of data/shards (train, val, test, fold0...), or several read as one
+
+
+def as_parts(parts: Parts) -> tuple[str, ...]:
+    return (parts,) if isinstance(parts, str) else tuple(parts)
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which parts of the shards a model trains on and which it is stopped (early stopping, the kept epoch) on."""
+
+    train: tuple[str, ...] = ("train",)
+    val: tuple[str, ...] = ("val",)
+
+    @classmethod
+    def for_fold(cls, fold: int, folds: int) -> Roles:
+        """Cross-validation: fold `fold`'s model trains on every other fold and is stopped on its own."""
+        return cls(tuple(fold_part(other) for other in range(folds) if other != fold), (fold_part(fold),))
+
+
+def shard_paths(shards_dir: Path, parts: Parts) -> list[str]:
+    """The parts' shard files in manifest order (the order evaluation reports rows in)."""
     manifest = read_shard_manifest(shards_dir)
-    paths = [str(Path(shards_dir) / shard["file"]) for shard in manifest["shards"] if shard["split"] == split]
-    if not paths:
-        raise FileNotFoundError(f"{shards_dir}/manifest.json lists no shards for split {split!r}; rerun `dvc repro shard`")
-    return paths
+    for part in as_parts(parts):
+        if part not in manifest["splits"]:
+            raise FileNotFoundError(f"{shards_dir}/manifest.json lists no shards for split {part!r} (it has "
+                                    f"{', '.join(manifest['splits'])}); rerun `dvc repro shard`")
+    return [str(Path(shards_dir) / shard["file"]) for shard in manifest["shards"] if shard["split"] in as_parts(parts)]
+
+
+def part_count(manifest: dict, parts: Parts, key: str = "count") -> int:
+    """Images in the parts (or, key benign/malignant, of one class), from the shard manifest."""
+    return sum(manifest["splits"][part][key] for part in as_parts(parts))
 
 
 def check_image_size(shards_dir: Path, expected: int) -> dict:
@@ -85,12 +115,54 @@ def target_of(classes: DiagnosisClasses | None) -> Target:
     return binary_target if classes is None else class_target(classes)
 
 
-def _image_and_label(image_size: int, target: Target = binary_target):
-    def decode(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+Inputs = tf.Tensor | dict[str, tf.Tensor]  # uint8 images, or {"image": ..., "context": ...} (train.metadata)
+Context = Callable[[tf.Tensor], tf.Tensor]  # image id -> the image's patient context vector
+
+
+def context_vectors(shards_dir: Path, parts: Parts, fields: Sequence[str]) -> np.ndarray | None:
+    """The parts' patient context (encode_context of the image table's age_approx, sex, anatom_site), one row per
+    image in `eval_dataset` order; None without fields."""
+    return encode_context(split_records(shards_dir, parts), fields) if fields else None
+
+
+def context_lookup(shards_dir: Path, parts: Parts, fields: Sequence[str]) -> Context | None:
+    """Image id -> its context vector, looked up in-graph for each record: the context travels with its record
+    through every shuffle, interleave and oversampling, whatever order they leave. None without fields."""
+    if not fields:
+        return None
+    records = split_records(shards_dir, parts)
+    ids = records["image_id"].astype(str).tolist()
+    vectors = tf.constant(encode_context(records, fields))
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(ids, tf.range(len(ids), dtype=tf.int64)), default_value=-1
+    )
+    unlisted = f"{Path(shards_dir) / IMAGE_TABLE} lacks an image of the shards: rerun `dvc repro shard`"
+
+    def context(image_id: tf.Tensor) -> tf.Tensor:
+        row = table.lookup(image_id)
+        with tf.control_dependencies([tf.debugging.assert_non_negative(row, message=unlisted)]):
+            return tf.gather(vectors, row)
+
+    return context
+
+
+def _on_image(inputs: Inputs, change: Callable[[tf.Tensor], tf.Tensor]) -> Inputs:
+    """`change` applied to the pixels; the patient context is the image's whatever is done to them."""
+    if isinstance(inputs, dict):
+        return {**inputs, IMAGE_INPUT: change(inputs[IMAGE_INPUT])}
+    return change(inputs)
+
+
+def _image_and_label(image_size: int, target: Target = binary_target, context: Context | None = None):
+    """A serialized record -> (the model's inputs, its target)."""
+
+    def decode(serialized: tf.Tensor) -> tuple[Inputs, tf.Tensor]:
         features = parse_example(serialized)
         image = tf.io.decode_jpeg(features["image/encoded"], channels=3)
         image = tf.ensure_shape(image, (image_size, image_size, 3))
-        return image, target(features)
+        if context is None:
+            return image, target(features)
+        return {IMAGE_INPUT: image, CONTEXT_INPUT: context(features["image/id"])}, target(features)
 
     return decode
 
@@ -122,13 +194,16 @@ def training_dataset(
     augment: AugmentParams | None = None,
     imbalance: str = "class_weight",
     classes: DiagnosisClasses | None = None,
+    parts: Parts = "train",
+    fields: Sequence[str] = (),
 ) -> tf.data.Dataset:
-    """Shards interleaved, records shuffled, decoded and augmented in parallel: the same seed gives the
-    same batches (every random draw is keyed by the seed, none depends on thread timing). Full batches
-    only: a last batch of a few images would give BatchNorm noisy statistics, or a replica nothing."""
+    """The parts' shards interleaved, records shuffled, decoded and augmented in parallel: the same seed gives
+    the same batches (every random draw is keyed by the seed, none depends on thread timing). Full batches
+    only: a last batch of a few images would give BatchNorm noisy statistics, or a replica nothing.
+    With patient context `fields`, each image comes as {"image", "context"}."""
     manifest = read_shard_manifest(shards_dir)
-    files = shard_paths(shards_dir, "train")
-    count = manifest["splits"]["train"]["count"]
+    files = shard_paths(shards_dir, parts)
+    count = part_count(manifest, parts)
     records = (
         tf.data.Dataset.from_tensor_slices(files)
         .shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -138,7 +213,7 @@ def training_dataset(
     if imbalance == "oversample":
         records = oversampled(records, count, seed + 2, _serialized_label)
     records = records.apply(tf.data.experimental.assert_cardinality(count))  # lets Keras count steps per epoch
-    decode = _image_and_label(manifest["image_size"], target_of(classes))
+    decode = _image_and_label(manifest["image_size"], target_of(classes), context_lookup(shards_dir, parts, fields))
     if augment is not None and augment.active:
         augment_image = augmenter(augment)
         image_seeds = tf.data.Dataset.random(seed + 3, rerandomize_each_iteration=True).batch(2)
@@ -151,9 +226,9 @@ def training_dataset(
     return split_by_element(examples.batch(batch_size, drop_remainder=count > batch_size).prefetch(AUTOTUNE))
 
 
-def _augmented(example: tuple[tf.Tensor, tf.Tensor], image_seed: tf.Tensor, augment_image) -> tuple[tf.Tensor, tf.Tensor]:
-    image, label = example
-    return augment_image(image, image_seed), label
+def _augmented(example: tuple[Inputs, tf.Tensor], image_seed: tf.Tensor, augment_image) -> tuple[Inputs, tf.Tensor]:
+    inputs, label = example
+    return _on_image(inputs, lambda image: augment_image(image, image_seed)), label
 
 
 def feature_dataset(
@@ -163,12 +238,15 @@ def feature_dataset(
     seed: int | None = None,
     imbalance: str = "none",
     labels: np.ndarray | None = None,
+    context: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """Cached backbone features as a dataset; with a seed, shuffled (and balanced by `labels`, the binary
-    labels, which default to the targets) like the image pipeline."""
+    """Cached backbone features as a dataset (with each image's `context` row beside them as {"features",
+    "context"}); with a seed, shuffled (and balanced by `labels`, the binary labels, which default to the
+    targets) like the image pipeline."""
     count = len(targets)
     labels = targets if labels is None else labels
-    examples = tf.data.Dataset.from_tensor_slices((features, targets, labels))
+    inputs = features if context is None else {"features": features, CONTEXT_INPUT: context}
+    examples = tf.data.Dataset.from_tensor_slices((inputs, targets, labels))
     if seed is not None:
         examples = examples.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     if imbalance == "oversample":
@@ -180,39 +258,43 @@ def feature_dataset(
 
 
 def eval_dataset(
-    shards_dir: Path, split: str, batch_size: int, classes: DiagnosisClasses | None = None
+    shards_dir: Path, parts: Parts, batch_size: int, classes: DiagnosisClasses | None = None,
+    fields: Sequence[str] = (),
 ) -> tf.data.Dataset:
-    """(image, target) batches in manifest order, aligned with `split_records`."""
+    """(image, target) batches of the parts in manifest order, aligned with `split_records`; with patient
+    context `fields`, ({"image", "context"}, target)."""
     manifest = read_shard_manifest(shards_dir)
+    decode = _image_and_label(manifest["image_size"], target_of(classes), context_lookup(shards_dir, parts, fields))
     return split_by_element(
-        tf.data.TFRecordDataset(shard_paths(shards_dir, split))
-        .apply(tf.data.experimental.assert_cardinality(manifest["splits"][split]["count"]))
-        .map(_image_and_label(manifest["image_size"], target_of(classes)), num_parallel_calls=AUTOTUNE, deterministic=True)
+        tf.data.TFRecordDataset(shard_paths(shards_dir, parts))
+        .apply(tf.data.experimental.assert_cardinality(part_count(manifest, parts)))
+        .map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
         .batch(batch_size)
         .prefetch(AUTOTUNE)
     )
 
 
-def split_labels(shards_dir: Path, split: str) -> np.ndarray:
+def split_labels(shards_dir: Path, parts: Parts) -> np.ndarray:
     """Labels in `eval_dataset` order, without reading a single record."""
-    return split_records(shards_dir, split)["label"].to_numpy(np.int64)
+    return split_records(shards_dir, parts)["label"].to_numpy(np.int64)
 
 
-def split_targets(shards_dir: Path, split: str, classes: DiagnosisClasses | None) -> np.ndarray:
+def split_targets(shards_dir: Path, parts: Parts, classes: DiagnosisClasses | None) -> np.ndarray:
     """Targets in `eval_dataset` order (labels, or class indices), without reading a single record."""
     if classes is None:
-        return split_labels(shards_dir, split)
-    records = split_records(shards_dir, split)
+        return split_labels(shards_dir, parts)
+    records = split_records(shards_dir, parts)
     return np.array([
         classes.index(diagnosis, label) for label, diagnosis in zip(records["label"], records["diagnosis"], strict=True)
     ], dtype=np.int64)
 
 
-def split_records(shards_dir: Path, split: str) -> pd.DataFrame:
-    """Per-image facts (ids, labels, diagnoses, the split's groups, which evaluation resamples, and the shard
-    holding each) in `eval_dataset` order, from the table the shard stage wrote beside the shards."""
+def split_records(shards_dir: Path, parts: Parts) -> pd.DataFrame:
+    """Per-image facts (ids, labels, diagnoses, the parts' groups, which evaluation resamples, and the shard
+    holding each) in `eval_dataset` order (the table's own: the shards'), from the table the shard stage
+    wrote beside the shards."""
     path = Path(shards_dir) / IMAGE_TABLE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: shards written without their image table; rerun `dvc repro shard`")
     table = pd.read_parquet(path)
-    return table[table["split"] == split].reset_index(drop=True)
+    return table[table["split"].isin(as_parts(parts))].reset_index(drop=True)

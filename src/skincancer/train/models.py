@@ -1,7 +1,9 @@
-"""Model factory: raw uint8 RGB in, P(malignant) out; backbone chosen from the registry."""
+"""Model factory: raw uint8 RGB in (and, with train.metadata, the patient context beside the pooled image
+features), P(malignant) out; backbone chosen from the registry."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import keras
@@ -9,8 +11,13 @@ from keras import layers
 
 from skincancer.core.backbones import BACKBONES
 from skincancer.core.params import TrainParams
+from skincancer.core.patient_context import context_columns
 from skincancer.train.diagnosis_classes import DiagnosisClasses
 from skincancer.train.weights import WeightsError, imagenet_backbone, load_weights_file
+
+# the model's named inputs: uint8 pixels, and (train.metadata) the patient context vector beside them
+IMAGE_INPUT, CONTEXT_INPUT = "image", "context"
+WITH_CONTEXT = "with_context"  # the layer joining the image features and the context before the output layer
 
 
 @keras.saving.register_keras_serializable(package="skincancer")
@@ -96,10 +103,11 @@ class Classifier:
     """The trained model, the saved one, and the parts training addresses on their own (layers are shared,
     not copied).
 
-    model: uint8 images -> what the head learns (P(malignant), or diagnosis probabilities);
-    serving: uint8 images -> P(malignant), what is saved (the model itself for a binary head);
+    model: uint8 images (and, with train.metadata, the patient context) -> what the head learns (P(malignant),
+        or diagnosis probabilities);
+    serving: the same inputs -> P(malignant), what is saved (the model itself for a binary head);
     features: uint8 images -> pooled backbone features (what the frozen phase caches);
-    head: pooled features -> the model's output (what the frozen phase trains on the cache).
+    head: pooled features (and the context) -> the model's output (what the frozen phase trains on the cache).
     """
 
     model: keras.Model
@@ -117,39 +125,51 @@ def _output_layer(classes: DiagnosisClasses | None) -> layers.Layer:
     return layers.Dense(len(classes.names), activation="softmax", dtype="float32", name="diagnosis")
 
 
+def _context_input(fields: Sequence[str]) -> keras.KerasTensor | None:
+    """The named float32 input of the patient context vector (patient_context.encode_context's), or None."""
+    return keras.Input((len(context_columns(fields)),), dtype="float32", name=CONTEXT_INPUT) if fields else None
+
+
+def _head(features, context: keras.KerasTensor | None, dropout: layers.Layer, classify: layers.Layer):
+    """Dropout on the image features, the context beside them (unchanged: a missing flag is an input, not
+    noise), then the output layer."""
+    x = dropout(features)
+    return classify(x if context is None else layers.Concatenate(name=WITH_CONTEXT)([x, context]))
+
+
+def _inputs(image: keras.KerasTensor, context: keras.KerasTensor | None):
+    return image if context is None else [image, context]
+
+
 def build_classifier(params: TrainParams, image_size: int, classes: DiagnosisClasses | None = None) -> Classifier:
-    """Raw uint8 RGB in, P(malignant) out (`classes`: through a diagnosis head). A pretrained backbone starts
-    frozen (phase 1 trains the head)."""
+    """Raw uint8 RGB in (and, with train.metadata, the `context` vector beside it), P(malignant) out
+    (`classes`: through a diagnosis head). A pretrained backbone starts frozen (phase 1 trains the head)."""
     spec = BACKBONES[params.backbone]
     backbone = build_backbone(params.backbone, image_size, params.weights)
     pretrained = params.weights is not None
     backbone.trainable = not pretrained
-    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
-    x = PixelPreprocessing(spec.preprocessing, name="preprocess")(inputs)
+    image = keras.Input((image_size, image_size, 3), dtype="uint8", name=IMAGE_INPUT)
+    x = PixelPreprocessing(spec.preprocessing, name="preprocess")(image)
     # a pretrained backbone runs BatchNorm in inference mode, also once unfrozen (keras-io recipe)
     x = backbone(x, training=False if pretrained else None)
     pooled = layers.GlobalAveragePooling2D(name="pool")(x)
     dropout = layers.Dropout(params.dropout, seed=params.seed, name="dropout")
     classify = _output_layer(classes)
-    outputs = classify(dropout(pooled))
+    context = _context_input(params.metadata)
+    inputs = _inputs(image, context)
+    outputs = _head(pooled, context, dropout, classify)
     name = f"skincancer_{params.backbone}"
     model = keras.Model(inputs, outputs, name=name)
     serving = model
     if classes is not None:
         malignant = MalignantProbability(list(classes.names), classes.malignant_mask, name="malignant")
         serving = keras.Model(inputs, malignant(outputs), name=name)
-    head_input = keras.Input((pooled.shape[-1],), name="features")
-    head = keras.Model(head_input, classify(dropout(head_input)), name="head")
-    return Classifier(model, serving, backbone, keras.Model(inputs, pooled, name="features"), head, pretrained)
+    features = keras.Input((pooled.shape[-1],), name="features")
+    head_context = _context_input(params.metadata)
+    head = keras.Model(_inputs(features, head_context), _head(features, head_context, dropout, classify), name="head")
+    return Classifier(model, serving, backbone, keras.Model(image, pooled, name="features"), head, pretrained)
 
 
-def malignant_score(model: keras.Model, pooled):
-    """The saved model's layers after pooling, applied to `pooled` (dropout off): Grad-CAM's score."""
-    names = [layer.name for layer in model.layers]
-    x = model.get_layer("dropout")(pooled, training=False)
-    for layer in model.layers[names.index("dropout") + 1:]:
-        x = layer(x)
-    return x
 def unfreeze_top(backbone: keras.Model, n_layers: int) -> None:
     """Phase 2: fine-tune the top layers; BatchNorm stays frozen so its statistics survive."""
     backbone.trainable = True

@@ -19,10 +19,15 @@ import tensorflow as tf
 from skincancer.core.atomic import atomic_path, atomic_write_text
 from skincancer.core.model_card import card_input, train_card_path_for, training_card, write_card
 from skincancer.core.params import TrainParams
+from skincancer.core.patient_context import context_columns, unmapped_spellings
 from skincancer.train.data import (
+    Parts,
+    Roles,
     check_image_size,
+    context_vectors,
     eval_dataset,
     feature_dataset,
+    part_count,
     read_shard_manifest,
     split_records,
     split_targets,
@@ -57,27 +62,29 @@ class SingleClassSplit(ValueError):
     """A split lacks benign or malignant images: AUC, checkpoints and class weights are undefined."""
 
 
-def class_counts(shards_dir: Path, split: str) -> dict[int, int]:
-    counts = read_shard_manifest(shards_dir)["splits"][split]
-    return {0: counts["benign"], 1: counts["malignant"]}
+def class_counts(shards_dir: Path, parts: Parts) -> dict[int, int]:
+    manifest = read_shard_manifest(shards_dir)
+    return {0: part_count(manifest, parts, "benign"), 1: part_count(manifest, parts, "malignant")}
 
 
-def require_both_classes(shards_dir: Path) -> None:
-    for split in ("train", "val"):
-        counts = class_counts(shards_dir, split)
+def require_both_classes(shards_dir: Path, roles: Roles = Roles()) -> None:
+    for role, parts in (("train", roles.train), ("val", roles.val)):
+        counts = class_counts(shards_dir, parts)
         if not all(counts.values()):
+            named = "" if parts == (role,) else f" ({', '.join(parts)})"
             raise SingleClassSplit(
-                f"{Path(shards_dir) / 'manifest.json'}: the {split} split has {counts[0]} benign and {counts[1]} "
+                f"{Path(shards_dir) / 'manifest.json'}: the {role} split{named} has {counts[0]} benign and {counts[1]} "
                 "malignant images; training needs both. Fetch more data or check labels.malignant in params.yaml"
             )
 
 
-def class_weights(shards_dir: Path, imbalance: str, classes: DiagnosisClasses | None = None) -> dict[int, float] | None:
-    """'class_weight': weight each label by n / (2 n_c), so the rare malignant class counts as much; a
-    diagnosis class takes its label's weight (the diagnoses within a label keep their natural mix)."""
+def class_weights(shards_dir: Path, imbalance: str, classes: DiagnosisClasses | None = None,
+                  parts: Parts = "train") -> dict[int, float] | None:
+    """'class_weight': weight each label by n / (2 n_c) of the training parts, so the rare malignant class counts
+    as much; a diagnosis class takes its label's weight (the diagnoses within a label keep their natural mix)."""
     if imbalance != "class_weight":
         return None
-    counts = class_counts(shards_dir, "train")
+    counts = class_counts(shards_dir, parts)
     total = sum(counts.values())
     weights = {label: total / (2 * count) for label, count in counts.items()}
     if classes is None:
@@ -181,13 +188,13 @@ def _callbacks(params: TrainParams, state: TrainState, phase: int, epochs: int, 
     return callbacks
 
 
-def cached_features(classifier: Classifier, shards_dir: Path, split: str, batch_size: int) -> np.ndarray:
+def cached_features(classifier: Classifier, shards_dir: Path, parts: Parts, batch_size: int) -> np.ndarray:
     """The frozen backbone's pooled features, computed once instead of once per epoch."""
-    return classifier.features.predict(eval_dataset(shards_dir, split, batch_size), verbose=0).astype(np.float32)
+    return classifier.features.predict(eval_dataset(shards_dir, parts, batch_size), verbose=0).astype(np.float32)
 
 
-def _targets(shards_dir: Path, split: str, classes: DiagnosisClasses | None) -> np.ndarray:
-    targets = split_targets(shards_dir, split, classes)
+def _targets(shards_dir: Path, parts: Parts, classes: DiagnosisClasses | None) -> np.ndarray:
+    targets = split_targets(shards_dir, parts, classes)
     return targets.astype(np.float32) if classes is None else targets
 
 
@@ -198,10 +205,10 @@ def validation_batch_size(val_count: int, batch_size: int, replicas: int) -> int
 
 
 def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, state: TrainState, phase: int,
-               batch_size: int, tensorboard_dir: Path | None, classes: DiagnosisClasses | None) -> None:
+               batch_size: int, tensorboard_dir: Path | None, classes: DiagnosisClasses | None, roles: Roles) -> None:
     """One phase, resumable from its last finished epoch; leaves the best weights in state.best_model."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync  # called inside the strategy's scope
-    val_batch = validation_batch_size(sum(class_counts(shards_dir, "val").values()), batch_size, replicas)
+    val_batch = validation_batch_size(sum(class_counts(shards_dir, roles.val).values()), batch_size, replicas)
     uses_cache = phase == 1 and classifier.pretrained and params.cache_features
     epochs, rate = (params.epochs, params.learning_rate) if phase == 1 else (params.fine_tune_epochs, params.fine_tune_learning_rate)
     if done := state.epochs_done(phase):
@@ -209,21 +216,25 @@ def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, st
     if uses_cache:
         log.info("phase 1 on cached features of the unaugmented images: the frozen backbone runs once over train and val")
         model = classifier.head
-        train_targets = _targets(shards_dir, "train", classes)
+        train_targets = _targets(shards_dir, roles.train, classes)
         train_labels = None if classes is None else np.asarray(classes.labels)[train_targets]  # what oversampling balances
         train_ds = feature_dataset(
-            cached_features(classifier, shards_dir, "train", batch_size), train_targets,
+            cached_features(classifier, shards_dir, roles.train, batch_size), train_targets,
             batch_size, params.seed, params.imbalance, labels=train_labels,
+            context=context_vectors(shards_dir, roles.train, params.metadata),
         )
-        val_ds = feature_dataset(cached_features(classifier, shards_dir, "val", batch_size), _targets(shards_dir, "val", classes), val_batch)
+        val_ds = feature_dataset(cached_features(classifier, shards_dir, roles.val, batch_size),
+                                 _targets(shards_dir, roles.val, classes), val_batch,
+                                 context=context_vectors(shards_dir, roles.val, params.metadata))
     else:
         model = classifier.model
-        train_ds = training_dataset(shards_dir, batch_size, params.seed, params.augment, params.imbalance, classes)
-        val_ds = eval_dataset(shards_dir, "val", val_batch, classes)
+        train_ds = training_dataset(shards_dir, batch_size, params.seed, params.augment, params.imbalance, classes,
+                                    roles.train, params.metadata)
+        val_ds = eval_dataset(shards_dir, roles.val, val_batch, classes, params.metadata)
     compile_for_training(model, rate, classes)
     model.fit(
         train_ds, validation_data=val_ds, epochs=epochs,
-        class_weight=class_weights(shards_dir, params.imbalance, classes), shuffle=False, verbose=0,
+        class_weight=class_weights(shards_dir, params.imbalance, classes, roles.train), shuffle=False, verbose=0,
         callbacks=_callbacks(params, state, phase, epochs, classifier.model, state.best_auc(), tensorboard_dir),
     )
     if not state.best_model.exists():
@@ -233,6 +244,23 @@ def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, st
         )
     load_best(classifier.model, state.best_model)  # the next phase starts from the best epoch, not the last
     state.finish(phase)
+
+
+def log_context(shards_dir: Path, roles: Roles, fields: list[str]) -> None:
+    """What the patient context loses, said once per run: each spelling the vocabulary does not know among the
+    images the model reads (encoded as missing, not silently dropped), and how many training images miss each
+    field (the model learns those from the missing flags)."""
+    if not fields:
+        return
+    for field, spellings in unmapped_spellings(split_records(shards_dir, [*roles.train, *roles.val]), fields).items():
+        for spelling, count in spellings.items():
+            log.warning("patient context: %s %r (%d image(s)) is not a spelling the vocabulary knows: encoded as "
+                        "missing; map it in skincancer.core.patient_context if it means a known value",
+                        field, spelling, count)
+    vectors, columns = context_vectors(shards_dir, roles.train, fields), context_columns(fields)
+    missing = [f"{field} {int(vectors[:, columns.index(f'{field}_missing')].sum())}" for field in fields]
+    log.info("patient context beside the image (train.metadata): of %d training images, missing %s", len(vectors),
+             ", ".join(missing))
 
 
 @contextlib.contextmanager
@@ -254,16 +282,17 @@ def train(
     image_size: int | None = None,
     tensorboard_dir: Path | None = None,
     card_path: Path | None = None,
+    roles: Roles = Roles(),
 ) -> pd.DataFrame:
-    """Fit, keep the best-validation-AUC model at model_path, write the per-epoch history CSV and the
-    model's training card (card_path, default train_card.json beside the model).
+    """Fit on roles.train, keep the best-validation-AUC (on roles.val) model at model_path, write the per-epoch
+    history CSV and the model's training card (card_path, default train_card.json beside the model).
 
     image_size: what the shards must hold (params' shard.image_size); None accepts the shards' own.
     In a TF_CONFIG cluster every worker calls this with the same arguments; only the chief writes.
     """
     manifest = check_image_size(shards_dir, image_size) if image_size else read_shard_manifest(shards_dir)
     prepared_as = card_input(manifest, Path(shards_dir) / "manifest.json")
-    require_both_classes(shards_dir)
+    require_both_classes(shards_dir, roles)
     check_devices()
     strategy = pick_strategy(params.distribute)  # before any op: MultiWorkerMirroredStrategy sets up collectives first
     chief, workers = is_chief(strategy), worker_count(strategy)
@@ -276,9 +305,10 @@ def train(
         log.info("%s of %d workers%s; train.resume is off across workers (a restarted cluster trains from the start)",
                  "chief" if chief else "a worker", workers, ": writes the outputs" if chief else ": writes nothing shared")
         params = params.model_copy(update={"resume": False})
-    classes = diagnosis_classes(split_records(shards_dir, "train")) if params.head == "diagnosis" else None
+    classes = diagnosis_classes(split_records(shards_dir, roles.train)) if params.head == "diagnosis" else None
     if classes is not None:
         log.info("diagnosis head: %d classes (%s)", len(classes.names), ", ".join(classes.names))
+    log_context(shards_dir, roles, params.metadata)
     with _state_root(model_path, chief) as root:
         state = TrainState.open(root, params, manifest)
         with strategy.scope():
@@ -293,14 +323,15 @@ def train(
                     load_best(classifier.model, state.best_model)
                     continue
                 _fit_phase(params, classifier, shards_dir, state, phase, batch_size, tensorboard_dir if chief else None,
-                           classes)
+                           classes, roles)
         history = state.history_frame(phases)[HISTORY_COLUMNS]
         if chief:
             with atomic_path(model_path) as partial:
                 save_model(classifier.serving, partial)
             atomic_write_text(history_path, history.to_csv(index=False, float_format="%.6g"))
-            card = training_card(params, prepared_as, Path(shards_dir) / "manifest.json", split_records(shards_dir, "train"),
-                                 model_path, str(policy), None if classes is None else list(classes.names))
+            card = training_card(params, prepared_as, Path(shards_dir) / "manifest.json", split_records(shards_dir, roles.train),
+                                 model_path, str(policy), None if classes is None else list(classes.names),
+                                 params.metadata)
             write_card(card, card_path or train_card_path_for(model_path))
         state.clear()
     return history

@@ -27,6 +27,19 @@ def fingerprint(params: TrainParams, shards_manifest: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
+def open_guarded(root: Path, params: TrainParams, shards_manifest: dict) -> Path:
+    """`root` as left by an earlier run when train.resume is on and that run had the same inputs; else emptied.
+    Either way stamped with these inputs' fingerprint."""
+    root = Path(root)
+    key = fingerprint(params, shards_manifest)
+    stamp = root / "fingerprint"
+    if not (params.resume and stamp.exists() and stamp.read_text() == key):
+        shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
+    return root
+
+
 @dataclass(frozen=True)
 class TrainState:
     root: Path
@@ -34,14 +47,7 @@ class TrainState:
     @classmethod
     def open(cls, root: Path, params: TrainParams, shards_manifest: dict) -> TrainState:
         """The state to continue from when train.resume is on and it was left by the same inputs; else a fresh one."""
-        state = cls(Path(root))
-        key = fingerprint(params, shards_manifest)
-        stamp = state.root / "fingerprint"
-        if not (params.resume and stamp.exists() and stamp.read_text() == key):
-            state.clear()
-        state.root.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(key)
-        return state
+        return cls(open_guarded(root, params, shards_manifest))
 
     @property
     def best_model(self) -> Path:
