@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,6 +263,15 @@ def say_machine() -> None:
     say(f"machine: {info['nproc']} cores, {info['cpu']}, {info['ram_gib']} GiB RAM; python {sys.version.split()[0]}")
 
 
+def start_work(work: Path) -> tuple[dict[str, str], Path, list[dict]]:
+    """A long real-data run's folder: the machine line said, the environment of its projects, its results file
+    and the entries an earlier, interrupted run left there (so a rerun goes on where it stopped)."""
+    say_machine()
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / "results.json"
+    return project_env(work), out, json.loads(out.read_text()) if out.exists() else []
+
+
 @contextlib.contextmanager
 def bench_tmp(prefix: str, keep: bool = False) -> Iterator[Path]:
     """A fresh temporary folder for one benchmark run (SKINCANCER_BENCH_TMP or the system temp dir),
@@ -281,6 +292,60 @@ def cache_dir() -> Path:
     """Generated corpora are kept here between runs (SKINCANCER_BENCH_CACHE to move it)."""
     default = Path(tempfile.gettempdir()) / "skincancer-bench-cache"
     return Path(os.environ.get("SKINCANCER_BENCH_CACHE") or default)
+
+
+# ---------------------------------------------------------------- a timed `dvc repro`
+
+# dvc's line as it starts a stage, and as it passes one by (unchanged, or restored from its run cache)
+STAGE_EVENT = re.compile(r"^(?:Running stage '(?P<ran>[^']+)'|Stage '(?P<passed>[^']+)' (?:didn't change|is cached))")
+
+
+@dataclass(frozen=True)
+class TimedRepro:
+    """One `dvc repro`: its wall time, each stage it ran timed, the stages it passed by, and every output line
+    (dvc's, the stages' stdout and stderr, in the order they came) with its second since the start."""
+
+    seconds: float
+    stage_seconds: dict[str, float]
+    passed: list[str]
+    lines: list[tuple[float, str]]
+
+    def lines_of(self, stage: str) -> list[tuple[float, str]]:
+        """The output lines of one stage it ran, from its 'Running stage' line to the next stage's."""
+        start = next(index for index, (_, line) in enumerate(self.lines)
+                     if (event := STAGE_EVENT.match(line)) and event["ran"] == stage)
+        end = next((index for index in range(start + 1, len(self.lines)) if STAGE_EVENT.match(self.lines[index][1])),
+                   len(self.lines))
+        return self.lines[start:end]
+
+
+def timed_repro(project: Path, env: dict[str, str], log: Path) -> TimedRepro:
+    """`dvc repro` in ``project``, its output read line by line as it comes (unbuffered, stderr merged), so each
+    stage's time runs from its 'Running stage' line to the next stage's line or dvc's exit (its lock-file update
+    and caching included). Every line goes to ``log`` with its second since the start; the stage lines are said
+    as they come, for a run of hours. AssertionError with the output's tail when dvc fails, as ``run``."""
+    start = time.perf_counter()
+    lines: list[tuple[float, str]] = []
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as written, subprocess.Popen(
+            ["dvc", "repro"], cwd=project, env={**env, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            moment, line = round(time.perf_counter() - start, 1), line.rstrip("\n")
+            lines.append((moment, line))
+            written.write(f"{moment:9.1f} {line}\n")
+            if STAGE_EVENT.match(line):
+                say(f"  {moment:9.1f} s  {line}")
+    seconds = round(time.perf_counter() - start, 1)
+    if process.returncode:
+        tail = "\n".join(line for _, line in lines[-80:])
+        raise AssertionError(f"dvc repro failed ({process.returncode}) in {project} (whole log: {log}):\n{tail}")
+    events = [(moment, STAGE_EVENT.match(line)) for moment, line in lines if STAGE_EVENT.match(line)]
+    ends = [moment for moment, _ in events[1:]] + [seconds]
+    stage_seconds = {event["ran"]: round(end - moment, 1) for (moment, event), end in zip(events, ends, strict=True)
+                     if event["ran"]}
+    return TimedRepro(seconds, stage_seconds, [event["passed"] for _, event in events if event["passed"]], lines)
 
 
 # ---------------------------------------------------------------- disk usage

@@ -42,12 +42,11 @@ from common import (
     ROOT,
     add_real_data_option,
     committed_project,
-    project_env,
     real_data_problem,
     run,
     say,
-    say_machine,
     stages_run,
+    start_work,
 )
 from project_copy import set_params
 from recipe.linear_probe import frozen_features, probe_probabilities
@@ -182,11 +181,7 @@ def main() -> int:
     if problem := real_data_problem(args.real, (HAM, WEIGHTS, *(file for _, file, _ in SOURCES))):
         say(problem)
         return 0
-    say_machine()
-    args.work.mkdir(parents=True, exist_ok=True)
-    env = project_env(args.work)
-    out = args.work / "results.json"
-    results: list[dict] = json.loads(out.read_text()) if out.exists() else []
+    env, out, results = start_work(args.work)
     done = {entry["name"] for entry in results}
     project = args.work / "project"
     params = recipe_params(args.real.resolve())
