@@ -371,7 +371,7 @@ def test_evaluate_fits_the_decisions_on_out_of_fold_scores_and_reports_each_fold
 
 def test_predict_export_and_grad_cam_take_the_ensemble_as_the_model(evaluated_folds, tiny_shards, tmp_path):
     """`skincancer predict` reproduces evaluate's test probabilities with the ensemble; its Grad-CAM is its
-    members' mean; the SavedModel's image and bytes signatures agree with predict (within 1e-5 and 0.02)."""
+    members' mean; the SavedModel's image and bytes signatures (within 1e-5 and 0.02) and TFLite (1e-4) agree."""
     from typer.testing import CliRunner
 
     from skincancer.cli import app
@@ -405,6 +405,18 @@ def test_predict_export_and_grad_cam_take_the_ensemble_as_the_model(evaluated_fo
                                ensemble.predict(images, verbose=0).reshape(-1), atol=1e-5)
     served = loaded.serve_bytes(tf.constant([path.read_bytes() for path in split_test])).numpy()
     assert np.abs(served - ours.set_index("path").loc[list(map(str, split_test)), "score"].to_numpy()).max() <= 0.02
+
+    flatbuffer = tmp_path / "model.tflite"
+    result = CliRunner().invoke(app, ["export", "--format", "tflite", "--model", str(models / "model.keras"),
+                                      "--output", str(flatbuffer)])
+    assert result.exit_code == 0, result.output
+    interpreter = tf.lite.Interpreter(model_path=str(flatbuffer))
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+    interpreter.invoke()
+    np.testing.assert_allclose(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).reshape(-1),
+                               ensemble.predict(images, verbose=0).reshape(-1), atol=1e-4)
 
 
 def test_evaluate_refuses_a_member_that_is_not_the_one_the_card_lists(evaluated_folds, fold_shards, tmp_path):

@@ -41,3 +41,15 @@ def test_calibration_rows_show_words_as_they_are_and_numbers_with_their_delta():
     assert "| calibration.method | none | platt | - |" in table
     assert "| calibration.slope | - | 0.9000 | - |" in table
     assert [c.delta for c in changes(new, new) if c.name.startswith("calibration")] == [None, 0.0]
+
+
+def test_a_cross_validated_run_shows_its_out_of_fold_section_and_each_fold_against_a_single_model():
+    """The PR report's table (and the pipeline's end-of-run diff) of a single-model base against a
+    cross-validated change: val's rows end, the oof rows, with each fold's AUC, are new."""
+    folded = {"threshold": 0.3, "oof": {"roc_auc": 0.91, "folds": {"fold0": {"roc_auc": 0.9}, "fold1": {"roc_auc": 0.92}},
+                                        "fold_roc_auc_mean": 0.91, "fold_roc_auc_sd": 0.014}, "test": {"roc_auc": 0.86}}
+    table = diff_markdown(OLD, folded)
+    for row in ("| oof.roc_auc | - | 0.9100 | - |", "| oof.folds.fold1.roc_auc | - | 0.9200 | - |",
+                "| oof.fold_roc_auc_sd | - | 0.0140 | - |", "| val.roc_auc | 0.9000 | - | - |",
+                "| test.roc_auc | 0.8000 | 0.8600 | +0.0600 |"):
+        assert row in table, row
