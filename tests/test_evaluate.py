@@ -35,9 +35,16 @@ def save_with_card(model: keras.Model, path, shards_dir, params: TrainParams) ->
 
 @pytest.fixture(scope="module")
 def model_path(tiny_shards, tmp_path_factory):
-    """An untrained small_cnn: scores vary from image to image, which is all evaluate needs."""
+    """An untrained small_cnn: scores vary from image to image, which is all evaluate needs. Built from its own
+    seed stream, so its weights (here: ranking val right, so Platt's slope is positive) never depend on what
+    the worker built before."""
+    from skincancer.train.hardware import seeded_construction
+
     path = tmp_path_factory.mktemp("model") / "model.keras"
-    save_with_card(build_classifier(TrainParams(seed=3), 32).model, path, tiny_shards, TrainParams(seed=3))
+    keras.utils.clear_session()
+    with seeded_construction(3):
+        model = build_classifier(TrainParams(seed=3), 32).model
+    save_with_card(model, path, tiny_shards, TrainParams(seed=3))
     return path
 
 
