@@ -40,14 +40,18 @@ def both_ways(base: pd.DataFrame, head: pd.DataFrame) -> dict:
 
 
 def val_side(work: Path) -> dict:
-    single, ensemble, metadata = (predictions(work, name) for name in ("single", "ensemble", "ensemble_metadata"))
+    """The comparisons the variants in `work` allow (ensemble_metadata's once it has run)."""
+    single, ensemble = predictions(work, "single"), predictions(work, "ensemble")
     val = held_out(single, "val")
-    return {
+    sides = {
         "folds_vs_single_on_single_val": both_ways(val, held_out(ensemble, "oof", val["image_id"])),
-        "metadata_vs_ensemble_on_oof": both_ways(held_out(ensemble, "oof"), held_out(metadata, "oof")),
         "test_ensemble_vs_single": both_ways(held_out(single, "test"), held_out(ensemble, "test")),
-        "test_metadata_vs_ensemble": both_ways(held_out(ensemble, "test"), held_out(metadata, "test")),
     }
+    if (work / "ensemble_metadata" / "reports").is_dir():
+        metadata = predictions(work, "ensemble_metadata")
+        sides["metadata_vs_ensemble_on_oof"] = both_ways(held_out(ensemble, "oof"), held_out(metadata, "oof"))
+        sides["test_metadata_vs_ensemble"] = both_ways(held_out(ensemble, "test"), held_out(metadata, "test"))
+    return sides
 
 
 def cell(scores: dict) -> str:
