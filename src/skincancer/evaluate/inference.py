@@ -19,14 +19,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import skincancer.train.models  # noqa: F401  (registers the custom layers a saved model names)
 from skincancer.core.preparation import Preparation
 from skincancer.shard.prepare import EncodeJob, encode_file
 from skincancer.train.augment import lose_resolution
+from skincancer.train.models import CONTEXT_INPUT, on_image  # also registers the saved models' layers
 
 View = Callable[[tf.Tensor], tf.Tensor]
 Inputs = tf.Tensor | Mapping[str, tf.Tensor]  # uint8 images, or {"image": images, "context": vectors}
-IMAGE_INPUT, CONTEXT_INPUT = "image", "context"
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 
 
@@ -65,31 +64,19 @@ def views(tta: int = 1, scales: Sequence[float] = (1.0,)) -> list[View]:
     return [lambda x, view=view, scale=scale: at_scale(view(x), scale) for view in DIHEDRAL[:tta] for scale in scales]
 
 
-def _on_inputs(view: View) -> Callable[[Inputs], Inputs]:
-    """The view applied to a model's inputs: it moves the pixels; an image's patient context is the same in
-    every view."""
-
-    def viewed(inputs: Inputs) -> Inputs:
-        if isinstance(inputs, Mapping):
-            return {**inputs, IMAGE_INPUT: view(inputs[IMAGE_INPUT])}
-        return view(inputs)
-
-    return viewed
-
-
 def predict_images(
     model: keras.Model, images: tf.data.Dataset, tta: int = 1, scales: Sequence[float] = (1.0,)
 ) -> np.ndarray:
     """The model's score for batches of uint8 images (or of {"image", "context"} for a context model), averaged
     over `views`: a model that sees each image also at half its detail answers alike for a half-size copy."""
-    scores = [model.predict(images.map(_on_inputs(view)), verbose=0).reshape(-1) for view in views(tta, scales)]
+    scores = [model.predict(images.map(lambda inputs, view=view: on_image(inputs, view)), verbose=0).reshape(-1) for view in views(tta, scales)]
     return np.mean(scores, axis=0, dtype=np.float64)
 
 
 def score_in_graph(model: keras.Model, images: Inputs, tta: int = 1, scales: Sequence[float] = (1.0,)) -> tf.Tensor:
     """predict_images as one TensorFlow function of a uint8 batch (or {"image", "context"}; the exports'
     signatures): (batch,) scores."""
-    scores = [tf.reshape(tf.cast(model(_on_inputs(view)(images), training=False), tf.float32), [-1])
+    scores = [tf.reshape(tf.cast(model(on_image(images, view), training=False), tf.float32), [-1])
               for view in views(tta, scales)]
     return tf.add_n(scores) / len(scores)
 

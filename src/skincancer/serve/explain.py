@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from skincancer.evaluate.figures import plt, png_bytes
-from skincancer.evaluate.inference import CONTEXT_INPUT, IMAGE_INPUT
 from skincancer.train.ensemble import MEAN_LAYER
+from skincancer.train.models import CONTEXT_INPUT, IMAGE_INPUT
 
 
 def ensemble_members(model: keras.Model) -> list[keras.Model]:

@@ -26,9 +26,10 @@ import tensorflow as tf
 
 from skincancer.core.atomic import atomic_dir, atomic_path, atomic_write_bytes
 from skincancer.core.model_card import ModelCard
-from skincancer.evaluate.inference import CONTEXT_INPUT, IMAGE_INPUT, score_in_graph
+from skincancer.evaluate.inference import score_in_graph
 from skincancer.serve.context import check_context
 from skincancer.serve.serving_graph import ContextEncoder, prepare_bytes
+from skincancer.train.models import CONTEXT_INPUT, IMAGE_INPUT
 
 ToVector = Callable[[Sequence[tf.Tensor]], tf.Tensor]
 

@@ -23,9 +23,10 @@ from tqdm import tqdm
 from skincancer.core.atomic import atomic_write_text
 from skincancer.core.labels import CLASS_NAMES
 from skincancer.core.model_card import ModelCard
-from skincancer.evaluate.inference import CONTEXT_INPUT, IMAGE_INPUT, Prepared, decode, predict_images, prepare
+from skincancer.evaluate.inference import Prepared, decode, predict_images, prepare
 from skincancer.evaluate.metrics import DECIMALS
 from skincancer.serve.context import ContextError, ImageContext, check_context, image_context
+from skincancer.train.models import CONTEXT_INPUT, IMAGE_INPUT
 
 log = logging.getLogger(__name__)
 

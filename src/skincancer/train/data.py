@@ -17,7 +17,7 @@ from skincancer.core.patient_context import encode_context
 from skincancer.shard.tfrecords import FEATURE_SPEC, IMAGE_TABLE, SPEC_VERSION, parse_example
 from skincancer.train.augment import augmenter
 from skincancer.train.diagnosis_classes import DiagnosisClasses
-from skincancer.train.models import CONTEXT_INPUT, IMAGE_INPUT
+from skincancer.train.models import CONTEXT_INPUT, IMAGE_INPUT, on_image
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -146,13 +146,6 @@ def context_lookup(shards_dir: Path, parts: Parts, fields: Sequence[str]) -> Con
     return context
 
 
-def _on_image(inputs: Inputs, change: Callable[[tf.Tensor], tf.Tensor]) -> Inputs:
-    """`change` applied to the pixels; the patient context is the image's whatever is done to them."""
-    if isinstance(inputs, dict):
-        return {**inputs, IMAGE_INPUT: change(inputs[IMAGE_INPUT])}
-    return change(inputs)
-
-
 def _image_and_label(image_size: int, target: Target = binary_target, context: Context | None = None):
     """A serialized record -> (the model's inputs, its target)."""
 
@@ -228,7 +221,7 @@ def training_dataset(
 
 def _augmented(example: tuple[Inputs, tf.Tensor], image_seed: tf.Tensor, augment_image) -> tuple[Inputs, tf.Tensor]:
     inputs, label = example
-    return _on_image(inputs, lambda image: augment_image(image, image_seed)), label
+    return on_image(inputs, lambda image: augment_image(image, image_seed)), label
 
 
 def feature_dataset(

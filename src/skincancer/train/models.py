@@ -3,7 +3,7 @@ features), P(malignant) out; backbone chosen from the registry."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import keras
@@ -17,6 +17,14 @@ from skincancer.train.weights import WeightsError, imagenet_backbone, load_weigh
 
 # the model's named inputs: uint8 pixels, and (train.metadata) the patient context vector beside them
 IMAGE_INPUT, CONTEXT_INPUT = "image", "context"
+
+
+def on_image(inputs, change):
+    """`change` applied to a model's pixels, whether it takes images alone or {"image", "context"}: the patient
+    context is the image's whatever is done to the pixels (augmentation, test-time views)."""
+    if isinstance(inputs, Mapping):
+        return {**inputs, IMAGE_INPUT: change(inputs[IMAGE_INPUT])}
+    return change(inputs)
 WITH_CONTEXT = "with_context"  # the layer joining the image features and the context before the output layer
 
 
