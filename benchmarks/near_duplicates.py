@@ -13,10 +13,11 @@ near_dup_false_links     images linked to a different lesion (unique bytes; HAM1
                          one lesion; UDA-1 images are distinct lesions), as a fraction of images, less the pairs in
                          SAME_LESION_BY_EYE (``by_metadata`` counts them too). Target <= 0.001.
 near_dup_index_<size>    a measurement (the hash's cost, no verdict): images/s of read + sha256 + perceptual hash
-                         (layouts._hashes), with the rate of read + sha256 alone (the same function with the hash
-                         stubbed out: less work, so no baseline) in the detail, same threads, best of the same
-                         passes; 180 px (9-class), full-size (UDA-1), and 1024x768 and 6000x4000 made by resizing
-                         real UDA-1 images. benchmarks/scale.py measures the whole fetch stage at 33k images.
+                         + header size (layouts._hashes_and_sizes), with the rate without the perceptual hash
+                         (the same function with it stubbed out: less work, so no baseline) in the detail, same
+                         threads, best of the same passes; 180 px (9-class), full-size (UDA-1), and 1024x768 and
+                         6000x4000 made by resizing real UDA-1 images. benchmarks/scale.py measures the whole
+                         fetch stage at 33k images.
 near_dup_pairs_33k       seconds of near_duplicate_pairs on 33,000 random hashes (2 threads). Target <= 5 s.
 """
 
@@ -215,17 +216,17 @@ def synthetic(rows: list[dict], size: tuple[int, int], n: int) -> list[bytes]:
 
 
 def index_rates(raw: Path, uris: list[str], passes: int) -> tuple[float, float]:
-    """(ours, baseline) images/s of layouts._hashes on these uris, with and without the perceptual hash."""
+    """(ours, baseline) images/s of layouts._hashes_and_sizes on these uris, with and without the perceptual hash."""
     import pandas as pd
 
     from skincancer.ingest import layouts
 
     series = pd.Series(uris)
-    ours = best_of(passes, lambda: layouts._hashes(raw, series, {}))  # nothing hashed before: the first fetch
+    ours = best_of(passes, lambda: layouts._hashes_and_sizes(raw, series, {}))  # nothing hashed before: the first fetch
     real_hash = layouts.image_hash
     layouts.image_hash = lambda data: None
     try:
-        baseline = best_of(passes, lambda: layouts._hashes(raw, series, {}))
+        baseline = best_of(passes, lambda: layouts._hashes_and_sizes(raw, series, {}))
     finally:
         layouts.image_hash = real_hash
     return len(uris) / ours, len(uris) / baseline

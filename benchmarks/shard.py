@@ -50,7 +50,7 @@ from common import (
     timed,
 )
 
-CORPUS_VERSION = 2  # bump when the generated corpus changes, so cached copies are not reused
+CORPUS_VERSION = 3  # bump when the generated corpus changes, so cached copies are not reused (3: width, height)
 SMALL, LARGE = (1024, 768), (6000, 4000)
 LARGE_SHARE = 0.2
 SPLIT_SHARES = (("train", 0.8), ("val", 0.1), ("test", 0.1))
@@ -121,7 +121,8 @@ def shard_corpus(n: int, seed: int = 0) -> Path:
         (folder / path).write_bytes(_picture(rng, size, noise))
         rows.append({"image_id": image_id, "source": "bench", "diagnosis": "melanoma" if label else "nevus",
                      "patient_id": f"IP_{index // 3:07d}", "group": f"IP_{index // 3:07d}", "sex": "female", "age_approx": 50.0,
-                     "anatom_site": "torso", "split": split, "label": label, "path": path})
+                     "anatom_site": "torso", "width": size[0], "height": size[1], "split": split, "label": label,
+                     "path": path})
     pd.DataFrame(rows).to_parquet(folder / "manifest.parquet")
     done.write_text(f"{n} images, seed {seed}\n")
     return folder

@@ -16,18 +16,21 @@ HAM10000_DIAGNOSES = {
 }
 
 
-def _rows(image_ids: list[str], source: str, **columns: object) -> pd.DataFrame:
-    """Index rows in INDEX_COLUMNS order; absent columns unknown, sha256 distinct per source and id."""
+def _rows(image_ids: list[str], source: str, size: tuple[int, int], **columns: object) -> pd.DataFrame:
+    """Index rows in INDEX_COLUMNS order, every image of the release's stored ``size`` (width, height); absent
+    columns unknown, sha256 distinct per source and id."""
     n = len(image_ids)
     frame = pd.DataFrame({"image_id": image_ids, "source": source})
     frame["uri"] = source + "/images.zip!" + frame["image_id"] + ".jpg"
     for name, value in columns.items():
         frame[name] = value
     frame["sha256"] = [hashlib.sha256(f"{source}/{i}".encode()).hexdigest() for i in image_ids]
+    frame["width"], frame["height"] = size
     for name in INDEX_COLUMNS:
         if name not in frame:
             frame[name] = pd.Series([None] * n, dtype="float64" if name == "age_approx" else "string")
-    return frame[[c for c in INDEX_COLUMNS if c in frame]].astype({c: "string" for c in ("patient_id", "lesion_id")})
+    dtypes = {"patient_id": "string", "lesion_id": "string", "width": "Int64", "height": "Int64"}
+    return frame[[c for c in INDEX_COLUMNS if c in frame]].astype(dtypes)
 
 
 def ham10000_shaped(seed: int = 0, first_id: int = 24306) -> pd.DataFrame:
@@ -42,6 +45,7 @@ def ham10000_shaped(seed: int = 0, first_id: int = 24306) -> pd.DataFrame:
     return _rows(
         [f"ISIC_{first_id + i:07d}" for i in order],
         "isic2018",
+        (600, 450),
         diagnosis=lesion_diagnosis[lesion_of_image],
         lesion_id=[f"HAM_{lesion:07d}" for lesion in lesion_of_image],
     )
@@ -60,6 +64,7 @@ def isic2020_shaped(n_patients: int = 2056, seed: int = 0, first_id: int = 20000
     return _rows(
         [f"ISIC_{first_id + i:07d}" for i in rng.permutation(len(patient))],
         "isic2020",
+        (6000, 4000),
         diagnosis=diagnosis,
         benign_malignant=np.where(diagnosis == "melanoma", "malignant", "benign"),
         patient_id=[f"IP_{p:07d}" for p in patient],
@@ -70,4 +75,4 @@ def isic2020_shaped(n_patients: int = 2056, seed: int = 0, first_id: int = 20000
 def class_folder_copy(of: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
     """A Kaggle-style class-folder copy: the same images re-encoded under their ids, no patient or lesion."""
     picked = of.sample(n, random_state=seed)
-    return _rows(picked["image_id"].tolist(), "isic-9class", diagnosis=picked["diagnosis"].to_numpy())
+    return _rows(picked["image_id"].tolist(), "isic-9class", (180, 180), diagnosis=picked["diagnosis"].to_numpy())

@@ -1,3 +1,4 @@
+import io
 import logging
 import re
 import shutil
@@ -7,6 +8,7 @@ from pathlib import Path
 import layout_fixtures as lf
 import pandas as pd
 import pytest
+from PIL import Image
 
 from skincancer.core.labels import canonical_diagnosis
 from skincancer.ingest.archives import UnsafeArchive, member_uri, read_uris, sha256_hex
@@ -60,12 +62,13 @@ def test_index_schema_and_order(raw_root, layout):
     index = read(layout, raw_root)
     assert tuple(index.columns) == INDEX_COLUMNS
     assert index["age_approx"].dtype == "float64"
-    for column in set(INDEX_COLUMNS) - {"age_approx"}:
+    assert (index["width"].dtype, index["height"].dtype) == (pd.Int64Dtype(), pd.Int64Dtype())
+    for column in set(INDEX_COLUMNS) - {"age_approx", "width", "height"}:
         assert isinstance(index[column].dtype, pd.StringDtype), column
     assert index["image_id"].is_unique and list(index["image_id"]) == sorted(index["image_id"])
     assert (index["source"] == "sample").all()
     assert index["uri"].str.startswith(f"sample/{layout}/").all()
-    assert index[["image_id", "uri", "diagnosis", "sha256", "image_hash"]].notna().all().all()
+    assert index[["image_id", "uri", "diagnosis", "sha256", "image_hash", "width", "height"]].notna().all().all()
 
 
 @pytest.mark.parametrize("layout", ["isic2017-udacity", "isic2020"])
@@ -328,6 +331,27 @@ def test_class_folders_found_at_any_depth(tmp_path, as_zip):
     uri = member_uri("nine/archive.zip", member) if as_zip else f"nine/downloads/{member}"
     assert uri in set(index["uri"])
     assert hashes_are_the_images(index)
+
+
+def _image(kind: str, size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (120, 80, 60)).save(buffer, kind)
+    return buffer.getvalue()
+
+
+def test_each_image_is_indexed_with_the_size_its_file_stores_on_every_read(tmp_path):
+    """Width and height come from the header, whatever the format; bytes that are no image have none, and a
+    reread that decodes nothing (every hash known) still records every size."""
+    members = {"Train/nevus/ISIC_1.jpg": _image("JPEG", (600, 450)), "Train/nevus/ISIC_2.png": _image("PNG", (96, 180)),
+               "Test/melanoma/ISIC_3.jpg": b"definitely not a jpeg"}
+    lf.write_zip(tmp_path / "nine" / "archive.zip", members)
+    index = read("class-folders", tmp_path, tmp_path / "nine")
+    sizes = {row.image_id: (row.width, row.height) for row in index.itertuples()}
+    assert sizes == {"ISIC_1": (600, 450), "ISIC_2": (96, 180), "ISIC_3": (pd.NA, pd.NA)}
+    assert (index["width"].dtype, index["height"].dtype) == (pd.Int64Dtype(), pd.Int64Dtype())
+    hashed = dict(zip(index["sha256"], index["image_hash"].fillna("0" * 64), strict=True))
+    again = read_layout("class-folders", tmp_path / "nine", source="sample", raw_root=tmp_path, known_hashes=hashed)
+    pd.testing.assert_frame_equal(again[["width", "height"]], index[["width", "height"]])
 
 
 def test_class_folders_without_split_folders_is_an_error(tmp_path):

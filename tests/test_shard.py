@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import random
+import re
 import sys
 import threading
 import time
@@ -35,7 +36,7 @@ def _jpeg(rng: random.Random) -> bytes:
     return buffer.getvalue()
 
 
-def _row(number: int, split: str, label: int) -> dict[str, object]:
+def _row(number: int, split: str, label: int, size: tuple[int, int]) -> dict[str, object]:
     known = number % 3 != 0
     return {
         "image_id": f"ISIC_{number:07d}",
@@ -49,6 +50,8 @@ def _row(number: int, split: str, label: int) -> dict[str, object]:
         "age_approx": float(20 + number) if known else math.nan,
         "anatom_site": "torso" if known else None,
         "sha256": f"{number:064x}",
+        "width": size[0],  # the original's, as fetch read it from the header
+        "height": size[1],
         "split": split,
         "label": label,
         "path": f"{split}/{'malignant' if label else 'benign'}/ISIC_{number:07d}.jpg",
@@ -65,13 +68,15 @@ def split_root(tmp_path: Path) -> Path:
     for split, (benign, malignant) in COUNTS.items():
         for label, count in ((0, benign), (1, malignant)):
             for _ in range(count):
-                row = _row(len(rows), split, label)
+                data = _jpeg(rng)
+                row = _row(len(rows), split, label, Image.open(io.BytesIO(data)).size)
                 (root / str(row["path"])).parent.mkdir(parents=True, exist_ok=True)
-                (root / str(row["path"])).write_bytes(_jpeg(rng))
+                (root / str(row["path"])).write_bytes(data)
                 rows.append(row)
     frame = pd.DataFrame(rows).astype({"age_approx": "float64", "label": "int64"})
     for name in ("patient_id", "lesion_id", "sex", "anatom_site", "benign_malignant", "group"):
         frame[name] = frame[name].astype("string")
+    frame[["width", "height"]] = frame[["width", "height"]].astype("Int64")  # as fetch indexes them
     frame.to_parquet(root / "manifest.parquet")
     return root
 
@@ -157,6 +162,45 @@ def test_a_manifest_without_groups_is_refused_naming_the_column_and_the_stage_to
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['group'\].*dvc repro split"):
         write_shards(manifest, split_root, tmp_path / "shards", _params())
     assert not (tmp_path / "shards").exists()
+
+
+def test_a_manifest_without_image_sizes_is_refused_naming_it_and_saying_to_rerun_fetch(
+    split_root: Path, tmp_path: Path
+) -> None:
+    """Split from an index older than the originals' sizes: a new split alone would not help, a new fetch does."""
+    manifest = _manifest(split_root).drop(columns=["width", "height"])
+    message = re.escape(f"{split_root / 'manifest.parquet'} lacks column(s) ['width', 'height']") + ".*dvc repro fetch"
+    with pytest.raises(ValueError, match=message):
+        write_shards(manifest, split_root, tmp_path / "shards", _params())
+    assert not (tmp_path / "shards").exists()
+
+
+def test_the_image_table_gives_each_original_its_size_and_band(split_root: Path, tmp_path: Path) -> None:
+    """The band goes by the original's longer side, a side at a band's minimum in it; no size is `unknown`."""
+    manifest = _manifest(split_root)
+    manifest.loc[5, ["width", "height"]] = pd.NA  # an image fetch could not read the header of
+    edge = int(manifest[["width", "height"]].max(axis=1).dropna().sort_values().iloc[len(manifest) // 2])
+    write_shards(manifest, split_root, tmp_path / "shards", _params(bands={"thumbnail": 0, "larger": edge}))
+    table = pd.read_parquet(tmp_path / "shards" / tfrecords.IMAGE_TABLE)
+    assert (table["width"].dtype, table["height"].dtype, table["band"].dtype) == (
+        pd.Int64Dtype(), pd.Int64Dtype(), pd.StringDtype())
+    by_id = manifest.set_index("image_id").loc[table["image_id"]].reset_index()
+    pd.testing.assert_frame_equal(table[["width", "height"]], by_id[["width", "height"]])
+    longer = by_id[["width", "height"]].max(axis=1, skipna=False)
+    expected = ["unknown" if pd.isna(side) else "larger" if side >= edge else "thumbnail" for side in longer]
+    assert table["band"].tolist() == expected
+    assert set(expected) == {"thumbnail", "larger", "unknown"} and edge in set(longer)  # one image at the edge
+
+
+def test_the_bands_change_the_image_table_and_not_a_byte_of_the_records(split_root: Path, tmp_path: Path) -> None:
+    manifest = _manifest(split_root)
+    for name, bands in (("default", {"small": 0, "full_size": 512}), ("split_at_50", {"small": 0, "large": 50})):
+        write_shards(manifest, split_root, tmp_path / name, _params(bands=bands))
+    records = {name: {file: digest for file, digest in _hashes(tmp_path / name).items() if file.endswith(".tfrecord")}
+               for name in ("default", "split_at_50")}
+    assert records["default"] == records["split_at_50"] and len(records["default"]) == len(COUNTS)
+    bands = {name: set(pd.read_parquet(tmp_path / name / tfrecords.IMAGE_TABLE)["band"]) for name in records}
+    assert bands == {"default": {"small"}, "split_at_50": {"small", "large"}}
 
 
 def test_the_image_table_lists_every_record_in_shard_order_with_its_facts(split_root: Path, tmp_path: Path) -> None:

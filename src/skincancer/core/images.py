@@ -72,6 +72,17 @@ def resize_jpeg(
     return Resized(buffer.getvalue(), out.height, out.width)
 
 
+def stored_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as the file's header states it, before any EXIF turn, without decoding a pixel; None
+    when the bytes are not a readable image. Never raises: fetch records every file it indexes, and the
+    shard stage is where bad images are reported."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - Pillow raises many types on malformed headers; all mean "no size"
+        return None
+
+
 def _decode(data: bytes, size: int, resize: ResizeMode, name: str, max_pixels: int) -> Image.Image:
     """Fully decode (so truncation surfaces here, not later) at the smallest DCT scale that suffices."""
     if not data:

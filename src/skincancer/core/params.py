@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -124,8 +125,8 @@ class MetadataParams(_Section):
         return Path(urlsplit(self.url).path).name
 
 
-def _used_twice(names: list[str]) -> list[str]:
-    return sorted({name for name in names if names.count(name) > 1})
+def _used_twice(values: list[Any]) -> list[Any]:
+    return sorted({value for value in values if values.count(value) > 1})
 
 
 class FetchParams(_Section):
@@ -216,6 +217,32 @@ class SplitParams(_Section):
         return value
 
 
+# Resolution bands (skincancer.core.bands) by the original's longer side: the resized copies (the Kaggle 9-class
+# folders are 180 px) vs the archive originals (HAM10000's 600x450 and up).
+DEFAULT_BANDS = {"small": 0, "full_size": 512}
+UNKNOWN_BAND = "unknown"  # the band of an image whose size fetch could not read
+_BAND_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _band_problem(bands: Mapping[str, int]) -> str | None:
+    """What makes ``bands`` unable to name one band for every image with a size, if anything."""
+    minimums = list(bands.values())
+    if not bands:
+        return "no band; name at least one, e.g. {small: 0, full_size: 512}"
+    if bad := sorted(name for name in bands if not _BAND_NAME.fullmatch(name)):
+        return f"band name(s) {bad} are not lower-case words ({_BAND_NAME.pattern}); rename them, e.g. full_size"
+    if UNKNOWN_BAND in bands:
+        return f"{UNKNOWN_BAND!r} is the band of images without a recorded size; name this band otherwise"
+    if negative := sorted(name for name, minimum in bands.items() if minimum < 0):
+        return f"band(s) {negative} start below 0 px; a minimum is a longer side in pixels, 0 or more"
+    if 0 not in minimums:
+        return (f"no band starts at 0 (minimums {sorted(minimums)}): an image under {min(minimums)} px would have "
+                "none; set the smallest minimum to 0")
+    if twice := _used_twice(minimums):
+        return f"several bands start at {twice} px; give each band its own minimum"
+    return None
+
+
 class ShardParams(_Section):
     image_size: Int = Field(96, ge=16, le=1024, description="'auto' in params.yaml: the train backbone's own size")
     resize: ResizeMode = "crop"
@@ -231,7 +258,18 @@ class ShardParams(_Section):
     max_pixels: Int = Field(
         PILLOW_MAX_PIXELS, ge=1, le=PILLOW_MAX_PIXELS, description="larger images are skipped undecoded (bombs)"
     )
+    bands: dict[str, Int] = Field(
+        default_factory=lambda: dict(DEFAULT_BANDS),
+        description="resolution band -> the smallest longer side (px) of an original in it; labels the image table",
+    )
     seed: Int = 0
+
+    @field_validator("bands")
+    @classmethod
+    def _bands_name_every_size(cls, bands: dict[str, int]) -> dict[str, int]:
+        if problem := _band_problem(bands):
+            raise ValueError(problem)
+        return bands
 
     def preparation(self) -> Preparation:
         """How the shard stage prepares each image, the value the shards' manifest and the model card record."""
@@ -273,6 +311,9 @@ class TrainParams(_Section):
         default_factory=list, description="patient context fed beside the image features: any of age, sex, site"
     )
     imbalance: Literal["class_weight", "oversample", "none"] = "class_weight"
+    balance: Literal["none", "band", "source"] = Field(
+        "none", description="draw each resolution band (or source) equally often: a rare kind of image is seen as often"
+    )
     early_stopping_patience: Int = Field(8, ge=1)
     reduce_lr_patience: Int = Field(3, ge=1, description="epochs without val AUC gain before halving the rate")
     cache_features: bool = Field(
@@ -329,6 +370,21 @@ class ThresholdParams(_Section):
     policy: Literal["sensitivity", "youden", "fixed"] = "sensitivity"
     target: Float = Field(0.9, gt=0, le=1, description="sensitivity to reach on val (policy: sensitivity)")
     value: Float = Field(0.5, ge=0, le=1, description="the threshold (policy: fixed)")
+    holds_on: Literal["pooled", "band", "source"] = Field(
+        "pooled", description="reach the target on val pooled, or also on each resolution band or source of it"
+    )
+    min_malignant: Int = Field(
+        10, ge=1, description="holds_on: a band or source needs this many malignant val images to carry the promise"
+    )
+
+    @model_validator(mode="after")
+    def _holds_a_sensitivity(self) -> ThresholdParams:
+        """Only a sensitivity target can be held per group: youden and fixed promise none."""
+        if self.holds_on != "pooled" and self.policy != "sensitivity":
+            raise ValueError(f"evaluate.threshold.holds_on {self.holds_on} holds a sensitivity target on each "
+                             f"{self.holds_on}, but policy {self.policy} sets none; use policy: sensitivity, or "
+                             "holds_on: pooled")
+        return self
 
 
 class CalibrationParams(_Section):

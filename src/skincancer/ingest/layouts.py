@@ -2,7 +2,7 @@
 
 Each reader turns one folder of a source's files into rows whose ``uri`` is relative to that folder;
 ``read_layout`` makes the uris relative to the raw root, hashes the image bytes (sha256 and a perceptual
-hash) and fixes the schema.
+hash), reads each image's stored size from its header and fixes the schema.
 Every published table is checked against the columns its layout promises, so a changed file fails
 naming what it expected instead of mislabelling images.
 """
@@ -21,6 +21,7 @@ from typing import Protocol
 
 import pandas as pd
 
+from skincancer.core.images import stored_size
 from skincancer.core.labels import canonical_diagnosis, lookup_diagnosis
 from skincancer.ingest.archives import URI_SEPARATOR, member_uri, read_uris, safe_members, sha256_hex
 from skincancer.ingest.near_duplicates import image_hash
@@ -40,8 +41,12 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "anatom_site",
     "sha256",
     "image_hash",
+    "width",
+    "height",
 )
 STRING = pd.StringDtype()
+# Index columns that are not nullable strings: age with NaN unknown, the stored pixel size with <NA> unreadable.
+_DTYPES = {"age_approx": "float64", "width": "Int64", "height": "Int64"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Companion files published next to images that are not dermoscopy images (ISIC 2017 superpixel maps).
 COMPANION_STEMS = ("_superpixels",)
@@ -615,30 +620,37 @@ LAYOUT_READERS: dict[str, Reader] = {
 
 
 def _conform(rows: pd.DataFrame) -> pd.DataFrame:
-    """Exactly INDEX_COLUMNS in order: strings as nullable strings, age as float64 with NaN unknown."""
+    """Exactly INDEX_COLUMNS in order: strings as nullable strings, age as float64 with NaN unknown, the
+    size as nullable Int64."""
     out = pd.DataFrame(index=rows.index)
     for column in INDEX_COLUMNS:
-        dtype = "float64" if column == "age_approx" else STRING
+        dtype = _DTYPES.get(column, STRING)
         out[column] = rows[column].astype(dtype) if column in rows else pd.Series(index=rows.index, dtype=dtype)
     return out.sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
-def _hashes(raw_root: Path, uris: pd.Series, known_hashes: Mapping[str, str]) -> pd.DataFrame:
-    """sha256 and perceptual hash (``near_duplicates.image_hash``) of each image's bytes, in one read of
-    the uris in sorted order so each zip is opened once; a batch at a time is hashed on threads. Decoding
-    for the perceptual hash is most of indexing's work, so bytes hashed before (``known_hashes``: sha256 ->
-    image_hash) are not decoded again."""
+_Facts = tuple[str, str | None, int | None, int | None]
+_FACT_COLUMNS = ("sha256", "image_hash", "width", "height")  # what indexing reads from each image's bytes
 
-    def digests(data: bytes) -> tuple[str, str | None]:
+
+def _hashes_and_sizes(raw_root: Path, uris: pd.Series, known_hashes: Mapping[str, str]) -> pd.DataFrame:
+    """sha256, perceptual hash (``near_duplicates.image_hash``) and stored width and height (the header's,
+    ``images.stored_size``; <NA> when unreadable) of each image's bytes, in one read of the uris in sorted
+    order so each zip is opened once; a batch at a time is hashed on threads. Decoding for the perceptual
+    hash is most of indexing's work, so bytes hashed before (``known_hashes``: sha256 -> image_hash) are not
+    decoded again; the size costs a header read, so every image's is read on every fetch."""
+
+    def facts(data: bytes) -> _Facts:
         digest = sha256_hex(data)
-        return digest, known_hashes[digest] if digest in known_hashes else image_hash(data)
+        width, height = stored_size(data) or (None, None)
+        return digest, known_hashes[digest] if digest in known_hashes else image_hash(data), width, height
 
-    found: dict[str, tuple[str, str | None]] = {}
+    found: dict[str, _Facts] = {}
     members = read_uris(raw_root, sorted(uris))
     with ThreadPoolExecutor(_HASH_WORKERS) as pool:
         while batch := list(itertools.islice(members, _HASH_BATCH)):
-            found.update(zip((uri for uri, _ in batch), pool.map(digests, (data for _, data in batch)), strict=True))
-    return pd.DataFrame([found[uri] for uri in uris], columns=["sha256", "image_hash"], index=uris.index)
+            found.update(zip((uri for uri, _ in batch), pool.map(facts, (data for _, data in batch)), strict=True))
+    return pd.DataFrame([found[uri] for uri in uris], columns=list(_FACT_COLUMNS), index=uris.index)
 
 
 def read_layout(
@@ -663,5 +675,5 @@ def read_layout(
     if rows.empty:
         raise LayoutError(f"{root}: no images found for layout {layout!r}")
     rows = rows.assign(source=source, uri=[f"{prefix}/{uri}" if prefix != "." else uri for uri in rows["uri"]])
-    rows[["sha256", "image_hash"]] = _hashes(raw_root, rows["uri"], known_hashes or {})
+    rows[list(_FACT_COLUMNS)] = _hashes_and_sizes(raw_root, rows["uri"], known_hashes or {})
     return _conform(rows)

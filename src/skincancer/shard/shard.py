@@ -16,7 +16,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from skincancer.core.atomic import atomic_dir
 from skincancer.core.images import Resized
 from skincancer.core.labels import CLASS_NAMES
-from skincancer.core.paths import SPLITS, parts_named
+from skincancer.core.paths import SPLIT_MANIFEST, SPLITS, parts_named
 from skincancer.shard.prepare import Encoded, EncodeJob, encode_file
 
 if TYPE_CHECKING:
@@ -37,10 +37,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _REQUIRED = (
-    "image_id", "source", "diagnosis", "patient_id", "sex", "age_approx", "anatom_site", "split", "label", "group",
-    "path",
+    "image_id", "source", "diagnosis", "patient_id", "sex", "age_approx", "anatom_site", "width", "height", "split",
+    "label", "group", "path",
 )
 _RUN_SPLIT = "run the split stage first (`dvc repro split`)"
+_SIZES = ("width", "height")  # the original's, which the index has recorded since issue 31
+_RERUN_FETCH = ("the index it was split from predates the originals' sizes: rerun `dvc repro fetch` (it records "
+                "them), then `dvc repro split`")
 
 
 # A few chunks per worker balance the load (20% of ISIC images are 20x larger than the rest); the cap keeps
@@ -100,7 +103,7 @@ def write_shards(
         _check_skipped(skipped, len(jobs), params.max_skipped_fraction)
         document = _document(params, tfrecords.SPEC_VERSION, shards, skipped, tuple(plan))
         (tmp / "manifest.json").write_text(json.dumps(document, sort_keys=True, indent=2) + "\n")
-        write_image_table(facts, tmp / tfrecords.IMAGE_TABLE)
+        write_image_table(facts, tmp / tfrecords.IMAGE_TABLE, params.bands)
     _log_written(shards, len(jobs) - len(skipped), len(skipped), time.perf_counter() - started)
     return document
 
@@ -190,7 +193,9 @@ def _check_inputs(manifest: pd.DataFrame, split_root: Path) -> None:
         raise FileNotFoundError(f"{split_root}: split images not found; {_RUN_SPLIT}")
     missing_columns = [name for name in _REQUIRED if name not in manifest.columns]
     if missing_columns:
-        raise ValueError(f"split manifest lacks column(s) {missing_columns}; {_RUN_SPLIT}")
+        rerun = _RERUN_FETCH if set(missing_columns) & set(_SIZES) else _RUN_SPLIT
+        where = split_root / SPLIT_MANIFEST.name
+        raise ValueError(f"split manifest {where} lacks column(s) {missing_columns}; {rerun}")
     found = set(manifest["split"].astype(str))
     unknown = sorted(found - set(parts_named(found)))
     if unknown:
@@ -210,13 +215,15 @@ def _job(split_root: Path, row: dict[str, Any], preparation: Preparation) -> Enc
 
 
 def _image_facts(row: dict[str, Any], split: str) -> dict[str, Any]:
-    """A split manifest row as its record and its image-table row both state it (IMAGE_COLUMNS but `shard`,
-    known once the split's shards are named): one conversion, so the two never disagree."""
+    """A split manifest row as its record and its image-table row both state it (IMAGE_COLUMNS but `band`, the
+    table's, and `shard`, known once the split's shards are named): one conversion, so the two never disagree.
+    The original's width and height are the table's alone: the record holds the prepared image's."""
     return {
         "image_id": str(row["image_id"]), "split": split, "label": int(row["label"]),
         "diagnosis": _text(row["diagnosis"]) or "", "source": _text(row["source"]) or "",
         "group": str(row["group"]), "patient_id": _text(row["patient_id"]),
         "sex": _text(row["sex"]), "age_approx": _number(row["age_approx"]), "anatom_site": _text(row["anatom_site"]),
+        "width": _whole(row["width"]), "height": _whole(row["height"]),
     }
 
 
@@ -229,15 +236,19 @@ def _serialize(tfrecords: ModuleType, facts: dict[str, Any], image: Resized) -> 
     )
 
 
-def write_image_table(facts: list[dict[str, Any]], path: Path) -> None:
+def write_image_table(facts: list[dict[str, Any]], path: Path, bands: Mapping[str, int]) -> None:
     """The per-image table beside the shards, one row per record in the shards' own order, so readers learn
-    labels, groups and ids without decoding a single record."""
+    labels, groups, ids and each original's size and resolution band (``shard.bands``) without decoding a
+    single record."""
     import pandas as pd
 
+    from skincancer.core.bands import band_names
     from skincancer.shard.tfrecords import IMAGE_COLUMNS
 
     table = pd.DataFrame(facts, columns=list(IMAGE_COLUMNS))
-    table.astype({"label": "int64", "age_approx": "float64"}).to_parquet(path, index=False)
+    table["band"] = band_names(table["width"], table["height"], bands)
+    dtypes = {"label": "int64", "age_approx": "float64", "width": "Int64", "height": "Int64", "band": "string"}
+    table.astype(dtypes).to_parquet(path, index=False)
 
 
 def _text(value: Any) -> str | None:
@@ -246,6 +257,10 @@ def _text(value: Any) -> str | None:
 
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _whole(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _skip(row: dict[str, Any], reason: str) -> dict[str, str]:

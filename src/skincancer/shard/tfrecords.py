@@ -16,10 +16,11 @@ SPEC_VERSION = 2  # 2: image/group
 # Per-record framing on disk: uint64 length, masked crc32c of the length, masked crc32c of the data.
 RECORD_OVERHEAD = 16
 # beside the shards: one row per record, in shard order (split, then shard, then record), so readers learn
-# labels, groups and ids without parsing a record (skincancer.shard.shard.write_image_table)
+# labels, groups, ids and the original's size (`width`, `height`) and resolution band without parsing a record
+# (skincancer.shard.shard.write_image_table)
 IMAGE_TABLE = "images.parquet"
 IMAGE_COLUMNS = ("image_id", "split", "label", "diagnosis", "source", "group", "patient_id", "sex", "age_approx",
-                 "anatom_site", "shard")
+                 "anatom_site", "width", "height", "band", "shard")
 
 FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
