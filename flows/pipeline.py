@@ -29,7 +29,7 @@ from prefect.exceptions import TerminationSignal
 from flows import _prefect_server
 from flows._prefect_server import shared_api
 from skincancer.core import paths
-from skincancer.evaluate.summary import split_summary
+from skincancer.evaluate.summary import band_summary, split_summary
 from skincancer.ops import lifetime
 from skincancer.ops.nightly import NightlyError, commit_message, publish_results, snapshot_records
 from skincancer.review.metrics_diff import diff_markdown, flatten
@@ -185,10 +185,12 @@ def pipeline_flow(
 
 
 def summary(ran: list[str], metrics: dict | None, seconds: float) -> str:
-    """The run in two lines: what ran and how long, and the test numbers (`make demo` ends with it)."""
+    """The run in three lines: what ran and how long, the test numbers, and test per resolution band (`make
+    demo` ends with it)."""
     lines = [f"stages run: {', '.join(ran) or 'none (everything up to date)'} in {seconds:.0f} s"]
     if metrics and metrics.get("test"):
         lines.append(f"{split_summary(metrics, 'test')}; reports/report.html has the rest")
+        lines.append(band_summary(metrics, "test"))
     return "\n".join(lines)
 
 

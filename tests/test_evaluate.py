@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from skincancer.core.params import EvaluateParams, TrainParams
 from skincancer.evaluate.evaluate import PREDICTION_COLUMNS, evaluate, predict_split
+from skincancer.evaluate.groups import GROUP_KEYS
 from skincancer.evaluate.inference import DIHEDRAL, at_scale
 from skincancer.evaluate.metrics import METRIC_KEYS
 from skincancer.train.data import ShardSpecMismatch, eval_dataset
@@ -80,10 +81,13 @@ def test_metrics_json_has_exactly_the_stable_keys_as_plain_rounded_numbers(evalu
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == ["threshold", "val", "test", "calibration"]
     for split in ("val", "test"):
-        assert list(metrics[split]) == list(METRIC_KEYS)
-        for key, value in metrics[split].items():
-            assert value is None or type(value) in (int, float), (split, key)
-            assert value is None or isinstance(value, int) or round(value, 6) == value
+        assert list(metrics[split]) == [*METRIC_KEYS, "by_source", "by_band"]
+        groups = [figures for grouping in ("by_source", "by_band") for figures in metrics[split][grouping].values()]
+        assert groups and all(list(figures) == list(GROUP_KEYS) for figures in groups)
+        for figures in [{key: metrics[split][key] for key in METRIC_KEYS}, *groups]:
+            for key, value in figures.items():
+                assert value is None or type(value) in (int, float), (split, key)
+                assert value is None or isinstance(value, int) or round(value, 6) == value
 
 
 def test_predictions_csv_rows_and_columns(evaluated, tiny_shards):

@@ -36,10 +36,25 @@ def test_no_key_of_the_first_release_was_renamed_removed_or_reordered():
     assert [key for key in METRIC_KEYS if key in FIRST_RELEASE] == list(FIRST_RELEASE)
 
 
+# Per source and resolution band (issue 31): each split's section ends with these, each group holding GROUP_PINNED.
+GROUP_PINNED = (
+    "roc_auc", "roc_auc_ci_low", "roc_auc_ci_high",
+    "sensitivity", "sensitivity_ci_low", "sensitivity_ci_high",
+    "specificity", "specificity_ci_low", "specificity_ci_high",
+    "brier", "mean_probability", "n", "n_malignant",
+)
+
+
 def test_the_committed_metrics_json_has_exactly_those_keys():
+    from skincancer.evaluate.groups import GROUP_KEYS
+
     metrics = json.loads((ROOT / "metrics.json").read_text())
     assert list(metrics) == ["threshold", "val", "test", "calibration"]
-    assert list(metrics["val"]) == list(PINNED) and list(metrics["test"]) == list(PINNED)
+    for split in ("val", "test"):
+        assert list(metrics[split]) == [*PINNED, "by_source", "by_band"]
+        assert all(list(group) == list(GROUP_PINNED) for grouping in ("by_source", "by_band")
+                   for group in metrics[split][grouping].values())
+    assert GROUP_KEYS == GROUP_PINNED
 
 
 def test_the_pr_workflow_renders_the_report_with_the_project_script():

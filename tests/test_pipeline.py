@@ -17,7 +17,7 @@ from project_copy import BIN, TINY_PARAMS, committed_project, project_env, run, 
 
 from skincancer.core.params import FetchParams, ShardParams, TrainParams
 from skincancer.evaluate.metrics import METRIC_KEYS
-from skincancer.evaluate.summary import split_summary
+from skincancer.evaluate.summary import band_summary, split_summary
 from skincancer.ops import lifetime
 from skincancer.review.metrics_diff import flatten
 
@@ -354,11 +354,12 @@ def test_a_run_without_bootstrap_succeeds_and_ends_with_the_summary(repo):
     metrics = json.loads((root / "metrics.json").read_text())
     test = metrics["test"]
     assert test["roc_auc"] is not None and test["roc_auc_ci_low"] is None and test["roc_auc_ci_high"] is None
-    last = result.stdout.rstrip().splitlines()[-1]
+    *_, pooled, last = result.stdout.rstrip().splitlines()
     assert re.search(r"stages run: evaluate in \d+ s\n", result.stdout), result.stdout[-2000:]
-    assert last == f"{split_summary(metrics, 'test')}; reports/report.html has the rest"
+    assert pooled == f"{split_summary(metrics, 'test')}; reports/report.html has the rest"
+    assert last == band_summary(metrics, "test") and "full_size ROC AUC" in last and "small ROC AUC" in last
     assert re.match(r"test: ROC AUC [\d.]+ \(95% CI -\), sensitivity [\d.]+, specificity [\d.]+ at threshold [\d.]+, "
-                    r"\d+ images \(\d+ malignant\);", last), last
+                    r"\d+ images \(\d+ malignant\);", pooled), pooled
     report = (root / "reports/report.md").read_text()
     assert re.search(r"\| ROC AUC \(95% CI, groups resampled\) \| [\d.]+ \| [\d.]+ \|", report)  # no interval, no error
 

@@ -142,7 +142,9 @@ def test_training_writes_the_models_card_and_evaluate_adds_its_decision(evaluate
     assert {key: value for key, value in card.items() if key != "evaluation"} == trained
     evaluation = card["evaluation"]
     assert evaluation["threshold"] == metrics["threshold"] and evaluation["calibration"] == metrics["calibration"]
-    assert evaluation["threshold_policy"] == {"policy": "sensitivity", "target": 0.9, "value": 0.5}
+    assert evaluation["threshold_policy"] == {"policy": "sensitivity", "target": 0.9, "value": 0.5, "holds_on": "pooled",
+                                              "min_malignant": 10}
+    assert evaluation["operating_point"] == {"chosen_on": "val", "holds_on": "pooled"}
     assert evaluation["metrics"]["test"]["roc_auc"] == metrics["test"]["roc_auc"]
     assert "roc_auc_ci_low" in evaluation["metrics"]["val"]
 

@@ -10,14 +10,12 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from skincancer.core.params import EvaluateParams, ThresholdParams
-from skincancer.evaluate.metrics import evaluation_metrics
+from skincancer.evaluate.evaluate import metrics_document
 from skincancer.evaluate.report import (
     confident_mistakes,
     intervals_note,
     operating_point,
-    per_source,
     render_markdown,
-    split_scores,
     write_report,
 )
 
@@ -33,13 +31,14 @@ def predictions_frame(sources=("isic2020",), seed=0, n=200) -> pd.DataFrame:
         "diagnosis": np.where(label == 1, "melanoma", rng.choice(["nevus", "seborrheic_keratosis"], n)),
         "probability": probability,
         "source": rng.choice(list(sources), n),
+        "band": rng.choice(["small", "full_size"], n),
         "group": [f"patient{i // 4}" for i in range(n)],  # four images per patient, never across splits
     })
     return frame
 
 
 def scored(frame: pd.DataFrame, params: EvaluateParams = EvaluateParams(bootstrap=20)) -> tuple[dict, pd.DataFrame]:
-    metrics = evaluation_metrics(split_scores(frame, "val"), split_scores(frame, "test"), params)
+    metrics = metrics_document(frame, "val", params)
     return metrics, frame.assign(prediction=(frame["probability"] >= metrics["threshold"]).astype(int))
 
 
@@ -53,7 +52,8 @@ def test_operating_point_in_words_gives_the_counts_behind_each_share():
     test_metrics = metrics["test"]
     sensitivity = f"{test_metrics['sensitivity_ci_low']:.0%}-{test_metrics['sensitivity_ci_high']:.0%}"
     specificity = f"{test_metrics['specificity_ci_low']:.0%}-{test_metrics['specificity_ci_high']:.0%}"
-    chosen = "chosen on the validation split to catch 90% of its malignant images"
+    chosen = ("chosen on the validation split to catch 90% of its malignant images, pooled over every source and "
+              "resolution band, with no promise per kind of image")
     assert f"At threshold **{metrics['threshold']:.4f}** ({chosen})" in text
     assert (f"the model catches **{caught / malignant:.0%}** (95% CI {sensitivity}) of the malignant test images "
             f"({caught} of {malignant})") in text
@@ -90,15 +90,16 @@ def test_auc_interval_resamples_the_patients_of_the_predictions():
     assert width(grouped) > 1.5 * width(by_image)
 
 
-def test_per_source_metrics_match_sklearn_and_appear_only_for_several_sources():
+def test_every_source_and_band_gets_its_own_rows_with_intervals_on_both_splits():
     metrics, frame = scored(predictions_frame(sources=("isic2019", "isic2020")))
-    table = per_source(frame).set_index("source")
-    for source, group in frame[frame["split"] == "test"].groupby("source"):
-        assert table.loc[source, "roc_auc"] == pytest.approx(skm.roc_auc_score(group["label"], group["probability"]))
-        assert table.loc[source, "sensitivity"] == pytest.approx(skm.recall_score(group["label"], group["prediction"]))
-    assert "## Per source (test)" in render_markdown(metrics, frame, ThresholdParams(), {}, confident_mistakes(frame, 4), with_history=False)
-    single_metrics, single = scored(predictions_frame())
-    assert "## Per source" not in render_markdown(single_metrics, single, ThresholdParams(), {}, confident_mistakes(single, 4), with_history=False)
+    report = render_markdown(metrics, frame, ThresholdParams(), {}, confident_mistakes(frame, 4), with_history=False)
+    assert "## Per source and resolution band" in report
+    for grouping, names in (("source", ("isic2019", "isic2020")), ("band", ("full_size", "small"))):
+        for split in ("val", "test"):
+            for name in names:
+                figures = metrics[split][f"by_{grouping}"][name]
+                auc = f"{figures['roc_auc']:.3f} ({figures['roc_auc_ci_low']:.3f}-{figures['roc_auc_ci_high']:.3f})"
+                assert f"| {name} | {split} | {figures['n']} ({figures['n_malignant']}) | {auc} |" in report
 
 
 def test_most_confident_mistakes_come_first():
@@ -143,14 +144,10 @@ def test_the_report_states_the_benign_malignant_mapping_in_force():
 
 def fold_scored(params: EvaluateParams = EvaluateParams(bootstrap=20)) -> tuple[dict, pd.DataFrame]:
     """A cross-validated run's predictions: three folds scored out of fold, and test; decisions fitted on oof."""
-    from skincancer.evaluate.metrics import fold_metrics
-
     frame = predictions_frame(n=300)
     frame["split"] = np.where(np.arange(300) < 200, "oof", "test")
     frame["fold"] = pd.array([i // 4 % 3 if i < 200 else None for i in range(300)], dtype="Int64")
-    metrics = evaluation_metrics(split_scores(frame, "oof"), split_scores(frame, "test"), params, "oof")
-    oof = frame[frame["split"] == "oof"]
-    metrics["oof"] |= fold_metrics({f"fold{k}": split_scores(rows, "oof") for k, rows in oof.groupby("fold")}, params)
+    metrics = metrics_document(frame, "oof", params)
     return metrics, frame.assign(prediction=(frame["probability"] >= metrics["threshold"]).astype(int))
 
 

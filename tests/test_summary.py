@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from skincancer.evaluate.summary import UNDEFINED, number, split_summary, with_interval
+from skincancer.evaluate.summary import UNDEFINED, band_summary, number, split_summary, with_interval
 
 SPLIT = {"roc_auc": 0.81234, "roc_auc_ci_low": 0.70001, "roc_auc_ci_high": 0.90049, "sensitivity": 0.8125,
          "specificity": 0.7, "n": 24, "n_malignant": 8}
@@ -41,3 +41,12 @@ def test_a_cell_with_its_interval_drops_an_undefined_interval():
     assert with_interval(SPLIT | {"roc_auc_ci_high": None}, "roc_auc", 3) == "0.812"
     assert with_interval({"brier": 0.12}, "brier", 4) == "0.1200"  # a metric without interval keys
     assert with_interval({}, "sensitivity", 4) == UNDEFINED  # a key an older metrics.json lacks
+
+
+def test_the_band_line_gives_each_bands_auc_and_sensitivity_with_intervals():
+    full = SPLIT | {"sensitivity_ci_low": 0.5, "sensitivity_ci_high": 0.9, "n": 41, "n_malignant": 10}
+    metrics = {"threshold": 0.31, "test": SPLIT | {"by_band": {"full_size": full, "small": SPLIT | {"roc_auc": None}}}}
+    assert band_summary(metrics, "test") == (
+        "test by resolution band: full_size ROC AUC 0.812 (0.700-0.900), sensitivity 0.812 (0.500-0.900), 41 images "
+        "(10 malignant); small ROC AUC - (0.700-0.900), sensitivity 0.812 (-), 24 images (8 malignant)")
+    assert band_summary({"test": SPLIT}, "test") == "test by resolution band: -"  # a metrics.json from before bands

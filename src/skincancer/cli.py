@@ -179,8 +179,9 @@ def predict(
         raise _fail(str(error)) from None
     for warning in context.warnings if context else []:
         typer.echo(f"warning: {warning}", err=True)
+    promise = model_card.threshold_in_words if threshold is None else "--threshold: the card's promise does not apply"
     chosen = model_card.threshold if threshold is None else threshold
-    typer.echo(f"{calibration.in_words()}; malignant at p >= {chosen:.4f}", err=True)
+    typer.echo(f"{calibration.in_words()}; malignant at p >= {chosen:.4f} ({promise})", err=True)
     frame = classify(files, classifier, model_card, context=context, threshold=threshold, batch_size=batch_size)
     if explain is not None:
         from skincancer.serve.predict import write_explanations

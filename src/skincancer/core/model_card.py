@@ -135,19 +135,59 @@ def ensemble_card(member_cards: list[dict], model_path: Path, records: pd.DataFr
     }
 
 
-def evaluated_card(training: dict, metrics: dict, params: EvaluateParams) -> dict:
-    """The training card (its members too, with folds) with the evaluation's decision: threshold and its
-    policy, calibration, the views scores average over (tta), and the headline metrics with their intervals
-    of each evaluated part (val or the out-of-fold scores, and test)."""
+GROUP_SECTIONS = ("by_source", "by_band")  # a split's per-kind-of-image figures (skincancer.evaluate.groups)
+CALIBRATED_ON = ("the {where} pooled over every source and resolution band: a kind of image whose mean probability "
+                 "differs from its malignant share (the report's per-group table) is mis-calibrated by that much")
+CHOSEN_ON = {"val": "the validation split",
+             "oof": "the out-of-fold predictions (each non-test image scored by the fold model that never trained on it)"}
+GROUPING_NAMES = {"source": "source", "band": "resolution band"}
+
+
+def _headline(figures: dict) -> dict:
+    """HEADLINE of a split's figures, and of each source and band beside them."""
+    return {key: figures.get(key) for key in HEADLINE} | {
+        section: {name: {key: group.get(key) for key in HEADLINE} for name, group in figures[section].items()}
+        for section in GROUP_SECTIONS if section in figures
+    }
+
+
+def evaluated_card(training: dict, metrics: dict, params: EvaluateParams, operating_point: dict) -> dict:
+    """The training card (its members too, with folds) with the evaluation's decision: threshold, its policy
+    and what it was chosen to hold on (`operating_point`: skincancer.evaluate.groups.operating_point),
+    calibration and what it was fitted on, the views scores average over (tta), and the headline metrics with
+    their intervals of each evaluated part (val or the out-of-fold scores, and test), pooled and per kind of
+    image."""
+    where = "out-of-fold predictions" if "oof" in metrics else "validation split"
     return training | {"evaluation": {
         "threshold": metrics["threshold"],
         "threshold_policy": params.threshold.model_dump(mode="json"),
+        "operating_point": operating_point,
         "calibration": metrics["calibration"],
+        "calibrated_on": CALIBRATED_ON.format(where=where),
         "tta": params.tta,
         "tta_scales": list(params.tta_scales),
-        "metrics": {split: {key: metrics[split].get(key) for key in HEADLINE}
-                    for split in ("val", "oof", "test") if split in metrics},
+        "metrics": {split: _headline(metrics[split]) for split in ("val", "oof", "test") if split in metrics},
     }}
+
+
+def threshold_in_words(policy: dict, operating_point: dict) -> str:
+    """What a threshold promises, from its policy (evaluate.threshold) and what evaluate chose it on: the words
+    the report and `skincancer predict` print."""
+    where = CHOSEN_ON[operating_point.get("chosen_on", "val")]
+    if policy["policy"] == "fixed":
+        return "fixed in params.yaml (evaluate.threshold.value)"
+    if policy["policy"] == "youden":
+        return f"chosen on {where} to maximise sensitivity + specificity (Youden's J)"
+    promise = f"chosen on {where} to catch {policy['target']:.0%} of its malignant images"
+    grouping = operating_point.get("holds_on", "pooled")
+    if grouping == "pooled":
+        return f"{promise}, pooled over every source and resolution band, with no promise per kind of image"
+    groups = operating_point["groups"]
+    held = [name for name, group in groups.items() if group["held"]]
+    text = (f"{promise}, pooled and in each {GROUPING_NAMES[grouping]} with at least "
+            f"{operating_point['min_malignant']} malignant images there ({', '.join(held) or 'none'})")
+    too_few = [f"{name}: {group['n_malignant']}" for name, group in groups.items() if not group["held"]]
+    return text + (f"; no promise on {', '.join(too_few)} malignant" if too_few else "")
 
 
 def write_card(card: dict, path: Path) -> None:
@@ -180,6 +220,11 @@ class ModelCard:
     @property
     def calibration(self) -> Calibration:
         return Calibration.from_json(self.evaluation["calibration"])
+
+    @property
+    def threshold_in_words(self) -> str:
+        """What the card's threshold promises (a card from before operating points: pooled on val)."""
+        return threshold_in_words(self.evaluation["threshold_policy"], self.evaluation.get("operating_point", {}))
 
     @property
     def context_fields(self) -> list[str]:

@@ -26,19 +26,21 @@ from skincancer.core.model_card import (
     train_card_path_for,
     write_card,
 )
-from skincancer.core.params import EvaluateParams
+from skincancer.core.params import EvaluateParams, ThresholdParams
 from skincancer.core.paths import TEST, fold_part
 from skincancer.core.patient_context import context_columns
+from skincancer.evaluate.groups import group_metrics, operating_point, sensitivity_shortfalls
 from skincancer.evaluate.inference import context_width, load_for_inference, predict_images
 from skincancer.evaluate.metrics import DECIMALS, evaluation_metrics, fold_metrics
 from skincancer.evaluate.report import confident_mistakes, split_scores, write_report
-from skincancer.evaluate.summary import fold_summary, split_summary
+from skincancer.evaluate.summary import band_summary, fold_summary, split_summary
 from skincancer.shard.tfrecords import read_examples
 from skincancer.train.data import ShardSpecMismatch, eval_dataset, read_shard_manifest, split_records
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ["image_id", "split", "label", "diagnosis", "probability", "prediction", "source", "group", "score"]
+PREDICTION_COLUMNS = ["image_id", "split", "label", "diagnosis", "probability", "prediction", "source", "band", "group",
+                      "score"]
 OOF = "oof"  # the split name of out-of-fold predictions, in predictions.csv and metrics.json
 
 
@@ -117,14 +119,29 @@ def _predictions(
     return predictions.astype({"fold": "Int64"}), calibration, OOF  # test rows have none
 
 
-def _metrics(predictions: pd.DataFrame, chosen_on: str, params: EvaluateParams) -> dict:
-    """metrics.json's sections; with folds, the out-of-fold section also holds each fold's AUC."""
-    metrics = evaluation_metrics(split_scores(predictions, chosen_on), split_scores(predictions, TEST), params, chosen_on)
+def metrics_document(predictions: pd.DataFrame, chosen_on: str, params: EvaluateParams) -> dict:
+    """metrics.json but its calibration, from predictions.csv's rows (probabilities calibrated): each split
+    pooled, then (with folds) each fold's AUC, then per source and band."""
+    holds_on = params.threshold.holds_on
+    strata = None if holds_on == "pooled" else holds_on
+    metrics = evaluation_metrics(split_scores(predictions, chosen_on, strata), split_scores(predictions, TEST), params,
+                                 chosen_on)
     if chosen_on == OOF:
         oof = predictions[predictions["split"] == OOF]
         folds = {fold_part(fold): split_scores(rows, OOF) for fold, rows in oof.groupby("fold", sort=True)}
         metrics[OOF] |= fold_metrics(folds, params)
+    for split in (chosen_on, TEST):
+        metrics[split] |= group_metrics(predictions[predictions["split"] == split], metrics["threshold"], params)
     return metrics
+
+
+def warn_of_shortfalls(metrics: dict, chosen_on: str, policy: ThresholdParams) -> list[str]:
+    """Each source or band whose sensitivity misses the policy's target beyond chance, in words, logged as a
+    warning (the report says the same at its top)."""
+    shortfalls = [shortfall.in_words() for shortfall in sensitivity_shortfalls(metrics, (chosen_on, TEST), policy)]
+    for words in shortfalls:
+        log.warning("%s", words)
+    return shortfalls
 
 
 def ensemble_members(training: ModelCard, model_path: Path) -> list[Path]:
@@ -162,8 +179,9 @@ def evaluate(
     model = load_for_inference(model_path)
     check_model_fits_shards(model, shards_dir, model_path)
     predictions, calibration, chosen_on = _predictions(model, shards_dir, params, members, training.context_fields)
-    metrics = _metrics(predictions, chosen_on, params)
+    metrics = metrics_document(predictions, chosen_on, params)
     metrics["calibration"] = calibration.as_json(DECIMALS)
+    warn_of_shortfalls(metrics, chosen_on, params.threshold)
     predictions["prediction"] = (predictions["probability"] >= metrics["threshold"]).astype(int)
     facts, predictions = predictions, predictions[PREDICTION_COLUMNS + (["fold"] if members else [])]
     mistakes = confident_mistakes(predictions, params.gallery)
@@ -174,14 +192,17 @@ def evaluate(
         history=history, images=_encoded_images(shards_dir, facts[facts["image_id"].isin(mistakes.image_ids)]), mistakes=mistakes,
     )
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
-    write_card(evaluated_card(training.document, metrics, params), card_path or card_path_for(model_path))
+    point = operating_point(metrics, chosen_on, params.threshold)
+    write_card(evaluated_card(training.document, metrics, params, point), card_path or card_path_for(model_path))
     _log_summary(metrics, chosen_on)
     return metrics
 
 
 def _log_summary(metrics: dict, chosen_on: str) -> None:
-    """The evaluation in two lines (three with folds), for the terminal and the Prefect run log."""
+    """The evaluation in three lines (four with folds), for the terminal and the Prefect run log: the threshold's
+    split and test, then test per resolution band."""
     for split in (chosen_on, TEST):
         log.info("%s", split_summary(metrics, split))
+    log.info("%s", band_summary(metrics, TEST))
     if chosen_on == OOF:
         log.info("%s", fold_summary(metrics[OOF]))

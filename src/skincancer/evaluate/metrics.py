@@ -26,11 +26,13 @@ LEVEL = 0.95
 
 
 class Scores(NamedTuple):
-    """One split's labels and probabilities, and the split's group of each image (None: one group per image)."""
+    """One split's labels and probabilities, the split's group of each image (None: one group per image), and
+    each image's kind in the grouping its threshold must hold on (evaluate.threshold.holds_on; None: pooled)."""
 
     labels: np.ndarray
     probabilities: np.ndarray
     groups: np.ndarray | None = None
+    strata: np.ndarray | None = None
 
 
 class PairedDifference(NamedTuple):
@@ -41,8 +43,27 @@ class PairedDifference(NamedTuple):
     high: float
 
 
-def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, policy: ThresholdParams) -> float:
-    """Operating point from validation predictions; test data never reaches this function."""
+def _reaching(y: np.ndarray, p: np.ndarray, policy: ThresholdParams) -> float:
+    """The policy's threshold on images holding both classes."""
+    fpr, tpr, thresholds = skm.roc_curve(y, p)
+    thresholds = np.clip(thresholds, 0.0, 1.0)
+    if policy.policy == "youden":
+        return float(thresholds[np.argmax(tpr - fpr)])
+    # highest threshold (fewest false positives) whose validation sensitivity reaches the target
+    return float(thresholds[np.argmax(tpr >= policy.target - 1e-12)])
+
+
+def can_hold(n: int, n_malignant: int, policy: ThresholdParams) -> bool:
+    """Whether a group has the malignant images (evaluate.threshold.min_malignant) and a benign one a
+    threshold needs to be chosen on it: on three malignant images a 90% target means nothing."""
+    return n_malignant >= policy.min_malignant and n > n_malignant
+
+
+def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, policy: ThresholdParams,
+                     strata: np.ndarray | None = None) -> float:
+    """Operating point from validation predictions; test data never reaches this function. With
+    `policy.holds_on` a grouping and `strata` each image's group in it, the target is reached on every group
+    that can hold it as well as on all images pooled: the lowest of those thresholds."""
     if policy.policy == "fixed":
         return float(policy.value)
     if len(np.unique(y_val)) < 2:
@@ -51,12 +72,14 @@ def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, policy: ThresholdPara
             policy.policy, policy.value,
         )
         return float(policy.value)
-    fpr, tpr, thresholds = skm.roc_curve(y_val, p_val)
-    thresholds = np.clip(thresholds, 0.0, 1.0)
-    if policy.policy == "youden":
-        return float(thresholds[np.argmax(tpr - fpr)])
-    # highest threshold (fewest false positives) whose validation sensitivity reaches the target
-    return float(thresholds[np.argmax(tpr >= policy.target - 1e-12)])
+    y_val, p_val = np.asarray(y_val), np.asarray(p_val)
+    pooled = _reaching(y_val, p_val, policy)
+    if policy.holds_on == "pooled" or strata is None:
+        return pooled
+    strata = np.asarray(strata)
+    held = [name for name in np.unique(strata)
+            if can_hold(int((strata == name).sum()), int(y_val[strata == name].sum()), policy)]
+    return min([pooled, *(_reaching(y_val[strata == name], p_val[strata == name], policy) for name in held)])
 
 
 def specificity_at_sensitivity(y: np.ndarray, p: np.ndarray, sensitivity: float) -> float:
@@ -176,10 +199,12 @@ def binary_metrics(
     resamples: int = 1000,
     seed: int = 0,
     split: str = "split",
+    warn_undefined: bool = True,
 ) -> dict[str, float | int | None]:
     """Every key of METRIC_KEYS; a malignant call is p >= threshold. A metric the data cannot define
     (no malignant images: no sensitivity, no AUC; no malignant calls: no precision) is None, never a
-    made-up 0 or 0.5, and a warning names it; so is its interval. The AUC interval resamples `groups`
+    made-up 0 or 0.5, and a warning names it (unless `warn_undefined` is off: per-group figures, where a group
+    without malignant images is common); so is its interval. The AUC interval resamples `groups`
     (None: one group per image); the Wilson intervals of sensitivity, specificity and precision count images."""
     y = np.asarray(y, dtype=np.int64)
     p = np.asarray(p, dtype=np.float64)
@@ -206,7 +231,7 @@ def binary_metrics(
         "n_malignant": int(y.sum()),
     }
     undefined = [key for key, value in values.items() if value is None and not _is_interval(key)]
-    if undefined:
+    if undefined and warn_undefined:
         log.warning(
             "%s split (%d benign, %d malignant, %d called malignant): %s undefined, written as null",
             split, tn + fp, tp + fn, tp + fp, ", ".join(undefined),
@@ -233,7 +258,7 @@ def evaluation_metrics(val: Scores | tuple, test: Scores | tuple, params: Evalua
     Each split is `Scores` or a plain (labels, probabilities[, groups]) tuple. `chosen_on` names the scores
     the threshold comes from: "val", or "oof" for the out-of-fold predictions of a cross-validated run."""
     val, test = Scores(*val), Scores(*test)
-    threshold = choose_threshold(val.labels, val.probabilities, params.threshold)
+    threshold = choose_threshold(val.labels, val.probabilities, params.threshold, val.strata)
     return {
         "threshold": round(threshold, DECIMALS),
         chosen_on: _split_metrics(val, threshold, params, chosen_on),

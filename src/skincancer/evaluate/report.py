@@ -19,9 +19,12 @@ from sklearn.calibration import calibration_curve
 from skincancer.core.atomic import atomic_write_bytes, atomic_write_text
 from skincancer.core.labels import CLASS_NAMES as LABEL_NAMES
 from skincancer.core.labels import mapping_in_words
+from skincancer.core.model_card import threshold_in_words
 from skincancer.core.params import ThresholdParams
 from skincancer.evaluate.figures import plt, png_bytes
-from skincancer.evaluate.metrics import Scores
+from skincancer.evaluate.groups import GROUPING_NAMES, GROUPINGS, section, sensitivity_shortfalls
+from skincancer.evaluate.groups import operating_point as groups_operating_point
+from skincancer.evaluate.metrics import METRIC_KEYS, Scores
 from skincancer.evaluate.summary import UNDEFINED, number, with_interval
 
 CLASS_NAMES = np.array(LABEL_NAMES)
@@ -43,10 +46,12 @@ HEADLINE = {
 # ---------------------------------------------------------------- scores and groups
 
 
-def split_scores(predictions: pd.DataFrame, split: str) -> Scores:
-    """One split's labels, probabilities and groups, as the metrics take them."""
+def split_scores(predictions: pd.DataFrame, split: str, strata: str | None = None) -> Scores:
+    """One split's labels, probabilities and groups, as the metrics take them; `strata`: the column naming each
+    image's kind for a threshold that must hold on every kind (evaluate.threshold.holds_on)."""
     rows = predictions[predictions["split"] == split]
-    return Scores(rows["label"].to_numpy(), rows["probability"].to_numpy(), rows["group"].to_numpy())
+    return Scores(rows["label"].to_numpy(), rows["probability"].to_numpy(), rows["group"].to_numpy(),
+                  None if strata is None else rows[strata].to_numpy())
 
 
 def curve_splits(predictions: pd.DataFrame) -> tuple[str, str]:
@@ -194,20 +199,54 @@ def per_diagnosis(predictions: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def per_source(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Test metrics per dataset: a model can do well on one archive's camera and badly on another's."""
-    rows = []
-    for source, group in predictions[predictions["split"] == "test"].groupby("source"):
-        y, called = group["label"].to_numpy(), group["prediction"].to_numpy()
-        rows.append({
-            "source": source,
-            "n": len(group),
-            "n_malignant": int(y.sum()),
-            "roc_auc": skm.roc_auc_score(y, group["probability"]) if 0 < y.sum() < len(y) else None,
-            "sensitivity": called[y == 1].mean() if (y == 1).any() else None,
-            "specificity": 1 - called[y == 0].mean() if (y == 0).any() else None,
-        })
-    return pd.DataFrame(rows, columns=["source", "n", "n_malignant", "roc_auc", "sensitivity", "specificity"])
+def _share(figures: dict, key: str) -> str:
+    """'67% (48%-82%)': a share with its Wilson interval, as the per-group table shows it."""
+    shown = figures[key]
+    return UNDEFINED if shown is None else f"{shown:.0%}{_percent_interval(figures, key).replace('95% CI ', '')}"
+
+
+def _calibration_in_the_large(figures: dict) -> str:
+    """Mean probability against the malignant share: whether the pooled calibration holds for this group."""
+    return f"{figures['mean_probability']:.2f} / {figures['n_malignant'] / figures['n']:.2f}"
+
+
+def groups_section(metrics: dict) -> str:
+    """Every source and resolution band on its own, on the scores the threshold was chosen on and on test."""
+    tables = []
+    for grouping in GROUPINGS:
+        rows = [
+            [name, SPLIT_NAMES[split], f"{figures['n']} ({figures['n_malignant']})", with_interval(figures, "roc_auc", 3),
+             _share(figures, "sensitivity"), _share(figures, "specificity"), _calibration_in_the_large(figures)]
+            for split in _chosen_and_test(metrics)
+            for name, figures in metrics[split][section(grouping)].items()
+        ]
+        tables.append(f"### Per {GROUPING_NAMES[grouping]}\n\n" + _table(
+            [grouping, "split", "images (malignant)", "ROC AUC (95% CI)", "sensitivity (95% CI)",
+             "specificity (95% CI)", "mean probability / malignant share"], rows, "llrrrrr"))
+    return f"""
+## Per source and resolution band
+
+The same threshold on each kind of image: the archive it came from (source) and the original's size
+(resolution band, shard.bands). Intervals as above; the last column compares the mean calibrated probability
+with the malignant share, which the pooled calibration only matches on all images together.
+
+{(chr(10) * 2).join(tables)}
+"""
+
+
+def shortfalls_section(metrics: dict, policy: ThresholdParams) -> str:
+    """Where the threshold's sensitivity promise breaks on some kind of image, in words, for the report's top."""
+    shortfalls = sensitivity_shortfalls(metrics, _chosen_and_test(metrics), policy)
+    if not shortfalls:
+        return ""
+    lines = "\n".join(f"- {shortfall.in_words()}" for shortfall in shortfalls)
+    return ("\n**Warning: the threshold's sensitivity target does not hold on every kind of image** (the interval "
+            f"lies wholly below it):\n\n{lines}\n")
+
+
+def promise_in_words(metrics: dict, policy: ThresholdParams) -> str:
+    """What the threshold was chosen to promise, in the words the model card gives predict."""
+    return threshold_in_words(policy.model_dump(mode="json"), groups_operating_point(metrics, _chosen_and_test(metrics)[0], policy))
 
 
 def _percent(part: int, whole: int) -> str:
@@ -218,18 +257,6 @@ def _percent_interval(metrics: dict, key: str) -> str:
     """' (95% CI 69%-96%)' after a share in words; nothing where the share is undefined."""
     low, high = metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"]
     return "" if low is None else f" (95% CI {low:.0%}-{high:.0%})"
-
-
-CHOSEN_ON = {"val": "the validation split", OOF: "the out-of-fold predictions (each non-test image scored by the fold model that never trained on it)"}
-
-
-def _how_chosen(policy: ThresholdParams, chosen_on: str = "val") -> str:
-    where = CHOSEN_ON[chosen_on]
-    return {
-        "sensitivity": f"chosen on {where} to catch {policy.target:.0%} of its malignant images",
-        "youden": f"chosen on {where} to maximise sensitivity + specificity (Youden's J)",
-        "fixed": "fixed in params.yaml (evaluate.threshold.value)",
-    }[policy.policy]
 
 
 def _chosen_and_test(metrics: dict) -> tuple[str, str]:
@@ -243,7 +270,8 @@ def operating_point(metrics: dict, predictions: pd.DataFrame, policy: ThresholdP
     caught, cleared = int(malignant["prediction"].sum()), int((benign["prediction"] == 0).sum())
     called = int(test["prediction"].sum())
     return (
-        f"At threshold **{metrics['threshold']:.4f}** ({_how_chosen(policy, _chosen_and_test(metrics)[0])}), the model catches "
+        f"At threshold **{metrics['threshold']:.4f}** ({promise_in_words(metrics, policy)}), "
+        "the model catches "
         f"**{_percent(caught, len(malignant))}**{_percent_interval(metrics['test'], 'sensitivity')} of the "
         f"malignant test images ({caught} of {len(malignant)}) and correctly clears "
         f"**{_percent(cleared, len(benign))}**{_percent_interval(metrics['test'], 'specificity')} of the benign "
@@ -264,8 +292,10 @@ def calibration_note(metrics: dict) -> str:
     return (
         f"Probabilities are the model's scores {calibration.in_words().removeprefix('probabilities ')}: "
         f"Platt scaling (slope {calibration.slope:.3f}, intercept {calibration.intercept:+.3f}) fitted on the "
-        f"{where} only; the Brier score and the calibration plot are of these probabilities, and "
-        "`skincancer predict` prints them. AUC and the decisions are unchanged by it (the map is monotone)."
+        f"{where} only, all sources and resolution bands pooled (one fit: the per-group table below shows "
+        "where a kind of image's mean probability departs from its malignant share); the Brier score and the "
+        "calibration plot are of these probabilities, and `skincancer predict` prints them. AUC and the "
+        "decisions are unchanged by it (the map is monotone)."
     )
 
 
@@ -330,7 +360,7 @@ single models' scores may sit differently on them: the test sensitivity above sa
 
 def _all_metrics(metrics: dict) -> str:
     chosen, test = _chosen_and_test(metrics)
-    rows = [[key, number(metrics[chosen][key], 4), number(metrics[test][key], 4)] for key in metrics[test]]
+    rows = [[key, number(metrics[chosen][key], 4), number(metrics[test][key], 4)] for key in METRIC_KEYS]
     return _table(["metric", SPLIT_NAMES[chosen], test], rows, "lrr")
 
 
@@ -360,20 +390,10 @@ def render_markdown(
         [row.diagnosis, "malignant" if row.label else "benign", str(row.n), number(row.called_malignant, 3)]
         for row in diagnoses.itertuples()
     ]
-    sources = per_source(predictions)
-    source_section = ""
-    if len(sources) > 1:
-        source_rows = [
-            [row.source, str(row.n), str(row.n_malignant), number(row.roc_auc, 3), number(row.sensitivity, 3), number(row.specificity, 3)]
-            for row in sources.itertuples()
-        ]
-        source_section = "\n## Per source (test)\n\n" + _table(
-            ["source", "n", "malignant", "ROC AUC", "sensitivity", "specificity"], source_rows, "lrrrrr"
-        ) + "\n"
     missed, alarms = mistakes
     history = "\n![Training history](figures/history.png)" if with_history else ""
     return f"""# Evaluation report
-
+{shortfalls_section(metrics, policy)}
 {operating_point(metrics, predictions, policy)}
 
 {_headline(metrics, group_counts(predictions))}
@@ -387,7 +407,7 @@ def render_markdown(
 Share of images called malignant: the sensitivity for malignant diagnoses, the false-positive rate for benign ones.
 
 {_table(["diagnosis", "class", "n", "called malignant"], diagnosis_rows, "llrr")}
-{source_section}
+{groups_section(metrics)}
 ## Most confident mistakes (test)
 
 ### Missed malignant lesions (false negatives, lowest probability first)

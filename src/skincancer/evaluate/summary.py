@@ -54,3 +54,16 @@ def fold_summary(oof: dict) -> str:
     aucs = ", ".join(f"{name} {number(fold.get('roc_auc'), 4)}" for name, fold in oof["folds"].items())
     return (f"per fold ROC AUC: {aucs}; mean {number(oof.get('fold_roc_auc_mean'), 4)}, "
             f"sd {number(oof.get('fold_roc_auc_sd'), 4)}")
+
+
+def band_summary(metrics: dict, split: str) -> str:
+    """A split's resolution bands in a line: each band's ROC AUC and sensitivity with their 95% intervals and the
+    images they rest on, so a shortfall on full-size images shows beside the pooled line (issue 31)."""
+    bands = metrics[split].get("by_band", {})
+    shown = "; ".join(
+        f"{name} ROC AUC {number(m.get('roc_auc'), 3)} ({interval(m, 'roc_auc', 3)}), sensitivity "
+        f"{number(m.get('sensitivity'), 3)} ({interval(m, 'sensitivity', 3)}), {number(m.get('n'), 0)} images "
+        f"({number(m.get('n_malignant'), 0)} malignant)"
+        for name, m in bands.items()
+    )
+    return f"{split} by resolution band: {shown or UNDEFINED}"
