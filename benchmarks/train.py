@@ -189,7 +189,7 @@ def epoch_seconds(model: keras.Model, dataset: tf.data.Dataset, class_weight: di
 
 
 def bench_frozen(shards: Path, size: int, tmp: Path, quick: bool) -> dict:
-    from skincancer.train.data import feature_dataset, split_labels, training_dataset
+    from skincancer.train.data import feature_dataset, sampling_strata, split_labels, split_records, training_dataset
     from skincancer.train.hardware import make_deterministic
     from skincancer.train.train import cached_features, class_weights, compile_for_training
 
@@ -204,11 +204,12 @@ def bench_frozen(shards: Path, size: int, tmp: Path, quick: bool) -> dict:
     extract_s, features = timed(extract)
     labels = split_labels(shards, "train").astype("float32")  # binary targets, as train's _targets gives them
     compile_for_training(classifier.head, params.learning_rate)
-    cached = feature_dataset(features, labels, BATCH_SIZE, SEED, params.imbalance)
+    strata = sampling_strata(split_records(shards, "train"), params.imbalance, params.balance)
+    cached = feature_dataset(features, labels, BATCH_SIZE, SEED, strata)
     cached_times = epoch_seconds(classifier.head, cached, weights)
 
     compile_for_training(classifier.model, params.learning_rate)
-    images = training_dataset(shards, BATCH_SIZE, SEED, params.augment, params.imbalance)
+    images = training_dataset(shards, BATCH_SIZE, SEED, params.augment, params.imbalance, params.balance)
     backbone_times = epoch_seconds(classifier.model, images, weights)
     cached_s, backbone_s = min(cached_times), min(backbone_times)
 

@@ -166,7 +166,7 @@ def test_cached_features_keep_their_context_through_shuffle_and_oversampling():
     features = np.arange(40, dtype=np.float32).reshape(20, 2)
     context = features[:, :1] * 10  # row i's context says which row it is
     labels = (np.arange(20) % 4 == 0).astype(np.float32)
-    batches = feature_dataset(features, labels, 4, seed=1, imbalance="oversample", context=context)
+    batches = feature_dataset(features, labels, 4, seed=1, strata=labels.astype(np.int64), context=context)
     for inputs, target in batches:
         np.testing.assert_array_equal(inputs["context"].numpy()[:, 0], inputs["features"].numpy()[:, 0] * 10)
         np.testing.assert_array_equal(target.numpy(), labels[inputs["features"].numpy()[:, 0].astype(int) // 2])

@@ -126,24 +126,47 @@ def context_vectors(shards_dir: Path, parts: Parts, fields: Sequence[str]) -> np
 
 
 def context_lookup(shards_dir: Path, parts: Parts, fields: Sequence[str]) -> Context | None:
-    """Image id -> its context vector, looked up in-graph for each record: the context travels with its record
-    through every shuffle, interleave and oversampling, whatever order they leave. None without fields."""
+    """Image id -> its context vector, looked up in-graph for each record (`by_image_id`). None without fields."""
     if not fields:
         return None
     records = split_records(shards_dir, parts)
+    return by_image_id(shards_dir, records, encode_context(records, fields))
+
+
+def by_image_id(shards_dir: Path, records: pd.DataFrame, values: np.ndarray) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Image id -> its row of `values` (aligned with `records`, split_records of the shards), looked up in-graph
+    for each record: a value travels with its record through every shuffle, interleave and resampling, whatever
+    order they leave."""
     ids = records["image_id"].astype(str).tolist()
-    vectors = tf.constant(encode_context(records, fields))
+    rows = tf.constant(values)
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(ids, tf.range(len(ids), dtype=tf.int64)), default_value=-1
     )
     unlisted = f"{Path(shards_dir) / IMAGE_TABLE} lacks an image of the shards: rerun `dvc repro shard`"
 
-    def context(image_id: tf.Tensor) -> tf.Tensor:
+    def lookup(image_id: tf.Tensor) -> tf.Tensor:
         row = table.lookup(image_id)
         with tf.control_dependencies([tf.debugging.assert_non_negative(row, message=unlisted)]):
-            return tf.gather(vectors, row)
+            return tf.gather(rows, row)
 
-    return context
+    return lookup
+
+
+def strata_columns(imbalance: str, balance: str) -> list[str]:
+    """The image table's columns whose values name a cell of the training draw: the balanced column
+    (train.balance) and the label (train.imbalance oversample); none for the natural mix."""
+    return ([] if balance == "none" else [balance]) + (["label"] if imbalance == "oversample" else [])
+
+
+def sampling_strata(records: pd.DataFrame, imbalance: str, balance: str) -> np.ndarray | None:
+    """Each image's cell of the training draw (0..k-1 in the sorted order of its `strata_columns` values), which
+    `balanced` draws equally often; None when the draw keeps the natural mix. By label alone the cells are the
+    labels themselves: 0 benign, 1 malignant."""
+    columns = strata_columns(imbalance, balance)
+    if not columns:
+        return None
+    cells, _ = pd.factorize(pd.MultiIndex.from_frame(records[columns]), sort=True)
+    return cells.astype(np.int64)
 
 
 def _image_and_label(image_size: int, target: Target = binary_target, context: Context | None = None):
@@ -160,14 +183,17 @@ def _image_and_label(image_size: int, target: Target = binary_target, context: C
     return decode
 
 
-def _serialized_label(serialized: tf.Tensor) -> tf.Tensor:
-    return tf.io.parse_single_example(serialized, {"image/label": FEATURE_SPEC["image/label"]})["image/label"]
+def _serialized_id(serialized: tf.Tensor) -> tf.Tensor:
+    return tf.io.parse_single_example(serialized, {"image/id": FEATURE_SPEC["image/id"]})["image/id"]
 
 
-def oversampled(examples: tf.data.Dataset, count: int, seed: int, label_of: Callable[..., tf.Tensor]) -> tf.data.Dataset:
-    """`count` examples drawn half benign, half malignant (the rare class repeats): balanced batches."""
-    streams = [examples.filter(lambda *e, c=c: tf.equal(tf.cast(label_of(*e), tf.int64), c)).repeat() for c in (0, 1)]
-    mixed = tf.data.Dataset.sample_from_datasets(streams, [0.5, 0.5], seed=seed, rerandomize_each_iteration=True)
+def balanced(examples: tf.data.Dataset, count: int, seed: int, cell_of: Callable[..., tf.Tensor],
+             cells: int) -> tf.data.Dataset:
+    """`count` examples drawn equally often from each of the `cells` strata (`sampling_strata`; a rare stratum's
+    examples repeat): balanced batches."""
+    streams = [examples.filter(lambda *e, c=c: tf.equal(tf.cast(cell_of(*e), tf.int64), c)).repeat()
+               for c in range(cells)]
+    mixed = tf.data.Dataset.sample_from_datasets(streams, [1 / cells] * cells, seed=seed, rerandomize_each_iteration=True)
     return mixed.take(count)
 
 
@@ -186,6 +212,7 @@ def training_dataset(
     seed: int,
     augment: AugmentParams | None = None,
     imbalance: str = "class_weight",
+    balance: str = "none",
     classes: DiagnosisClasses | None = None,
     parts: Parts = "train",
     fields: Sequence[str] = (),
@@ -193,6 +220,7 @@ def training_dataset(
     """The parts' shards interleaved, records shuffled, decoded and augmented in parallel: the same seed gives
     the same batches (every random draw is keyed by the seed, none depends on thread timing). Full batches
     only: a last batch of a few images would give BatchNorm noisy statistics, or a replica nothing.
+    imbalance oversample and `balance` (band, source) draw each cell of `sampling_strata` equally often.
     With patient context `fields`, each image comes as {"image", "context"}."""
     manifest = read_shard_manifest(shards_dir)
     files = shard_paths(shards_dir, parts)
@@ -203,8 +231,11 @@ def training_dataset(
         .interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE, deterministic=True)
         .shuffle(min(count, 4096), seed=seed + 1, reshuffle_each_iteration=True)
     )
-    if imbalance == "oversample":
-        records = oversampled(records, count, seed + 2, _serialized_label)
+    table = split_records(shards_dir, parts)
+    strata = sampling_strata(table, imbalance, balance)
+    if strata is not None:
+        cell = by_image_id(shards_dir, table, strata)
+        records = balanced(records, count, seed + 2, lambda serialized: cell(_serialized_id(serialized)), int(strata.max()) + 1)
     records = records.apply(tf.data.experimental.assert_cardinality(count))  # lets Keras count steps per epoch
     decode = _image_and_label(manifest["image_size"], target_of(classes), context_lookup(shards_dir, parts, fields))
     if augment is not None and augment.active:
@@ -229,23 +260,22 @@ def feature_dataset(
     targets: np.ndarray,
     batch_size: int,
     seed: int | None = None,
-    imbalance: str = "none",
-    labels: np.ndarray | None = None,
+    strata: np.ndarray | None = None,
     context: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """Cached backbone features as a dataset (with each image's `context` row beside them as {"features",
-    "context"}); with a seed, shuffled (and balanced by `labels`, the binary labels, which default to the
-    targets) like the image pipeline."""
+    "context"}); with a seed, shuffled (and with `strata`, each image's cell from `sampling_strata`, balanced)
+    like the image pipeline."""
     count = len(targets)
-    labels = targets if labels is None else labels
+    cells = np.zeros(count, np.int64) if strata is None else strata
     inputs = features if context is None else {"features": features, CONTEXT_INPUT: context}
-    examples = tf.data.Dataset.from_tensor_slices((inputs, targets, labels))
-    if seed is not None:
-        examples = examples.shuffle(count, seed=seed, reshuffle_each_iteration=True)
-    if imbalance == "oversample":
-        examples = oversampled(examples, count, seed + 2, lambda _, __, label: label)
-    examples = examples.map(lambda feature, target, _: (feature, target))
+    examples = tf.data.Dataset.from_tensor_slices((inputs, targets, cells))
     training = seed is not None
+    if training:
+        examples = examples.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        if strata is not None:
+            examples = balanced(examples, count, seed + 2, lambda _, __, cell: cell, int(strata.max()) + 1)
+    examples = examples.map(lambda feature, target, _: (feature, target))
     examples = examples.apply(tf.data.experimental.assert_cardinality(count))
     return split_by_element(examples.batch(batch_size, drop_remainder=training and count > batch_size).prefetch(AUTOTUNE))
 

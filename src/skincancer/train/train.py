@@ -17,6 +17,7 @@ import pandas as pd
 import tensorflow as tf
 
 from skincancer.core.atomic import atomic_path, atomic_write_text
+from skincancer.core.labels import CLASS_NAMES
 from skincancer.core.model_card import card_input, train_card_path_for, training_card, write_card
 from skincancer.core.params import TrainParams
 from skincancer.core.patient_context import context_columns, unmapped_spellings
@@ -29,8 +30,10 @@ from skincancer.train.data import (
     feature_dataset,
     part_count,
     read_shard_manifest,
+    sampling_strata,
     split_records,
     split_targets,
+    strata_columns,
     training_dataset,
 )
 from skincancer.train.diagnosis_classes import DiagnosisClasses, diagnosis_classes
@@ -216,11 +219,10 @@ def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, st
     if uses_cache:
         log.info("phase 1 on cached features of the unaugmented images: the frozen backbone runs once over train and val")
         model = classifier.head
-        train_targets = _targets(shards_dir, roles.train, classes)
-        train_labels = None if classes is None else np.asarray(classes.labels)[train_targets]  # what oversampling balances
         train_ds = feature_dataset(
-            cached_features(classifier, shards_dir, roles.train, batch_size), train_targets,
-            batch_size, params.seed, params.imbalance, labels=train_labels,
+            cached_features(classifier, shards_dir, roles.train, batch_size), _targets(shards_dir, roles.train, classes),
+            batch_size, params.seed,
+            strata=sampling_strata(split_records(shards_dir, roles.train), params.imbalance, params.balance),
             context=context_vectors(shards_dir, roles.train, params.metadata),
         )
         val_ds = feature_dataset(cached_features(classifier, shards_dir, roles.val, batch_size),
@@ -228,8 +230,8 @@ def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, st
                                  context=context_vectors(shards_dir, roles.val, params.metadata))
     else:
         model = classifier.model
-        train_ds = training_dataset(shards_dir, batch_size, params.seed, params.augment, params.imbalance, classes,
-                                    roles.train, params.metadata)
+        train_ds = training_dataset(shards_dir, batch_size, params.seed, params.augment, params.imbalance,
+                                    params.balance, classes, roles.train, params.metadata)
         val_ds = eval_dataset(shards_dir, roles.val, val_batch, classes, params.metadata)
     compile_for_training(model, rate, classes)
     model.fit(
@@ -261,6 +263,20 @@ def log_context(shards_dir: Path, roles: Roles, fields: list[str]) -> None:
     missing = [f"{field} {int(vectors[:, columns.index(f'{field}_missing')].sum())}" for field in fields]
     log.info("patient context beside the image (train.metadata): of %d training images, missing %s", len(vectors),
              ", ".join(missing))
+
+
+def log_balance(records: pd.DataFrame, imbalance: str, balance: str) -> None:
+    """What train.balance draws, said once per run: the cells drawn equally often and how many training images
+    each holds (a small cell's images repeat within an epoch)."""
+    if balance == "none":
+        return
+    columns = strata_columns(imbalance, balance)
+    named = records.assign(label=np.asarray(CLASS_NAMES)[records["label"].to_numpy()])[columns].astype(str)
+    counts = named.agg("/".join, axis=1).value_counts().sort_index()
+    cells = f"{balance}s" if columns == [balance] else f"{'/'.join(columns)} cells"
+    drawn = ", ".join(f"{cell} {count}" for cell, count in counts.items())
+    log.info("train.balance %s%s: each of %d %s drawn equally often (training images: %s)", balance,
+             " with train.imbalance oversample" if "label" in columns else "", len(counts), cells, drawn)
 
 
 @contextlib.contextmanager
@@ -309,6 +325,7 @@ def train(
     if classes is not None:
         log.info("diagnosis head: %d classes (%s)", len(classes.names), ", ".join(classes.names))
     log_context(shards_dir, roles, params.metadata)
+    log_balance(split_records(shards_dir, roles.train), params.imbalance, params.balance)
     with _state_root(model_path, chief) as root:
         state = TrainState.open(root, params, manifest)
         with strategy.scope():
