@@ -48,20 +48,17 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-import yaml
 from common import (
-    ROOT,
     TimedRepro,
     add_real_data_option,
     committed_project,
     machine,
     merge,
-    real_data_problem,
     say,
     start_work,
     timed_repro,
 )
-from real_recipe import HAM, SOURCES, WEIGHTS, recipe_params, write_params
+from real_recipe import variant_base, write_params
 from recipe.scores import FULL_SIZE_SOURCE, operating_point, paired_test_difference, scores_at_threshold
 
 METADATA = ["age", "sex", "site"]
@@ -88,11 +85,6 @@ def variant_change(name: str, folds: int) -> dict:
     """The params a variant sets over the recipe: its fold count and its patient context."""
     return {"split": {"folds": None if name == "single" else folds},
             "train": {"metadata": METADATA if name == "ensemble_metadata" else []}}
-
-
-def smoke_params() -> dict:
-    """params/real.yaml on the synthetic sample, small enough to run every variant in minutes on 2 cores."""
-    return merge(yaml.safe_load((ROOT / "params" / "real.yaml").read_text()), SMOKE_CHANGE)
 
 
 def keep_outputs(project: Path, folder: Path) -> None:
@@ -226,12 +218,10 @@ def arguments() -> argparse.Namespace:
 
 def main() -> int:
     args = arguments()
-    if not args.smoke and (problem := real_data_problem(args.real, (HAM, WEIGHTS, *(file for _, file, _ in SOURCES)))):
-        say(problem)
+    if (params := variant_base(args.real, SMOKE_CHANGE if args.smoke else None)) is None:
         return 0
     env, out, results = start_work(args.work)
     done = {(entry["name"], entry["folds"]) for entry in results}
-    params = smoke_params() if args.smoke else recipe_params(args.real.resolve())
     full_size_source = SMOKE_FULL_SIZE_SOURCE if args.smoke else FULL_SIZE_SOURCE
     project = args.work / "project"
     if not project.exists():

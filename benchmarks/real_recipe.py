@@ -42,6 +42,7 @@ from common import (
     ROOT,
     add_real_data_option,
     committed_project,
+    merge,
     real_data_problem,
     run,
     say,
@@ -98,6 +99,17 @@ def recipe_params(real: Path) -> dict:
     params["fetch"] = {**params["fetch"], **real_fetch(real)}
     params["train"]["weights"] = str(real / WEIGHTS)
     return params
+
+
+def variant_base(real: Path | None, smoke_change: dict | None) -> dict | None:
+    """What a variant script's variants change: the recipe on the real sources, or (`smoke_change`, --smoke)
+    params/real.yaml on the synthetic sample with that change; None, the reason said, without the real data."""
+    if smoke_change is not None:
+        return merge(yaml.safe_load((ROOT / "params" / "real.yaml").read_text()), smoke_change)
+    if problem := real_data_problem(real, (HAM, WEIGHTS, *(file for _, file, _ in SOURCES))):
+        say(problem)
+        return None
+    return recipe_params(real.resolve())
 
 
 def scored_predictions(project: Path) -> dict:
