@@ -136,6 +136,7 @@ def test_predict_scores_each_image_with_its_csv_row_and_says_what_was_missing(ph
     assert [Path(p).name for p in frame["path"]] == [file.name for file in files]
     assert frame["context"].tolist() == [EXPECTED[file.name][1] for file in files]
     np.testing.assert_allclose(frame["score"], _by_hand(files, context_model), atol=1e-6)
+    assert "malignant at p >= 0.5000 (the card records no threshold policy, so no promise)" in result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [
         f"warning: {metadata}: sex 'M' (1 image(s)) is not a spelling the model's vocabulary knows: scored as "

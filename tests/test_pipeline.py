@@ -84,7 +84,7 @@ def test_pipeline_flow_runs_every_stage_on_the_server_and_records_the_outputs(fi
     assert (result.stdout + result.stderr).count("no DVC remote configured") == 1
     metrics = json.loads((root / "metrics.json").read_text())
     assert list(metrics) == ["threshold", "val", "test", "calibration"]
-    assert list(metrics["test"]) == list(METRIC_KEYS) and list(metrics["val"]) == list(METRIC_KEYS)
+    assert list(metrics["test"]) == [*METRIC_KEYS, "by_source", "by_band"] == list(metrics["val"])
     for path in ("data/raw/index.parquet", "data/split/manifest.parquet", "data/shards/manifest.json",
                  "models/model.keras", "models/history.csv", "models/train_card.json", "models/card.json",
                  "reports/report.md", "reports/predictions.csv",

@@ -223,7 +223,10 @@ class ModelCard:
 
     @property
     def threshold_in_words(self) -> str:
-        """What the card's threshold promises (a card from before operating points: pooled on val)."""
+        """What the card's threshold promises (a card from before operating points: pooled on val; one written
+        by hand without a policy: none)."""
+        if "threshold_policy" not in self.evaluation:
+            return "the card records no threshold policy, so no promise"
         return threshold_in_words(self.evaluation["threshold_policy"], self.evaluation.get("operating_point", {}))
 
     @property
