@@ -16,6 +16,9 @@ recipe
 holds_on_band
     evaluate.threshold.holds_on band: the target reached on each resolution band with enough malignant val
     images too (evaluate alone reruns): what the promise on full-size images costs in specificity.
+holds_on_band_5
+    the same with evaluate.threshold.min_malignant 5: on these sources val holds 9 malignant full-size images,
+    under the default 10, so only this variant makes (and prices) the promise on them.
 balance_band
     train.balance band: each band drawn equally often while training (the full-size images are a small share).
 color_constancy
@@ -62,6 +65,8 @@ VARIANTS = {
     "recipe": ("params/real.yaml as it is: the threshold holds on val pooled", {}),
     "holds_on_band": ("the threshold also reaches its target on each resolution band of val",
                       {"evaluate": {"threshold": {"holds_on": "band"}}}),
+    "holds_on_band_5": ("the same, each band with at least 5 malignant val images (the default asks 10)",
+                        {"evaluate": {"threshold": {"holds_on": "band", "min_malignant": 5}}}),
     "balance_band": ("each resolution band drawn equally often while training", {"train": {"balance": "band"}}),
     "color_constancy": ("Shades of Gray colour constancy before training and scoring",
                         {"shard": {"color_constancy": "shades_of_gray"}}),
