@@ -140,7 +140,7 @@ CALIBRATED_ON = ("the {where} pooled over every source and resolution band: a ki
                  "differs from its malignant share (the report's per-group table) is mis-calibrated by that much")
 CHOSEN_ON = {"val": "the validation split",
              "oof": "the out-of-fold predictions (each non-test image scored by the fold model that never trained on it)"}
-GROUPING_NAMES = {"source": "source", "band": "resolution band"}
+GROUPING_NAMES = {"source": "source", "band": "resolution band"}  # evaluate.threshold.holds_on groupings, in words
 
 
 def _headline(figures: dict) -> dict:

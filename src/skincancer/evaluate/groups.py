@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from skincancer.core.model_card import GROUPING_NAMES
 from skincancer.core.params import EvaluateParams, ThresholdParams
 from skincancer.evaluate.metrics import binary_metrics, can_hold
 
@@ -23,7 +24,6 @@ GROUP_KEYS = (
     "specificity", "specificity_ci_low", "specificity_ci_high",
     "brier", "mean_probability", "n", "n_malignant",
 )
-GROUPING_NAMES = {"source": "source", "band": "resolution band"}
 
 
 def section(grouping: str) -> str:

@@ -19,10 +19,10 @@ from sklearn.calibration import calibration_curve
 from skincancer.core.atomic import atomic_write_bytes, atomic_write_text
 from skincancer.core.labels import CLASS_NAMES as LABEL_NAMES
 from skincancer.core.labels import mapping_in_words
-from skincancer.core.model_card import threshold_in_words
+from skincancer.core.model_card import GROUPING_NAMES, threshold_in_words
 from skincancer.core.params import ThresholdParams
 from skincancer.evaluate.figures import plt, png_bytes
-from skincancer.evaluate.groups import GROUPING_NAMES, GROUPINGS, section, sensitivity_shortfalls
+from skincancer.evaluate.groups import GROUPINGS, section, sensitivity_shortfalls
 from skincancer.evaluate.groups import operating_point as groups_operating_point
 from skincancer.evaluate.metrics import METRIC_KEYS, Scores
 from skincancer.evaluate.summary import UNDEFINED, number, with_interval
