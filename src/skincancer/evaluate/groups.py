@@ -86,7 +86,6 @@ def sensitivity_shortfalls(metrics: dict, splits: tuple[str, ...], policy: Thres
     ]
 
 
-
 POINT_KEYS = ("sensitivity", "sensitivity_ci_low", "sensitivity_ci_high", "specificity", "n", "n_malignant")
 
 

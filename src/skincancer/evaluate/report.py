@@ -201,8 +201,10 @@ def per_diagnosis(predictions: pd.DataFrame) -> pd.DataFrame:
 
 def _share(figures: dict, key: str) -> str:
     """'67% (48%-82%)': a share with its Wilson interval, as the per-group table shows it."""
-    shown = figures[key]
-    return UNDEFINED if shown is None else f"{shown:.0%}{_percent_interval(figures, key).replace('95% CI ', '')}"
+    shown, low, high = figures[key], figures[f"{key}_ci_low"], figures[f"{key}_ci_high"]
+    if shown is None:
+        return UNDEFINED
+    return f"{shown:.0%}" if low is None else f"{shown:.0%} ({low:.0%}-{high:.0%})"
 
 
 def _calibration_in_the_large(figures: dict) -> str:
