@@ -1,6 +1,9 @@
 import csv
 import io
+import os
 import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -62,6 +65,39 @@ def test_same_seed_is_byte_identical_and_another_seed_differs(sample, tmp_path):
     other = tree_bytes(tmp_path / "other")
     assert other.keys() == first.keys()
     assert all(other[name] != first[name] for name in first)
+
+
+# numpy chooses exp, arctan2, sin and cos by the CPU's SIMD features, libjpeg-turbo its DCT and colour paths; these
+# environments make this machine take the paths of a CPU without AVX-512 (AMD EPYC), without AVX2 and FMA, and
+# without any SIMD in libjpeg-turbo. 160 images: the drawing before the fix already differed within them.
+SIMD_PATHS = {
+    "native": {},
+    "no AVX-512": {"NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"},
+    "no AVX2, no FMA, no libjpeg SIMD": {"NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
+                                        "JSIMD_FORCENONE": "1"},
+}
+SAMPLE_160_DIGEST = "ac5f67adfbfd2209b203c7e254fc0ea5d3f0623779dd2ebae419fa31ce285edb"  # sha256 over (path, bytes) of write_sample(n_images=160, seed=0), in path order
+DIGEST_SCRIPT = """
+import hashlib, sys, tempfile
+from pathlib import Path
+from skincancer.ingest.sample import write_sample
+out = Path(tempfile.mkdtemp())
+write_sample(out, n_images=160, seed=0)
+digest = hashlib.sha256()
+for path in sorted(p for p in out.rglob("*") if p.is_file()):
+    digest.update(path.relative_to(out).as_posix().encode() + b"\\0" + path.read_bytes())
+print(digest.hexdigest())
+"""
+
+
+def test_the_sample_is_the_same_bytes_on_every_simd_path_of_an_x86_64_cpu():
+    """So the demo's committed dvc.lock holds on an AMD EPYC as on an Intel Xeon: no stage reruns on a fresh clone."""
+    digests = {}
+    for name, env in SIMD_PATHS.items():
+        result = subprocess.run([sys.executable, "-c", DIGEST_SCRIPT], env={**os.environ, **env},
+                                capture_output=True, text=True, check=True)
+        digests[name] = result.stdout.strip()
+    assert digests == dict.fromkeys(SIMD_PATHS, SAMPLE_160_DIGEST)
 
 
 def test_udacity_layout_members_and_splits(sample):
