@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import re
 import shlex
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.append(str(ROOT))  # the orchestration package: flows._prefect_server
+from goals import goal_for  # noqa: E402
 from project_copy import (  # noqa: E402,F401  (re-exported)
     BIN,
     TINY_PARAMS,
@@ -155,21 +158,58 @@ def figure(name: str, ours: float, baseline: float, unit: str, *, better: str = 
            **detail) -> dict:
     """Ours against a baseline doing the same work on the same inputs in the same run, with the same threads and
     timed passes. ratio = how many times better ours is: baseline / ours where lower is better (seconds, bytes),
-    ours / baseline where higher is (rates). ``detail`` keeps the raw passes and whatever else explains it."""
+    ours / baseline where higher is (rates). ``detail`` keeps the raw passes and whatever else explains it.
+    Timed sides go through ``paired_figure`` instead: this is for a single value each (a share, a count)."""
     _check_better(better)
-    ratio = (baseline / ours if better == "lower" else ours / baseline) if ours and baseline else None
     record = {"benchmark": name, "ours": _rounded(ours), "baseline": _rounded(baseline), "unit": unit,
-              "better": better, "ratio": round(ratio, 3) if ratio is not None else None}
+              "better": better, "ratio": _ratio(ours, baseline, better)}
     return _finish(record, quick, detail)
+
+
+def _ratio(ours: float, baseline: float, better: str) -> float | None:
+    if not ours or not baseline:
+        return None
+    return round(baseline / ours if better == "lower" else ours / baseline, 3)
+
+
+def paired_figure(name: str, ours: list[float], baseline: list[float], unit: str, *, better: str = "lower",
+                  quick: bool = False, **detail) -> dict:
+    """Ours against a baseline from passes timed in turn (``alternate``): pass i of each side ran back to back, so
+    pass i's ratio compares the two under the same machine conditions. The figure is the median of the passes'
+    ratios, with their min and max (``ratio_range``); ``ours`` and ``baseline`` are each side's median pass."""
+    _check_better(better)
+    if len(ours) != len(baseline) or not ours:
+        raise ValueError(f"{name}: {len(ours)} passes of ours against {len(baseline)} of the baseline")
+    ratios = [_ratio(o, b, better) for o, b in zip(ours, baseline, strict=True)]
+    record = {"benchmark": name, "ours": _rounded(statistics.median(ours)),
+              "baseline": _rounded(statistics.median(baseline)), "unit": unit, "better": better,
+              "ratio": round(statistics.median(ratios), 3), "ratio_range": [min(ratios), max(ratios)],
+              "passes": {"ours": _rounded(list(ours)), "baseline": _rounded(list(baseline))}}
+    return _finish(record, quick, detail)
+
+
+def alternate(repeats: int, sides: dict[str, Callable[[], object]]) -> dict[str, list[float]]:
+    """Seconds of each side's ``repeats`` timed calls, the sides taking turns pass by pass (A B, then B A, ...),
+    so neither always runs first, on a warmer cache or a quieter machine. Every side gets the same passes."""
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    order = list(sides)
+    for index in range(repeats):
+        for name in order if index % 2 == 0 else reversed(order):
+            times[name].append(timed(sides[name])[0])
+    return times
 
 
 def target_figure(name: str, ours: float, target: float, unit: str, *, better: str = "lower", quick: bool = False,
                   **detail) -> dict:
-    """An absolute figure against its goal, where no second way of doing the same work exists to compare with."""
+    """An absolute figure against its goal, where no second way of doing the same work exists to compare with.
+    The goal is benchmarks/goals.py's: ``target`` and ``better`` restate it, and must agree with it."""
     _check_better(better)
-    met = ours <= target if better == "lower" else ours >= target
+    goal = goal_for(name)
+    if goal is None or goal.on != "ours" or (goal.value, goal.better) != (target, better):
+        raise ValueError(f"{name}: target {better} {target} is not its goal in benchmarks/goals.py ({goal}); "
+                         f"state it there, where BENCHMARKS.md's table reads it")
     record = {"benchmark": name, "ours": _rounded(ours), "target": _rounded(target), "unit": unit,
-              "better": better, "met": bool(met)}
+              "better": better}
     return _finish(record, quick, detail)
 
 
@@ -179,6 +219,10 @@ def measurement(name: str, ours: float, unit: str, *, quick: bool = False, **det
 
 
 def _finish(record: dict, quick: bool, detail: dict) -> dict:
+    """The record with its goal (benchmarks/goals.py) and verdict, when it has one, and the quick flag and detail."""
+    if (goal := goal_for(record["benchmark"])) is not None:
+        record["goal"] = goal.as_record()
+        record["met"] = goal.met(record)
     if quick:
         record["quick"] = True
     if detail:
@@ -241,7 +285,12 @@ def code_version() -> dict:
         return result.stdout.strip() if result.returncode == 0 else ""
 
     measured = ("src", "flows", "benchmarks", "dvc.yaml", "params.yaml", ":!benchmarks/results")
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", *measured))}
+    dirty = bool(git("status", "--porcelain", "--", *measured))
+    version = {"commit": git("rev-parse", "HEAD") or None, "dirty": dirty}
+    if dirty:  # which uncommitted code: the hash of the diff and of the untracked files' names
+        diff = git("diff", "HEAD", "--", *measured) + git("ls-files", "--others", "--exclude-standard", "--", *measured)
+        version["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
+    return version
 
 
 def _filesystem_of(path: Path) -> str:
