@@ -42,12 +42,13 @@ from common import (
     ROOT,
     add_real_data_option,
     committed_project,
+    machine_facts,
     merge,
     real_data_problem,
     run,
     say,
-    stages_run,
     start_work,
+    timed_repro,
 )
 from project_copy import set_params
 from recipe.linear_probe import frozen_features, probe_probabilities
@@ -132,12 +133,13 @@ def write_params(project: Path, params: dict) -> None:
 
 
 def repro_entry(name: str, project: Path, env: dict, **about) -> dict:
-    """`dvc repro` of the project, timed: the stages it ran, its metrics and the scores of its predictions."""
-    start = time.perf_counter()
-    result = run(["dvc", "repro"], project, env)
-    return {"name": name, "kind": "pipeline", **about, "seconds": round(time.perf_counter() - start, 1),
-            "stages": stages_run(result.stdout), "metrics": json.loads((project / "metrics.json").read_text()),
-            "scores": scored_predictions(project)}
+    """`dvc repro` of the project, timed as a whole and stage by stage, with the machine and the commit measured:
+    the stages it ran, its metrics and the scores of its predictions."""
+    machine = machine_facts()  # before the run: its load average is the machine's, not ours
+    repro = timed_repro(project, env, project.parent / f"{name.replace('/', '-')}-repro.log")
+    return {"name": name, "kind": "pipeline", **about, "seconds": repro.seconds, "stage_seconds": repro.stage_seconds,
+            "stages": list(repro.stage_seconds), "machine": machine,
+            "metrics": json.loads((project / "metrics.json").read_text()), "scores": scored_predictions(project)}
 
 
 def probe_entries(name: str, description: str, shards: Path, weights: str) -> list[dict]:

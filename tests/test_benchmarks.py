@@ -14,9 +14,9 @@ from project_copy import ROOT
 
 sys.path.append(str(ROOT / "benchmarks"))  # last: benchmarks/split.py and friends must not shadow anything
 import common  # noqa: E402
-from goals import GOALS, goal_for  # noqa: E402
 import tables  # noqa: E402
 from corpora import isic2020  # noqa: E402
+from goals import GOALS, goal_for  # noqa: E402
 
 # ---------------------------------------------------------------- figures
 
@@ -267,11 +267,13 @@ def test_a_commands_peak_memory_counts_its_whole_process_tree(tmp_path):
     ballast = bytearray(600 * 2**20)  # this process is large: a forked child's ru_maxrss would start here
     ballast[::4096] = b"x" * len(ballast[::4096])
     child = "import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5)"
-    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
-    measured = scale.measured([sys.executable, "-c", parent], tmp_path, {"PATH": "/usr/bin:/bin"}, tmp_path / "log")
+    # the child stands for the stage script: its command line names flows.<stage>, as `python -m flows.<stage>` does
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}, 'flows.fake'], check=True)"
+    measured = scale.measured([sys.executable, "-c", parent], tmp_path, {"PATH": "/usr/bin:/bin"}, tmp_path / "log",
+                              "fake")
     assert measured.returncode == 0
     assert measured.peak_tree_mb > 300  # the grandchild's 300 MB, sampled while it held them
-    assert 300 < measured.largest_process_mb < 450  # the grandchild's own peak, not the 600 MB of this process
+    assert 300 < measured.stage_process_mb < 450  # the stage script's own peak, not the 600 MB of this process
     assert measured.seconds >= 1.5
     del ballast
 
