@@ -41,6 +41,8 @@ import yaml
 from common import (
     ROOT,
     add_real_data_option,
+    busy_cpu_seconds,
+    children_cpu_seconds,
     committed_project,
     machine_facts,
     merge,
@@ -136,9 +138,12 @@ def repro_entry(name: str, project: Path, env: dict, **about) -> dict:
     """`dvc repro` of the project, timed as a whole and stage by stage, with the machine and the commit measured:
     the stages it ran, its metrics and the scores of its predictions."""
     machine = machine_facts()  # before the run: its load average is the machine's, not ours
+    machine_cpu, own_cpu = busy_cpu_seconds(), children_cpu_seconds()
     repro = timed_repro(project, env, project.parent / f"{name.replace('/', '-')}-repro.log")
+    # what else ran meanwhile: a run beside another job reads slower
+    others = (busy_cpu_seconds() - machine_cpu) - (children_cpu_seconds() - own_cpu)
     return {"name": name, "kind": "pipeline", **about, "seconds": repro.seconds, "stage_seconds": repro.stage_seconds,
-            "stages": list(repro.stage_seconds), "machine": machine,
+            "stages": list(repro.stage_seconds), "machine": machine, "other_cpu_s": round(others, 1),
             "metrics": json.loads((project / "metrics.json").read_text()), "scores": scored_predictions(project)}
 
 
