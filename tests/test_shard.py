@@ -12,6 +12,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from PIL import Image
 
 from skincancer.core.params import ShardParams
 from skincancer.shard import shard, tfrecords
+from skincancer.shard.prepare import EncodeJob
 from skincancer.shard.shard import TooManySkipped, chunk_size, in_threads, write_shards
 
 SIZE = 32
@@ -301,6 +303,52 @@ def test_default_mapper_runs_ahead_by_at_most_two_chunks_per_worker() -> None:
     time.sleep(0.2)  # give the pool every chance to run ahead
     assert len(started) <= 2 * 2 + 1
     assert [chunk[0] for chunk in results] == list(range(1, 50))
+
+
+def test_no_job_or_image_facts_outlive_their_chunk_so_memory_is_flat_in_the_image_count(
+    split_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs are made a chunk at a time as the writer gets to them, and an image's facts are let go once its record
+    is written (the image table is built from the manifest at the end): neither exists for every image at once."""
+    manifest = _manifest(split_root)
+    write_shards(manifest, split_root, tmp_path / "plain", _params(workers=2))
+    lock = threading.Lock()
+    live = {"jobs": 0, "facts": 0}
+    live_at_each_record: list[tuple[int, int]] = []
+
+    def count(kind: str, step: int) -> None:
+        with lock:  # jobs are made and dropped on the encoding threads
+            live[kind] += step
+
+    def tracked(kind: str, made: object) -> object:
+        count(kind, 1)
+        weakref.finalize(made, count, kind, -1)
+        return made
+
+    class Facts(dict):  # a dict a weak reference can follow
+        pass
+
+    def job(path: str, preparation: object) -> object:
+        return tracked("jobs", EncodeJob(path, preparation))
+
+    def facts(row: dict, split: str, real=shard._image_facts) -> object:
+        return tracked("facts", Facts(real(row, split)))
+
+    def serialize(real=tfrecords.serialize_example, **fields: object) -> bytes:
+        live_at_each_record.append((live["jobs"], live["facts"]))
+        return real(**fields)
+
+    monkeypatch.setattr(shard, "MAX_CHUNK", 2)  # 20 chunks of the 40 images
+    monkeypatch.setattr(shard, "EncodeJob", job)
+    monkeypatch.setattr(shard, "_image_facts", facts)
+    monkeypatch.setattr(tfrecords, "serialize_example", serialize)
+    write_shards(manifest, split_root, tmp_path / "tracked", _params(workers=2))
+
+    assert _hashes(tmp_path / "tracked") == _hashes(tmp_path / "plain")
+    assert len(live_at_each_record) == len(manifest)
+    in_flight = (2 * 2 + 2) * shard.MAX_CHUNK  # the default mapper's 2 x workers + 1 chunks, and the one written
+    assert max(jobs for jobs, _ in live_at_each_record) <= in_flight < len(manifest)
+    assert max(image for _, image in live_at_each_record) == 1  # the image being written
 
 
 def test_reruns_are_byte_identical_whatever_the_worker_count(split_root: Path, tmp_path: Path) -> None:

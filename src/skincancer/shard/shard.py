@@ -3,6 +3,10 @@
 The ordered list of images is cut into chunks; a mapper (threads by default, Prefect task runs in the
 flow) encodes the chunks and hands back each chunk's results in order. Only the parent serialises and
 writes, in that fixed order, which is what makes the output byte-identical whatever runs the chunks.
+
+Nothing per image lives for the whole run but its position in the manifest: chunks, jobs and row dicts are
+made as the writer reaches them, and the image table is built column by column at the end, so memory does
+not grow with the image count.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
+
+import numpy as np
 
 from skincancer.core.atomic import atomic_dir
 from skincancer.core.images import Resized
@@ -53,8 +59,8 @@ MAX_CHUNK = 256
 SHOWN_SKIPPED = 5
 
 
-EncodeChunk = Callable[[list[EncodeJob]], list[Encoded]]
-ChunkMapper = Callable[[EncodeChunk, list[list[EncodeJob]]], Iterable[list[Encoded]]]
+EncodeChunk = Callable[[Sequence[EncodeJob]], list[Encoded]]
+ChunkMapper = Callable[[EncodeChunk, Sequence[Sequence[EncodeJob]]], Iterable[list[Encoded]]]
 
 
 class TooManySkipped(ValueError):
@@ -77,34 +83,33 @@ def write_shards(
 
     split_root, out_dir = Path(split_root), Path(out_dir)
     plan = _plan(manifest, split_root, params.seed)
-    preparation = params.preparation()
-    jobs = [_job(split_root, row, preparation) for rows in plan.values() for row in rows]
-    chunks = chunked(jobs, chunk_size(len(jobs), params.workers))
+    order = np.concatenate(list(plan.values()))
+    chunks = _Chunks(manifest["path"], order, chunk_size(len(order), params.workers), split_root, params.preparation())
     limit = int(params.target_shard_mb * 1024 * 1024)
     shards: list[dict] = []
     skipped: list[dict] = []
+    written: dict[str, np.ndarray] = {}
     mapper = map_chunks or in_threads(params.workers)
     started = time.perf_counter()
-    facts: list[dict[str, Any]] = []
     with atomic_dir(out_dir) as tmp, _results(mapper, chunks) as results:
-        for split, rows in plan.items():
+        for split, positions in plan.items():
             roller = _ShardRoller(tmp, split, limit, tfrecords)
-            written = []
+            unreadable = []
             # zip pulls from rows first, so the shared results stream is never over-read.
-            for row, result in zip(rows, results):
+            for index, (row, result) in enumerate(zip(_rows(manifest, positions), results)):
                 if isinstance(result, Resized):
                     image = _image_facts(row, split)
-                    written.append((image, roller.add(_serialize(tfrecords, image, result), image["label"])))
+                    roller.add(_serialize(tfrecords, image, result), image["label"])
                 else:
                     skipped.append(_skip(row, result))
-            described = roller.finish()
-            facts += [image | {"shard": described[index]["file"]} for image, index in written]
-            shards += described
-        _check_skipped(skipped, len(jobs), params.max_skipped_fraction)
+                    unreadable.append(index)
+            shards += roller.finish()
+            written[split] = np.delete(positions, unreadable)
+        _check_skipped(skipped, len(order), params.max_skipped_fraction)
         document = _document(params, tfrecords.SPEC_VERSION, shards, skipped, tuple(plan))
         (tmp / "manifest.json").write_text(json.dumps(document, sort_keys=True, indent=2) + "\n")
-        write_image_table(facts, tmp / tfrecords.IMAGE_TABLE, params.bands)
-    _log_written(shards, len(jobs) - len(skipped), len(skipped), time.perf_counter() - started)
+        write_image_table(manifest, written, shards, tmp / tfrecords.IMAGE_TABLE, params.bands)
+    _log_written(shards, len(order) - len(skipped), len(skipped), time.perf_counter() - started)
     return document
 
 
@@ -119,11 +124,51 @@ def chunk_size(n_jobs: int, workers: int) -> int:
     return max(1, min(MAX_CHUNK, math.ceil(n_jobs / (workers * CHUNKS_PER_WORKER))))
 
 
-def chunked(jobs: list[EncodeJob], size: int) -> list[list[EncodeJob]]:
-    return [jobs[start:start + size] for start in range(0, len(jobs), size)]
+class EncodeJobs(Sequence[EncodeJob]):
+    """A chunk: its images' EncodeJobs, each made when read. It holds only their paths, so a mapper that lists
+    every chunk up front (Prefect's map) holds a path per image, not a job; small and picklable (Dask)."""
+
+    def __init__(self, root: Path, paths: list[str], preparation: Preparation) -> None:
+        self._root, self._paths, self._preparation = root, paths, preparation
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    @overload
+    def __getitem__(self, index: int) -> EncodeJob: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[EncodeJob]: ...
+    def __getitem__(self, index: int | slice) -> EncodeJob | list[EncodeJob]:
+        if isinstance(index, slice):
+            return [self[number] for number in range(len(self))[index]]
+        return EncodeJob(str(self._root / self._paths[index]), self._preparation)
 
 
-def encode_chunk(jobs: list[EncodeJob]) -> list[Encoded]:
+class _Chunks(Sequence[EncodeJobs]):
+    """The run's images in write order cut into chunks of ``size``, each made when asked for: a mapper that
+    keeps only the chunks in flight keeps only their paths."""
+
+    def __init__(self, paths: pd.Series, order: np.ndarray, size: int, split_root: Path, preparation: Preparation) -> None:
+        self._paths, self._order, self._size, self._preparation = paths, order, size, preparation
+        self._root = split_root.absolute()  # read by workers that may not share our cwd (Dask)
+        self._starts = range(0, len(order), size)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    @overload
+    def __getitem__(self, index: int) -> EncodeJobs: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[EncodeJobs]: ...
+    def __getitem__(self, index: int | slice) -> EncodeJobs | list[EncodeJobs]:
+        if isinstance(index, slice):
+            return [self[number] for number in range(len(self))[index]]
+        start = self._starts[index]  # an IndexError past the end, which ends iteration
+        positions = self._order[start:start + self._size]
+        return EncodeJobs(self._root, self._paths.iloc[positions].tolist(), self._preparation)
+
+
+def encode_chunk(jobs: Sequence[EncodeJob]) -> list[Encoded]:
     """One unit of parallel work (a thread's, or a Prefect task run's): a chunk of images, in order."""
     return [encode_file(job) for job in jobs]
 
@@ -135,7 +180,7 @@ def in_threads(workers: int) -> ChunkMapper:
     image count.
     """
 
-    def map_chunks(encode: EncodeChunk, chunks: list[list[EncodeJob]]) -> Iterator[list[Encoded]]:
+    def map_chunks(encode: EncodeChunk, chunks: Sequence[Sequence[EncodeJob]]) -> Iterator[list[Encoded]]:
         if workers <= 1:
             yield from map(encode, chunks)
             return
@@ -155,7 +200,7 @@ def in_threads(workers: int) -> ChunkMapper:
 
 
 @contextlib.contextmanager
-def _results(map_chunks: ChunkMapper, chunks: list[list[EncodeJob]]) -> Iterator[Iterator[Encoded]]:
+def _results(map_chunks: ChunkMapper, chunks: Sequence[Sequence[EncodeJob]]) -> Iterator[Iterator[Encoded]]:
     """Every image's result in job order; a lazy mapper is closed on the way out, so a failed run stops encoding."""
     per_chunk = map_chunks(encode_chunk, chunks)
     try:
@@ -165,7 +210,7 @@ def _results(map_chunks: ChunkMapper, chunks: list[list[EncodeJob]]) -> Iterator
             per_chunk.close()
 
 
-def _flatten(chunks: list[list[EncodeJob]], per_chunk: Iterable[list[Encoded]]) -> Iterator[Encoded]:
+def _flatten(chunks: Sequence[Sequence[EncodeJob]], per_chunk: Iterable[list[Encoded]]) -> Iterator[Encoded]:
     """A mapper is pluggable: one it lost or cut short must fail the run, never drop images silently."""
     for chunk, encoded in zip(chunks, per_chunk, strict=True):
         if len(encoded) != len(chunk):
@@ -173,18 +218,18 @@ def _flatten(chunks: list[list[EncodeJob]], per_chunk: Iterable[list[Encoded]]) 
         yield from encoded
 
 
-def _plan(manifest: pd.DataFrame, split_root: Path, seed: int) -> dict[str, list[dict[str, Any]]]:
-    """Rows per split (or fold), checked, sorted by id then shuffled by seed: independent of input row order."""
+def _plan(manifest: pd.DataFrame, split_root: Path, seed: int) -> dict[str, np.ndarray]:
+    """Row positions per split (or fold), checked, sorted by id then shuffled by seed: independent of input row
+    order. Positions, not rows: the plan lives for the whole run."""
     _check_inputs(manifest, split_root)
-    # Every kind of missing (None, NaN, pd.NA) becomes None, whatever the column dtypes.
-    frame = manifest.astype(object).where(manifest.notna(), None)
+    ids = manifest["image_id"].astype(object).reset_index(drop=True)  # compared as Python objects, whatever the dtype
     plan = {}
-    for split in parts_named(frame["split"]):
-        rows = frame[frame["split"] == split].sort_values("image_id").to_dict("records")
-        if not rows:
+    for split in parts_named(manifest["split"]):
+        positions = ids[(manifest["split"] == split).to_numpy()].sort_values().index.to_numpy(copy=True)
+        if not len(positions):
             raise ValueError(f"split {split!r} has no images in the split manifest; every split needs at least one")
-        random.Random(f"{seed}:{split}").shuffle(rows)
-        plan[split] = rows
+        random.Random(f"{seed}:{split}").shuffle(positions)  # draws depend on the length alone: rows' order kept
+        plan[split] = positions
     return plan
 
 
@@ -209,22 +254,25 @@ def _check_inputs(manifest: pd.DataFrame, split_root: Path) -> None:
         raise FileNotFoundError(f"{missing[0]}: image listed in the split manifest is missing{more}; {_RUN_SPLIT}")
 
 
-def _job(split_root: Path, row: dict[str, Any], preparation: Preparation) -> EncodeJob:
-    path = str((split_root / row["path"]).absolute())  # read by workers that may not share our cwd (Dask)
-    return EncodeJob(path, preparation)
+def _rows(manifest: pd.DataFrame, positions: np.ndarray) -> Iterator[dict[str, Any]]:
+    """The rows at ``positions`` as dicts of the columns the stage reads, made a block at a time."""
+    for start in range(0, len(positions), MAX_CHUNK):
+        block = positions[start:start + MAX_CHUNK]
+        columns = [_column(manifest, name, block) for name in _ROW_COLUMNS]
+        yield from (dict(zip(_ROW_COLUMNS, values, strict=True)) for values in zip(*columns, strict=True))
+
+
+def _column(manifest: pd.DataFrame, name: str, positions: np.ndarray) -> list[Any]:
+    """A column's values at ``positions``, every kind of missing (None, NaN, pd.NA) as None, whatever its dtype."""
+    column = manifest[name].iloc[positions]
+    return column.astype(object).where(column.notna(), None).tolist()
 
 
 def _image_facts(row: dict[str, Any], split: str) -> dict[str, Any]:
-    """A split manifest row as its record and its image-table row both state it (IMAGE_COLUMNS but `band`, the
-    table's, and `shard`, known once the split's shards are named): one conversion, so the two never disagree.
-    The original's width and height are the table's alone: the record holds the prepared image's."""
-    return {
-        "image_id": str(row["image_id"]), "split": split, "label": int(row["label"]),
-        "diagnosis": _text(row["diagnosis"]) or "", "source": _text(row["source"]) or "",
-        "group": str(row["group"]), "patient_id": _text(row["patient_id"]),
-        "sex": _text(row["sex"]), "age_approx": _number(row["age_approx"]), "anatom_site": _text(row["anatom_site"]),
-        "width": _whole(row["width"]), "height": _whole(row["height"]),
-    }
+    """A split manifest row as its record states it (IMAGE_COLUMNS but `band` and `shard`, the table's alone).
+    The image table converts its columns with the same _FACTS, so the two never disagree. The original's
+    width and height are the table's alone: the record holds the prepared image's."""
+    return {"split": split} | {name: convert(row[name]) for name, convert in _FACTS.items()}
 
 
 def _serialize(tfrecords: ModuleType, facts: dict[str, Any], image: Resized) -> bytes:
@@ -236,17 +284,26 @@ def _serialize(tfrecords: ModuleType, facts: dict[str, Any], image: Resized) -> 
     )
 
 
-def write_image_table(facts: list[dict[str, Any]], path: Path, bands: Mapping[str, int]) -> None:
+def write_image_table(
+    manifest: pd.DataFrame, written: Mapping[str, np.ndarray], shards: list[dict], path: Path, bands: Mapping[str, int]
+) -> None:
     """The per-image table beside the shards, one row per record in the shards' own order, so readers learn
     labels, groups, ids and each original's size and resolution band (``shard.bands``) without decoding a
-    single record."""
+    single record. ``written``: each split's positions in the manifest of the images it wrote, in order.
+
+    Built a column at a time from the manifest, so only one column's Python values exist at once."""
     import pandas as pd
 
     from skincancer.core.bands import band_names
     from skincancer.shard.tfrecords import IMAGE_COLUMNS
 
-    table = pd.DataFrame(facts, columns=list(IMAGE_COLUMNS))
-    table["band"] = band_names(table["width"], table["height"], bands)
+    positions = np.concatenate(list(written.values()))
+    columns = {name: pd.Series([convert(value) for value in _column(manifest, name, positions)])
+               for name, convert in _FACTS.items()}
+    columns["split"] = pd.Series([split for split, images in written.items() for _ in range(len(images))])
+    columns["shard"] = pd.Series([shard["file"] for shard in shards for _ in range(shard["count"])])
+    columns["band"] = band_names(columns["width"], columns["height"], bands)
+    table = pd.DataFrame({name: columns[name] for name in IMAGE_COLUMNS})
     dtypes = {"label": "int64", "age_approx": "float64", "width": "Int64", "height": "Int64", "band": "string"}
     table.astype(dtypes).to_parquet(path, index=False)
 
@@ -255,12 +312,24 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _text_or_empty(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
 def _whole(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+# Image table column -> how a manifest value (missing as None) becomes the record's and the table's value.
+_FACTS: dict[str, Callable[[Any], Any]] = {
+    "image_id": str, "label": int, "diagnosis": _text_or_empty, "source": _text_or_empty, "group": str,
+    "patient_id": _text, "sex": _text, "age_approx": _number, "anatom_site": _text, "width": _whole, "height": _whole,
+}
+_ROW_COLUMNS = (*_FACTS, "path")  # what the writer reads of a row: its facts, and the path a skip names
 
 
 def _skip(row: dict[str, Any], reason: str) -> dict[str, str]:
@@ -280,15 +349,15 @@ class _ShardRoller:
         self._writer: Any = None
         self._bytes = 0
 
-    def add(self, record: bytes, label: int) -> int:
-        """Write the record; the index of the shard it went to (in the order finish() describes them)."""
+    def add(self, record: bytes, label: int) -> None:
+        """Write the record, to a new shard if it would pass the limit: shards are filled in order, so finish()'s
+        counts say which records each holds."""
         size = len(record) + self._tfrecords.RECORD_OVERHEAD
         if self._writer is None or self._bytes + size > self._limit:
             self._roll()
         self._writer.write(record)
         self._bytes += size
         self._files[-1][1][label] += 1
-        return len(self._files) - 1
 
     def finish(self) -> list[dict]:
         """Close, rename to ``<split>-<i>-of-<n>.tfrecord`` and describe each shard."""
