@@ -23,10 +23,11 @@ from skincancer.train.train import train
 @pytest.fixture(scope="module")
 def recipe_model(tmp_path_factory):
     """A small_cnn trained with params/real.yaml's shard, train and evaluate choices but its own backbone and
-    size, on 400 sample images (val must be big enough for the calibration to keep images apart)."""
+    size, on 600 sample images (val must be big enough for the calibration to keep images apart: at 400
+    the redrawn sample left a median spread between images of 0.09, under the 0.1 this test needs)."""
     recipe = yaml.safe_load((ROOT / "params" / "real.yaml").read_text())
     out = tmp_path_factory.mktemp("robust")
-    manifest = split_sample(out, 400, seed=2)
+    manifest = split_sample(out, 600, seed=2)
     shard = ShardParams.model_validate({**recipe["shard"], "image_size": 48, "workers": 2})
     write_shards(manifest, out / "split", out / "shards", shard)
     chosen = {key: recipe["train"][key] for key in ("head", "imbalance", "augment", "dropout")}
