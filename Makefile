@@ -30,11 +30,11 @@ test: install
 	$(BIN)/ruff check src flows tests benchmarks  # lint first ([tool.ruff] in pyproject.toml): seconds, not minutes
 	$(RUN) $(BIN)/python -m pytest -n 2 --dist loadfile  # both cores; a module's tests stay in one worker, in order
 
-# every benchmarks/<topic>.py (common.py holds their helpers); `make bench BENCH_ARGS=--quick` for small corpora.
+# every benchmarks/<topic>.py (common.py holds their helpers, goals.py their goals); `make bench BENCH_ARGS=--quick` for small corpora.
 # real_recipe.py, real_cv.py and real_full_size.py train for hours on 2 cores: run them on their own (docs/model-quality.md).
 # Each run's raw figures and the machine's facts go to benchmarks/results/<date>-<host>.json;
 # `make bench-tables` rewrites BENCHMARKS.md's tables from those files.
-BENCH_SCRIPTS = $(filter-out benchmarks/common.py benchmarks/__init__.py benchmarks/real_recipe.py benchmarks/real_cv.py benchmarks/real_full_size.py benchmarks/tables.py,$(sort $(wildcard benchmarks/*.py)))
+BENCH_SCRIPTS = $(filter-out benchmarks/common.py benchmarks/goals.py benchmarks/__init__.py benchmarks/real_recipe.py benchmarks/real_cv.py benchmarks/real_full_size.py benchmarks/tables.py,$(sort $(wildcard benchmarks/*.py)))
 BENCH_ARGS ?=
 SCALE_SIZES ?= 2000 8000 33126
 
