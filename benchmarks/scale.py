@@ -190,14 +190,19 @@ def archive_bytes(corpus: Path) -> int:
     return sum(path.stat().st_size for path in corpus.iterdir() if path.is_file())
 
 
-def run_size(n: int, tmp: Path, env: dict[str, str], baselines: dict[str, float]) -> dict:
-    """Every stage of a fresh project on the first n images, then the no-op repro: one size's raw results."""
+def run_size(n: int, tmp: Path, env: dict[str, str], baselines: dict[str, float], until: str | None = None) -> dict:
+    """Every stage of a fresh project on the first n images (up to ``until`` and no further, then nothing else),
+    then the project's disk and the no-op repro: one size's raw results."""
     corpus = isic2020_corpus(n)
     about = describe(rows(n), corpus)
     say(f"corpus: {about}")
     project = committed_project(tmp / f"project-{n}", env, params_change(corpus))
+    stages = dvc_stages()
     stages = [measure_stage(stage, n, project, env, tmp / f"{n}-{stage}.log", baselines[stage])
-              for stage in dvc_stages()]
+              for stage in (stages[:stages.index(until) + 1] if until else stages)]
+    if until:
+        shutil.rmtree(project, ignore_errors=True)
+        return {"images": n, "corpus": about, "stages": [asdict(s) for s in stages], "until": until}
     disk = {"workspace_and_cache_bytes": unique_bytes(project), "archives_bytes": archive_bytes(corpus),
             "by_folder_bytes": {folder: unique_bytes(project / folder)
                                 for folder in ("data/raw", "data/split", "data/shards", "models", ".dvc/cache")}}
@@ -273,7 +278,7 @@ def growth_figures(results: list[dict], quick: bool) -> list[dict]:
     # resolve, a params lookup that reads no image, takes the same time whatever n
     measured_stages = [s["stage"] for s in results[0]["stages"] if s["stage"] != "resolve"]
     figures = []
-    for stage in [*measured_stages, "data_path"]:
+    for stage in [*measured_stages, *(["data_path"] if set(DATA_PATH) <= set(measured_stages) else [])]:
         seconds = [stage_value(result, stage, "seconds") for result in results]
         above = [stage_value(result, stage, "above_imports_mb") for result in results]
         detail = {"sizes": sizes, "seconds": seconds, "above_imports_mb": above,
@@ -293,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", help=f"images per run (default {DEFAULT_SIZES})")
     parser.add_argument("--quick", action="store_true", help=f"one small size, {QUICK_SIZES}")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print where it is")
+    parser.add_argument("--only", choices=dvc_stages(), help="run up to this stage and report its memory growth alone")
     args = parser.parse_args(argv)
     sizes = sorted(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
     say_machine()
@@ -307,10 +313,12 @@ def main(argv: list[str] | None = None) -> int:
             baselines = {stage: imports_mb(stage, env) for stage in dvc_stages()}
             say(f"each stage script's resident peak after its imports alone (MB): {baselines}")
             for n in sizes:
-                results.append(run_size(n, tmp, env, baselines))
-    figures = [figure for result in results for figure in size_figures(result, args.quick)]
+                results.append(run_size(n, tmp, env, baselines, args.only))
+    figures = [] if args.only else [figure for result in results for figure in size_figures(result, args.quick)]
     if len(results) > 1:
-        figures += growth_figures(results, args.quick)
+        # --only: that stage's memory alone; its time shares the machine with whatever runs beside a partial run
+        figures += [figure for figure in growth_figures(results, args.quick)
+                    if not args.only or figure["benchmark"] == f"scale_memory_growth_{args.only}"]
     say(f"bottleneck: {bottleneck(results[-1])}")
     print_figures(figures)
     return 0

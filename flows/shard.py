@@ -1,6 +1,6 @@
 """DVC stage `shard`: data/split/ -> data/shards/<split>-<i>-of-<n>.tfrecord + manifest.json."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pandas as pd
 from prefect import flow, task
@@ -10,27 +10,26 @@ from flows._stage import run_stage, task_runner
 from skincancer.core import paths
 from skincancer.core.params import Params
 from skincancer.shard import shard
-from skincancer.shard.prepare import Encoded, EncodeJob
+from skincancer.shard.prepare import Encoded
+from skincancer.shard.shard import EncodeJobs
 
 
-def chunks_as_tasks(
-    encode_chunk: shard.EncodeChunk, chunks: list[list[EncodeJob]]
-) -> Iterator[list[Encoded]]:
-    """Each chunk of images is a Prefect task run, on the flow's thread pool (Pillow releases the GIL).
+def chunks_as_tasks(workers: int) -> shard.ChunkMapper:
+    """Each chunk of images is a Prefect task run, on the flow's task runner (Pillow releases the GIL), a few
+    chunks ahead of the writer (shard.ahead_of_the_writer: memory flat whatever the image count)."""
 
-    Results are handed back in chunk order while later chunks still run, and each is let go once
-    handed over, so the flow holds only the chunks not yet written.
-    """
-    futures = list(task(encode_chunk, name="encode-chunk", cache_policy=NO_CACHE).map(chunks))
-    futures.reverse()
-    while futures:
-        yield futures.pop().result()
+    def map_chunks(encode_chunk: shard.EncodeChunk, chunks: Sequence[EncodeJobs]) -> Iterator[list[Encoded]]:
+        encode = task(encode_chunk, name="encode-chunk", cache_policy=NO_CACHE)
+        yield from shard.ahead_of_the_writer(encode.submit, chunks, workers)
+
+    return map_chunks
 
 
 @flow(name="shard")
 def shard_flow(params: Params) -> dict:
     manifest = pd.read_parquet(paths.SPLIT_MANIFEST)
-    written = shard.write_shards(manifest, paths.SPLIT, paths.SHARDS, params.shard, chunks_as_tasks)
+    workers = max(params.shard.workers, params.orchestration.dask_workers)
+    written = shard.write_shards(manifest, paths.SPLIT, paths.SHARDS, params.shard, chunks_as_tasks(workers))
     return written["splits"]
 
 

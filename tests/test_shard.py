@@ -554,3 +554,30 @@ def test_flow_encodes_chunks_as_prefect_tasks_with_the_library_bytes(
     library = _params(**params["shard"])
     write_shards(_manifest(split_root), split_root, tmp_path / "library", library)
     assert _hashes(project / "data/shards") == _hashes(tmp_path / "library")
+
+
+@pytest.mark.slow
+def test_the_flow_submits_only_a_few_chunks_ahead_of_the_writer(prefect_api: str, monkeypatch: pytest.MonkeyPatch):
+    """Submitted all at once, the encode-chunk tasks outran the writer and held every encoded image of a large split
+    until it was written (shard's peak grew with the image count at ISIC 2020 scale, under Prefect only)."""
+    from prefect import flow
+
+    from flows.shard import chunks_as_tasks
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    started: list[int] = []
+
+    def encode(chunk: list[int]) -> list[int]:
+        started.append(chunk[0])
+        return list(chunk)
+
+    @flow
+    def leads() -> list[int]:
+        ahead = []
+        for consumed, _ in enumerate(chunks_as_tasks(1)(encode, [[index] for index in range(20)]), start=1):
+            time.sleep(0.05)  # a slow writer: encoders submitted all at once would all have run meanwhile
+            ahead.append(len(started) - consumed)
+        return ahead
+
+    assert max(leads()) <= 2  # 2 x workers + 1 in flight, one of them being handed over
+    assert sorted(started) == list(range(20))

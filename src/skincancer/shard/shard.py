@@ -21,10 +21,10 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 import numpy as np
 
@@ -173,26 +173,35 @@ def encode_chunk(jobs: Sequence[EncodeJob]) -> list[Encoded]:
     return [encode_file(job) for job in jobs]
 
 
-def in_threads(workers: int) -> ChunkMapper:
-    """The library's own mapper: chunks on ``workers`` threads (Pillow releases the GIL), in-process for one.
+class _Result(Protocol):
+    def result(self) -> list[Encoded]: ...
 
-    At most 2 x workers + 1 chunks are in flight ahead of the writer, so memory stays flat whatever the
-    image count.
-    """
+
+def ahead_of_the_writer(submit: Callable[[Sequence[EncodeJob]], _Result], chunks: Sequence[Sequence[EncodeJob]],
+                        workers: int) -> Iterator[list[Encoded]]:
+    """Each chunk's results in chunk order, with at most 2 x workers + 1 chunks submitted ahead of the writer, so
+    memory stays flat whatever the image count (submitted all at once, encoders outrun the writer and hold every
+    encoded image until it is written). ``submit`` returns anything with ``.result()``: a thread pool's future,
+    a Prefect task's."""
+    pending: deque[_Result] = deque()
+    for chunk in chunks:
+        pending.append(submit(chunk))
+        if len(pending) > 2 * workers:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def in_threads(workers: int) -> ChunkMapper:
+    """The library's own mapper: chunks on ``workers`` threads (Pillow releases the GIL), in-process for one."""
 
     def map_chunks(encode: EncodeChunk, chunks: Sequence[Sequence[EncodeJob]]) -> Iterator[list[Encoded]]:
         if workers <= 1:
             yield from map(encode, chunks)
             return
         pool = ThreadPoolExecutor(workers, thread_name_prefix="shard-encode")
-        pending: deque[Future[list[Encoded]]] = deque()
         try:
-            for chunk in chunks:
-                pending.append(pool.submit(encode, chunk))
-                if len(pending) > 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+            yield from ahead_of_the_writer(lambda chunk: pool.submit(encode, chunk), chunks, workers)
         finally:
             pool.shutdown(cancel_futures=True)
 
