@@ -13,11 +13,12 @@ demo_epoch_vs_ca937e2
                    3 min 11 s), each in a worktree of its own with its own data stages run first, on the same
                    venv. An epoch is (train stage at 6 epochs - train stage at 1 epoch) / 5, so start-up, the
                    first epoch's tracing and the model's saving cancel out. The two take turns, pass by pass.
-                   --quick skips it.
+                   --quick and --skip-epoch skip it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -33,7 +34,6 @@ from common import (
     alternate,
     bench_tmp,
     paired_figure,
-    parse_args,
     print_figures,
     say,
     say_machine,
@@ -137,11 +137,15 @@ def bench_epoch(tmp: Path, quick: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the fresh clone's demo only")
+    parser.add_argument("--skip-epoch", action="store_true", help="the fresh clone's demo only (a full figure)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print where it is")
+    args = parser.parse_args(argv)
     say_machine()
     with bench_tmp("demo", args.keep) as tmp:
         figures = bench_fresh_clone(tmp, args.quick)
-        if not args.quick:
+        if not (args.quick or args.skip_epoch):
             figures.append(bench_epoch(tmp, args.quick))
     print_figures(figures)
     return 0
