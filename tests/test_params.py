@@ -36,13 +36,13 @@ def test_the_real_data_recipe_is_a_complete_params_file_that_changes_only_what_i
     params = load_params(ROOT / "params" / "real.yaml")
     changed = {key for key in keys(recipe) if _at(recipe, key) != _at(project_params(), key)}
     assert changed == {
-        ".fetch.datasets", ".labels.unknown", ".shard.resize", ".train.backbone", ".train.weights",
+        ".fetch.datasets", ".labels.unknown", ".shard.resize", ".train.backbone", ".train.weights", ".train.epochs",
         ".train.fine_tune_epochs", ".train.fine_tune_layers", ".train.head", ".train.early_stopping_patience",
         ".train.imbalance", ".evaluate.tta", ".evaluate.tta_scales", ".evaluate.threshold.holds_on",
     }
     assert params.shard.image_size == 224 and params.train.head == "diagnosis"
     quality = (ROOT / "docs" / "model-quality.md").read_text()
-    for key in ("shard.resize", "train.head", "train.fine_tune_layers", "evaluate.tta", "shard.color_constancy",
+    for key in ("shard.resize", "train.epochs", "train.head", "train.fine_tune_layers", "evaluate.tta", "shard.color_constancy",
                 "train.augment", "train.augment.resolution", "train.imbalance", "evaluate.tta_scales",
                 "evaluate.threshold.holds_on", "train.balance"):
         assert f"`{key}" in quality, key

@@ -298,7 +298,7 @@ class TrainParams(_Section):
     backbone: str = "small_cnn"
     weights: str | None = None
     batch_size: Int = Field(32, ge=1, description="per replica: the global batch is this times the device count")
-    epochs: Int = Field(30, ge=1, description="phase 1: head (and small_cnn) training")
+    epochs: Int = Field(12, ge=1, description="phase 1: head (and small_cnn) training")
     learning_rate: Float = Field(2e-3, gt=0)
     fine_tune_epochs: Int = Field(0, ge=0, description="phase 2: unfreeze the top of a pretrained backbone")
     fine_tune_layers: Int = Field(20, ge=0)
