@@ -168,3 +168,26 @@ def test_a_real_data_benchmark_without_its_folder_says_what_to_pass_and_measures
         assert result.returncode == 0, result.stderr
         assert wanted in result.stdout and "nothing measured" in result.stdout
         assert '{"benchmark"' not in result.stdout  # no figure
+
+
+def readme_figures(text: str) -> dict[str, str]:
+    """The figures the README quotes, written `name`: value (BENCHMARKS.md's own number format)."""
+    return dict(re.findall(r"`([a-z0-9_]+)`: ([0-9][0-9.,]*)", text))
+
+
+def test_the_readmes_performance_figures_are_benchmarks_mds():
+    """A figure the README quotes is the one BENCHMARKS.md's table shows, from the committed results."""
+    sys.path.append(str(ROOT / "benchmarks"))
+    import tables
+
+    quoted = readme_figures((ROOT / "README.md").read_text())
+    assert {"demo_make_s", "demo_test_roc_auc", "scale_disk_33126"} <= quoted.keys()
+    latest = tables.latest_figures(tables.load_runs())
+    if (recipe := tables.recipe_figure()) is not None:
+        latest[recipe["benchmark"]] = recipe
+    assert {name: value for name, value in quoted.items() if tables.number(latest[name]["ours"]) != value} == {}
+
+
+def test_a_quoted_figure_is_read_as_the_table_writes_it():
+    assert readme_figures("takes `demo_make_s`: 212.5 s; `scale_disk_33126`: 2.001x") == {
+        "demo_make_s": "212.5", "scale_disk_33126": "2.001"}
