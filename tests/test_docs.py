@@ -18,7 +18,7 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 LIBRARY = ROOT / "src" / "skincancer"
 STAGE_TABLE_HEADER = "| stage | library | reads | writes (DVC outs) |"
 OUTSIDE_THE_REPOSITORY = ("../", "/work/", "shared/real")
-REAL_DATA_BENCHMARKS = ("real_recipe.py", "real_cv.py", "real_split.py", "near_duplicates.py")
+REAL_DATA_BENCHMARKS = ("real_recipe.py", "real_cv.py", "real_split.py", "near_duplicates.py", "recipe_at_scale.py")
 
 
 def dvc_stages() -> dict:
