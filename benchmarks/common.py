@@ -188,15 +188,30 @@ def paired_figure(name: str, ours: list[float], baseline: list[float], unit: str
     return _finish(record, quick, detail)
 
 
-def alternate(repeats: int, sides: dict[str, Callable[[], object]]) -> dict[str, list[float]]:
+def alternate(repeats: int, sides: dict[str, Callable[[], object]],
+              prepare: dict[str, Callable[[], object]] | None = None) -> dict[str, list[float]]:
     """Seconds of each side's ``repeats`` timed calls, the sides taking turns pass by pass (A B, then B A, ...),
-    so neither always runs first, on a warmer cache or a quieter machine. Every side gets the same passes."""
+    so neither always runs first, on a warmer cache or a quieter machine. Every side gets the same passes.
+    ``prepare`` names an untimed step to run before a side's every timed call (clearing its last output)."""
     times: dict[str, list[float]] = {name: [] for name in sides}
     order = list(sides)
     for index in range(repeats):
         for name in order if index % 2 == 0 else reversed(order):
+            if prepare and name in prepare:
+                prepare[name]()
             times[name].append(timed(sides[name])[0])
     return times
+
+
+LOG_CLOCK = re.compile(r"(\d\d):(\d\d):(\d\d\.\d+) \|")  # a Prefect log line's time of day
+
+
+def log_second(line: str) -> float | None:
+    """The second of the day a Prefect log line was written at; None for a line without one."""
+    if (match := LOG_CLOCK.match(line)) is None:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 def target_figure(name: str, ours: float, target: float, unit: str, *, better: str = "lower", quick: bool = False,

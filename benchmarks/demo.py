@@ -33,6 +33,7 @@ from common import (
     ROOT,
     alternate,
     bench_tmp,
+    log_second,
     paired_figure,
     print_figures,
     say,
@@ -57,13 +58,13 @@ def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None, log: 
 
 def stage_seconds(log: Path) -> dict[str, float]:
     """Each stage's seconds from the pipeline's log: its 'Running stage' line to the next (the last to the end)."""
-    moments = []
+    moments, last = [], 0.0
     for line in log.read_text().splitlines():
-        if match := re.match(r"(\d\d):(\d\d):(\d\d\.\d+) \| INFO .* Running stage '(\w+)'", line):
-            hours, minutes, seconds, stage = match.groups()
-            moments.append((stage, int(hours) * 3600 + int(minutes) * 60 + float(seconds)))
-        elif match := re.match(r"(\d\d):(\d\d):(\d\d\.\d+) \|", line):
-            last = int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3])
+        if (second := log_second(line)) is None:
+            continue
+        last = second
+        if match := re.search(r"\| INFO .* Running stage '(\w+)'", line):
+            moments.append((match[1], second))
     ends = [moment for _, moment in moments[1:]] + [last]
     return {stage: round(end - start, 1) for (stage, start), end in zip(moments, ends, strict=True)}
 

@@ -30,6 +30,7 @@ from common import (
     add_real_data_option,
     bench_tmp,
     committed_project,
+    log_second,
     measurement,
     print_figures,
     project_env,
@@ -43,18 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "corpora"))
 from isic2020 import ISIC2020_IMAGES, isic2020_corpus  # noqa: E402
 
 WEIGHTS = "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
-CLOCK = re.compile(r"(\d\d):(\d\d):(\d\d\.\d+) \|")
-
-
-def _second(line: str) -> float:
-    hours, minutes, seconds = CLOCK.search(line).groups()
-    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-
-
 def train_parts(lines: list[str]) -> dict[str, float]:
     """The extraction's and the one fine-tuning epoch's seconds, from train's log lines."""
-    start = next(_second(line) for line in lines if "phase 1 on cached features" in line)
-    first_epoch = next(_second(line) for line in lines if "phase 1 epoch 1/" in line)
+    start = next(log_second(line) for line in lines if "phase 1 on cached features" in line)
+    first_epoch = next(log_second(line) for line in lines if "phase 1 epoch 1/" in line)
     fine_tune = next(float(re.search(r", ([0-9.]+) s$", line).group(1)) for line in lines if "phase 2 epoch 1/" in line)
     return {"extraction_s": round(first_epoch - start, 1), "fine_tune_epoch_s": fine_tune}
 

@@ -100,22 +100,6 @@ def seconds_list(times: list[float]) -> str:
     return ", ".join(f"{t:.2f}" for t in times)
 
 
-def in_turn(repeats: int, sides: dict[str, tuple[Callable[[], None], Callable[[], object]]]
-            ) -> tuple[dict[str, list[float]], dict[str, object]]:
-    """common.alternate's turns (A B, then B A, ...) with an untimed step before each timed call: each side's
-    (prepare, run). The seconds of every side's passes, and each side's last result."""
-    times: dict[str, list[float]] = {name: [] for name in sides}
-    results: dict[str, object] = {}
-    order = list(sides)
-    for index in range(repeats):
-        for name in order if index % 2 == 0 else reversed(order):
-            prepare, function = sides[name]
-            prepare()
-            seconds, results[name] = timed(function)
-            times[name].append(seconds)
-    return times, results
-
-
 def raw_folder(corpus: Path, tmp: Path) -> tuple[Path, Path]:
     """data/raw/<source>/ as the fetch stage leaves it, the corpus zip hardlinked in (copied if it can't be)."""
     raw_root = tmp / "raw"
@@ -183,12 +167,16 @@ def bench_split(corpus: Path, tmp: Path, n: int, quick: bool) -> dict:
 
     raw_root, folder = raw_folder(corpus, tmp)
     (folder / CLI_ZIP).read_bytes()  # untimed: the archive in the page cache for both sides
-    times, results = in_turn(REPEATS, {  # each pass from a clean slate, earlier writes flushed
-        "ours": (lambda: settle(tmp / "ours"), lambda: ours(folder, raw_root, tmp / "ours" / "split")),
-        "tutorial": (lambda: settle(tmp / "naive"),
-                     lambda: naive(folder / CLI_ZIP, tmp / "naive", tmp / "naive" / "split")),
-    })
-    manifest, copied = results["ours"], results["tutorial"]
+    results: dict[str, object] = {}
+
+    def keeping(name: str, function: Callable[[], object]) -> Callable[[], None]:
+        return lambda: results.__setitem__(name, function())
+
+    times = alternate(REPEATS, {
+        "ours": keeping("ours", lambda: ours(folder, raw_root, tmp / "ours" / "split")),
+        "tutorial": keeping("tutorial", lambda: naive(folder / CLI_ZIP, tmp / "naive", tmp / "naive" / "split")),
+    }, prepare={"ours": lambda: settle(tmp / "ours"), "tutorial": lambda: settle(tmp / "naive")})  # a clean slate,
+    manifest, copied = results["ours"], results["tutorial"]  # earlier writes flushed, before each pass
     ours_s, tutorial_s = statistics.median(times["ours"]), statistics.median(times["tutorial"])
     written = sum(1 for _ in (tmp / "ours" / "split").glob("*/*/*.jpg"))
     assert written == len(manifest) == n, (written, len(manifest), n)

@@ -86,9 +86,7 @@ def number(value: float | int | None) -> str:
 def ratio_cell(record: dict) -> str:
     """How many times better ours is: the median of the passes' ratios with their min-max, or (results written
     before passes were paired) the one ratio recorded, said to be of the best passes."""
-    if "ratio" not in record:
-        return "-"
-    if record["ratio"] is None:
+    if record.get("ratio") is None:
         return "-"
     if "ratio_range" in record:
         low, high = record["ratio_range"]

@@ -69,6 +69,9 @@ def test_the_sides_take_turns_pass_by_pass_and_get_the_same_passes():
     times = common.alternate(4, {"ours": lambda: calls.append("ours"), "baseline": lambda: calls.append("baseline")})
     assert calls == ["ours", "baseline", "baseline", "ours", "ours", "baseline", "baseline", "ours"]
     assert [len(passes) for passes in times.values()] == [4, 4]
+    calls.clear()
+    common.alternate(2, {"ours": lambda: calls.append("ours")}, prepare={"ours": lambda: calls.append("clear")})
+    assert calls == ["clear", "ours", "clear", "ours"]  # the untimed step before every timed call
 
 
 def test_the_code_measured_names_its_uncommitted_changes_by_a_hash(tmp_path, monkeypatch):
