@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator, Sequence
 
-import pandas as pd
+import pyarrow as pa
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
@@ -27,13 +27,16 @@ def chunks_as_tasks(workers: int) -> shard.ChunkMapper:
 
 @flow(name="shard")
 def shard_flow(params: Params) -> dict:
-    manifest = pd.read_parquet(paths.SPLIT_MANIFEST)
+    manifest = shard.read_split_manifest(paths.SPLIT_MANIFEST)
     workers = max(params.shard.workers, params.orchestration.dask_workers)
     written = shard.write_shards(manifest, paths.SPLIT, paths.SHARDS, params.shard, chunks_as_tasks(workers))
     return written["splits"]
 
 
 def main(params: Params) -> dict:
+    # Arrow's default pool (mimalloc) keeps the pages a manifest read used, several times the table's size and
+    # more with more images; the system allocator hands them back to the encoders.
+    pa.set_memory_pool(pa.system_memory_pool())
     return shard_flow.with_options(task_runner=task_runner(params.orchestration, params.shard.workers))(params)
 
 

@@ -351,6 +351,39 @@ def test_no_job_or_image_facts_outlive_their_chunk_so_memory_is_flat_in_the_imag
     assert max(image for _, image in live_at_each_record) == 1  # the image being written
 
 
+def test_a_mapper_that_keeps_its_results_does_not_keep_the_encoded_images(split_root: Path, tmp_path: Path) -> None:
+    """Prefect's task engine keeps each task's returned list in reference cycles until a full garbage collection:
+    the writer takes each image out of its chunk's list as it writes it, so no encoded image outlives its record."""
+    kept: list[list] = []
+
+    def keeping(encode, chunks):
+        for chunk in chunks:
+            kept.append(encode(chunk))
+            yield kept[-1]
+
+    manifest = _manifest(split_root)
+    write_shards(manifest, split_root, tmp_path / "kept", _params(), keeping)
+    write_shards(manifest, split_root, tmp_path / "plain", _params())
+    assert _hashes(tmp_path / "kept") == _hashes(tmp_path / "plain")
+    assert len(kept) > 1 and all(result is None for chunk in kept for result in chunk)
+
+
+def test_the_stage_reads_only_the_manifest_columns_it_uses_and_still_names_a_missing_one(
+    split_root: Path, tmp_path: Path
+) -> None:
+    """The manifest lives for the whole run: the split's other columns (uri, sha256, lesion_id...) stay on disk."""
+    read = shard.read_split_manifest(split_root / "manifest.parquet")
+    assert sorted(read.columns) == sorted(shard._REQUIRED)
+    assert {"uri", "sha256", "lesion_id"} <= set(_manifest(split_root).columns)
+    write_shards(read, split_root, tmp_path / "narrow", _params())
+    write_shards(_manifest(split_root), split_root, tmp_path / "whole", _params())
+    assert _hashes(tmp_path / "narrow") == _hashes(tmp_path / "whole")
+
+    _manifest(split_root).drop(columns="group").to_parquet(split_root / "manifest.parquet")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['group'\]"):
+        write_shards(shard.read_split_manifest(split_root / "manifest.parquet"), split_root, tmp_path / "x", _params())
+
+
 def test_reruns_are_byte_identical_whatever_the_worker_count(split_root: Path, tmp_path: Path) -> None:
     manifest = _manifest(split_root)
     target_mb = 8192 / 2**20

@@ -113,6 +113,16 @@ def write_shards(
     return document
 
 
+def read_split_manifest(path: Path) -> pd.DataFrame:
+    """The split manifest's columns that this stage reads, and no others: the manifest lives for the whole run,
+    so its unread columns would cost memory per image. A missing column is left for the stage to name."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    present = set(pq.read_schema(path).names)
+    return pd.read_parquet(path, columns=[name for name in _REQUIRED if name in present])
+
+
 def _log_written(shards: list[dict], images: int, skipped: int, seconds: float) -> None:
     megabytes = sum(shard["bytes"] for shard in shards) / 1e6
     log.info("sharded %d images (%d skipped) into %d files, %.1f MB, in %.1f s: %.1f images/s, %.1f MB/s",
@@ -128,7 +138,7 @@ class EncodeJobs(Sequence[EncodeJob]):
     """A chunk: its images' EncodeJobs, each made when read. It holds only their paths, so a mapper that lists
     every chunk up front (Prefect's map) holds a path per image, not a job; small and picklable (Dask)."""
 
-    def __init__(self, root: Path, paths: list[str], preparation: Preparation) -> None:
+    def __init__(self, root: str, paths: list[str], preparation: Preparation) -> None:
         self._root, self._paths, self._preparation = root, paths, preparation
 
     def __len__(self) -> int:
@@ -141,7 +151,7 @@ class EncodeJobs(Sequence[EncodeJob]):
     def __getitem__(self, index: int | slice) -> EncodeJob | list[EncodeJob]:
         if isinstance(index, slice):
             return [self[number] for number in range(len(self))[index]]
-        return EncodeJob(str(self._root / self._paths[index]), self._preparation)
+        return EncodeJob(os.path.join(self._root, self._paths[index]), self._preparation)
 
 
 class _Chunks(Sequence[EncodeJobs]):
@@ -150,7 +160,7 @@ class _Chunks(Sequence[EncodeJobs]):
 
     def __init__(self, paths: pd.Series, order: np.ndarray, size: int, split_root: Path, preparation: Preparation) -> None:
         self._paths, self._order, self._size, self._preparation = paths, order, size, preparation
-        self._root = split_root.absolute()  # read by workers that may not share our cwd (Dask)
+        self._root = str(split_root.absolute())  # read by workers that may not share our cwd (Dask)
         self._starts = range(0, len(order), size)
 
     def __len__(self) -> int:
@@ -220,11 +230,16 @@ def _results(map_chunks: ChunkMapper, chunks: Sequence[Sequence[EncodeJob]]) -> 
 
 
 def _flatten(chunks: Sequence[Sequence[EncodeJob]], per_chunk: Iterable[list[Encoded]]) -> Iterator[Encoded]:
-    """A mapper is pluggable: one it lost or cut short must fail the run, never drop images silently."""
+    """A mapper is pluggable: one it lost or cut short must fail the run, never drop images silently.
+
+    Each result leaves its chunk's list as it is handed on: a mapper may keep the list (Prefect's task engine
+    does, in reference cycles that live until the next full garbage collection), and its images must not."""
     for chunk, encoded in zip(chunks, per_chunk, strict=True):
         if len(encoded) != len(chunk):
             raise ValueError(f"map_chunks returned {len(encoded)} results for a chunk of {len(chunk)} images")
-        yield from encoded
+        for index, result in enumerate(encoded):
+            encoded[index] = None
+            yield result
 
 
 def _plan(manifest: pd.DataFrame, split_root: Path, seed: int) -> dict[str, np.ndarray]:
@@ -257,7 +272,8 @@ def _check_inputs(manifest: pd.DataFrame, split_root: Path) -> None:
     bad_labels = sorted(set(manifest["label"].tolist()) - {0, 1})
     if bad_labels:
         raise ValueError(f"split manifest has label value(s) {bad_labels}; expected 0 (benign) or 1 (malignant)")
-    missing = [str(split_root / path) for path in manifest["path"] if not (split_root / path).is_file()]
+    root = str(split_root)  # joined as text: a Path per image would intern every file name for the run's life
+    missing = [os.path.join(root, path) for path in manifest["path"] if not os.path.isfile(os.path.join(root, path))]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise FileNotFoundError(f"{missing[0]}: image listed in the split manifest is missing{more}; {_RUN_SPLIT}")
