@@ -2,7 +2,6 @@
 
 from collections.abc import Iterator, Sequence
 
-import pyarrow as pa
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
@@ -34,9 +33,6 @@ def shard_flow(params: Params) -> dict:
 
 
 def main(params: Params) -> dict:
-    # Arrow's default pool (mimalloc) keeps the pages a manifest read used, several times the table's size and
-    # more with more images; the system allocator hands them back to the encoders.
-    pa.set_memory_pool(pa.system_memory_pool())
     return shard_flow.with_options(task_runner=task_runner(params.orchestration, params.shard.workers))(params)
 
 
