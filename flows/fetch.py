@@ -17,7 +17,7 @@ def concurrent_downloads(function, jobs):
 
 @flow(name="fetch")
 def fetch_flow(params: Params) -> int:
-    index = fetch.fetch(params.fetch, paths.RAW, concurrent_downloads)
+    index = fetch.fetch(params.fetch, paths.RAW, concurrent_downloads, params.shard.max_pixels)
     return len(index)
 
 

@@ -1,5 +1,6 @@
 import random
 import re
+import struct
 import zipfile
 from pathlib import Path
 
@@ -150,3 +151,41 @@ def test_read_uris_only_reads_validated_file_members(tmp_path, member):
     make_zip(tmp_path / "a.zip", [("train/", b""), ("a.jpg", b"1")])
     with pytest.raises(FileNotFoundError, match=re.escape(repr(member))):
         list(read_uris(tmp_path, [f"a.zip!{member}"]))
+
+
+def corrupt_first_file(path: Path) -> None:
+    """Flip one byte in the middle of the first file member's stored data: it no longer reads (CRC or deflate)."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = next(info for info in archive.infolist() if not info.is_dir())
+    name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)  # the local header's
+    start = info.header_offset + 30 + name_length + extra_length
+    data[start + info.compress_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_truncated_archive_is_named_wherever_it_is_opened(tmp_path):
+    path = make_zip(tmp_path / "cut.zip", [(f"{i}.jpg", random.Random(i).randbytes(1000)) for i in range(4)])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # the central directory at the end is gone
+    for read in (safe_members, archives.read_through, lambda p: list(read_uris(tmp_path, ["cut.zip!0.jpg"]))):
+        with pytest.raises(archives.BrokenArchive, match=r"cut\.zip: cannot be read \(BadZipFile: File is not a zip") as caught:
+            read(path)
+        assert caught.value.path == path and "truncated" in str(caught.value)
+
+
+def test_a_member_failing_its_crc_is_named_with_its_archive(tmp_path):
+    path = make_zip(tmp_path / "crc.zip", [("a.jpg", b"the bytes of an image" * 50), ("b.jpg", b"another")])
+    corrupt_first_file(path)
+    assert [info.filename for info in safe_members(path)] == ["a.jpg", "b.jpg"]  # the listing alone looks fine
+    with pytest.raises(archives.BrokenArchive, match=r"crc\.zip: member 'a\.jpg': cannot be read \(BadZipFile: Bad CRC"):
+        archives.read_through(path)
+    with pytest.raises(archives.BrokenArchive, match=r"crc\.zip: member 'a\.jpg'"):
+        list(read_uris(tmp_path, ["crc.zip!b.jpg", "crc.zip!a.jpg"]))
+
+
+def test_read_through_reads_every_member_of_a_safe_archive_only(tmp_path):
+    good = make_zip(tmp_path / "good.zip", [("train/", b""), ("train/a.jpg", b"a"), ("train/b.jpg", b"bb")])
+    assert archives.read_through(good) == 2
+    bad = make_zip(tmp_path / "bad.zip", [("ok.jpg", b"1"), ("../evil.jpg", b"2")])
+    with pytest.raises(UnsafeArchive, match=r"bad\.zip: member '\.\./evil\.jpg' has a '\.\.' component"):
+        archives.read_through(bad)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from skincancer.ingest.download import ChecksumMismatch, Downloaded, DownloadError, download, redact
+from skincancer.ingest.download import ChecksumMismatch, Downloaded, DownloadError, download, redact, redact_url
 
 PAYLOAD = random.Random(20240603).randbytes(3 * 2**20 + 12345)  # odd size: ranges are not aligned
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -38,6 +38,7 @@ class Scenario:
     ignore_range: bool = False  # always 200 with the whole body
     wrong_range_start: bool = False  # 206 from byte 0 whatever was asked
     token: str | None = None  # require "Authorization: Bearer <token>", else 401
+    redirect: str | None = None  # answer 302 to this Location
     requests: int = 0
     ranges: list[str | None] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)
@@ -60,6 +61,8 @@ class Handler(BaseHTTPRequestHandler):
             sc.authorizations.append(self.headers.get("Authorization"))
         if self.path == "/old":
             return self._empty(302, Location="/file.bin")
+        if sc.redirect is not None:
+            return self._empty(302, Location=sc.redirect)
         if sc.token is not None and self.headers.get("Authorization") != f"Bearer {sc.token}":
             return self._empty(401)
         if sc.always is not None:
@@ -350,3 +353,33 @@ def test_secret_absent_from_failures(server, tmp_path, caplog, scenario):
     rendered = [str(info.value), repr(info.value), caplog.text]
     rendered += [str(e) for e in (info.value.__cause__, info.value.__context__) if e is not None]
     assert not any(SECRET in text for text in rendered)
+
+
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/file.bin"])
+def test_a_redirect_off_http_is_refused_at_once_naming_both_urls(server, tmp_path, target):
+    server.redirect = target
+    with pytest.raises(DownloadError) as info:
+        download(server.url, tmp_path / "a.zip", retries=3, **FAST)
+    assert f"{server.url}: redirected to {target}" in str(info.value) and "not retried" in str(info.value)
+    assert server.requests == 1 and not (tmp_path / "a.zip").exists()
+
+
+def test_redact_url_masks_user_info_and_query_values():
+    url = f"https://reader:{SECRET}@mirror.example:8443/isic/a.zip?X-Amz-Signature={SECRET}&token={SECRET}&{SECRET}"
+    assert redact_url(url) == "https://***@mirror.example:8443/isic/a.zip?X-Amz-Signature=***&token=***&***"
+    for plain in ("https://isic-archive.s3.amazonaws.com/challenges/2019/a.zip", "file:///data/a%20b.zip", "a.zip"):
+        assert redact_url(plain) == plain
+
+
+def test_credentials_in_the_url_are_never_logged_or_raised(server, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    server.drop_first = 1  # a resumed retry too, so every log path runs
+    url = server.url.replace("http://", f"http://reader:{SECRET}@") + f"?X-Amz-Signature={SECRET}"
+    got = download(url, tmp_path / "a.zip", sha256=SHA, **FAST)
+    assert got.path.read_bytes() == PAYLOAD and server.requests == 2
+    assert "downloading http://***@127.0.0.1" in caplog.text and "X-Amz-Signature=***" in caplog.text
+    server.always = 404
+    with pytest.raises(DownloadError) as info:
+        download(url, tmp_path / "b.zip", **FAST)
+    assert "HTTP 404" in str(info.value)
+    assert not any(SECRET in text for text in (caplog.text, str(info.value), repr(got)))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from layout_fixtures import write_class_folders, write_isic2019, write_isic_cli
+from test_archives import corrupt_first_file
 
 from skincancer.core.params import FetchParams, SampleParams
 from skincancer.ingest.download import ChecksumMismatch, DownloadError
@@ -220,3 +224,127 @@ def test_official_duplicate_pairs_are_collected_for_the_split(mirror, tmp_path):
     assert len(index) == len(ids)
     pairs = pd.read_parquet(tmp_path / "raw/duplicates.parquet")
     assert pairs.to_dict("records") == [{"image_id_1": ids[0], "image_id_2": ids[1], "source": "isic2020"}]
+
+
+def serve_cli_zip(mirror: Mirror) -> tuple[Path, bytes]:
+    """An isic-cli zip on the mirror, and its good bytes."""
+    write_isic_cli(mirror.root / "cli", as_zip=True)
+    served = next((mirror.root / "cli").glob("*.zip"))
+    return served, served.read_bytes()
+
+
+def cli_source(mirror: Mirror, served: Path, **fields) -> FetchParams:
+    source = {"name": "mine", "url": f"{mirror.url}/cli/{served.name}", "layout": "isic-cli", **fields}
+    return FetchParams.model_validate({"datasets": [], "sources": [source], "retries": 0})
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", [truncate, corrupt_first_file])
+def test_a_broken_archive_is_named_never_recorded_and_a_fixed_source_then_fetches(mirror, tmp_path, damage):
+    served, good = serve_cli_zip(mirror)
+    damage(served)
+    raw, key = tmp_path / "raw", f"mine/{served.name}"
+    params = cli_source(mirror, served)
+    with pytest.raises(FetchError) as caught:
+        fetch(params, raw)
+    message = str(caught.value)
+    assert str(raw / key) in message and "cannot be read" in message and f"{mirror.url}/cli/{served.name}" in message
+    assert "removed and not recorded: fix the source" in message
+    assert key not in read_checksums(raw) and not (raw / key).exists()
+
+    served.write_bytes(good)  # the source is fixed
+    assert len(fetch(params, raw)) > 0
+    assert read_checksums(raw)[key]["size"] == len(good)
+
+
+def test_an_archive_recorded_broken_by_an_earlier_fetch_is_repinned_with_the_command(mirror, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from skincancer.cli import app
+    from skincancer.ingest.download import download
+
+    served, good = serve_cli_zip(mirror)
+    truncate(served)
+    monkeypatch.chdir(tmp_path)  # `skincancer repin` works on data/raw under the project root
+    raw, key = Path("data/raw"), f"mine/{served.name}"
+    params = cli_source(mirror, served)
+    # what fetch did before it read archives through: the truncated download recorded as good
+    got = download(params.sources[0].url, raw / key, progress=False)
+    (raw / CHECKSUMS).write_text(json.dumps({key: {"url": params.sources[0].url, "size": got.size, "sha256": got.sha256}}))
+    served.write_bytes(good)  # fixing the source alone does not help: the recorded copy is reused
+    with pytest.raises(FetchError, match=rf"cannot be read.*run `skincancer repin {re.escape(key)}`"):
+        fetch(params, raw)
+
+    refused = CliRunner().invoke(app, ["repin", "nothing-like-it"])
+    assert refused.exit_code == 2 and "records nothing for 'nothing-like-it'" in refused.stderr and "mine" in refused.stderr
+    result = CliRunner().invoke(app, ["repin", "mine"])
+    assert result.exit_code == 0 and f"forgot {key}" in result.stdout and "dvc repro fetch" in result.stdout
+    assert key not in read_checksums(raw) and not (raw / key).exists()
+    assert len(fetch(params, raw)) > 0
+    assert read_checksums(raw)[key]["size"] == len(good)
+
+
+def test_a_checksum_mismatch_says_how_to_repin_and_repin_accepts_the_new_bytes(mirror, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from skincancer.cli import app
+
+    truth = serve_isic2019(mirror) / "ISIC_2019_Training_GroundTruth.csv"
+    monkeypatch.chdir(tmp_path)
+    raw, key = Path("data/raw"), "isic2019/ISIC_2019_Training_GroundTruth.csv"
+    params = FetchParams(datasets=["isic2019"], mirror=mirror.url, retries=0)
+    fetch(params, raw)
+    truth.write_bytes(truth.read_bytes().replace(b"\n", b"\r\n"))  # republished upstream with other line endings
+    (raw / key).unlink()
+    with pytest.raises(ChecksumMismatch, match=rf"If the source changed on purpose, run `skincancer repin {re.escape(key)}`"):
+        fetch(params, raw)
+    assert CliRunner().invoke(app, ["repin", key]).exit_code == 0
+    fetch(params, raw)
+    assert read_checksums(raw)[key]["size"] == truth.stat().st_size
+
+
+def test_a_params_pin_mismatch_points_at_params_yaml(mirror, tmp_path):
+    served, _ = serve_cli_zip(mirror)
+    with pytest.raises(ChecksumMismatch, match=r"pinned by the sha256 of source 'mine' in params.yaml"):
+        fetch(cli_source(mirror, served, sha256="0" * 64), tmp_path / "raw")
+
+
+def test_a_missing_token_is_named_before_any_download(mirror, tmp_path, monkeypatch):
+    served, _ = serve_cli_zip(mirror)
+    public = {"name": "public", "url": f"{mirror.url}/cli/{served.name}", "layout": "isic-cli"}
+    private = public | {"name": "private", "auth_env": "ISIC_TOKEN"}
+    params = FetchParams.model_validate({"datasets": [], "sources": [public, private], "retries": 0})
+    monkeypatch.delenv("ISIC_TOKEN", raising=False)
+    with pytest.raises(FetchError, match="source 'private': environment variable ISIC_TOKEN .* is not set"):
+        fetch(params, tmp_path / "raw")
+    assert mirror.requests == [] and not (tmp_path / "raw").exists()
+
+
+def test_credentials_in_a_source_url_reach_neither_the_log_nor_checksums(mirror, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    served, _ = serve_cli_zip(mirror)
+    secret = "s3cr3t-in-the-url"
+    url = f"{mirror.url.replace('http://', f'http://reader:{secret}@')}/cli/{served.name}?token={secret}"
+    params = FetchParams.model_validate({"datasets": [], "retries": 0,
+                                         "sources": [{"name": "mine", "url": url, "layout": "isic-cli"}]})
+    assert len(fetch(params, tmp_path / "raw")) > 0 and mirror.requests == [f"/cli/{served.name}?token={secret}"]
+    recorded = (tmp_path / "raw" / CHECKSUMS).read_text()
+    assert secret not in caplog.text and secret not in recorded
+    assert read_checksums(tmp_path / "raw")[f"mine/{served.name}"]["url"] == (
+        f"{mirror.url.replace('http://', 'http://***@')}/cli/{served.name}?token=***")
+
+
+def test_fetch_hashes_no_image_over_the_shard_stages_pixel_bound(tmp_path):
+    """One pixel bound for every stage that decodes: the flow passes `shard.max_pixels`, and an image over it is
+    indexed without a perceptual hash (never decoded), as the shard stage then skips it."""
+    params = FetchParams.model_validate({"datasets": ["sample"], "sample": {"n_images": 40}})
+    hashed = fetch(params, tmp_path / "all")
+    smallest = int((hashed["width"] * hashed["height"]).min())
+    bounded = fetch(params, tmp_path / "bounded", max_pixels=smallest)
+    over = (bounded["width"] * bounded["height"]) > smallest
+    assert over.any() and bounded.loc[over, "image_hash"].isna().all()
+    assert bounded.loc[~over, "image_hash"].tolist() == hashed.loc[~over, "image_hash"].tolist()
+    assert hashed["image_hash"].notna().all()

@@ -286,3 +286,55 @@ def test_check_params_prints_the_warnings_and_still_passes(tmp_path):
     result = CliRunner().invoke(app, ["check-params", str(write(tmp_path, data))])
     assert result.exit_code == 0 and "warning: evaluate.calibration.prevalence" in result.stderr
     assert result.stdout.strip().endswith(": ok")
+
+
+def _source(**fields) -> list[dict]:
+    return [{"name": "mine", "url": "https://mirror.example/isic", "layout": "isic-cli", **fields}]
+
+
+@pytest.mark.parametrize(("key", "value", "names"), [
+    ("sources", _source(files=["../../../x.zip"]), "fetch.sources.0.files: '../../../x.zip' has a '..' component"),
+    ("sources", _source(files=["a.zip", "train/../../x.zip"]), "fetch.sources.0.files: 'train/../../x.zip' has a '..'"),
+    ("sources", _source(files=["/tmp/x.zip"]), "fetch.sources.0.files: '/tmp/x.zip' is an absolute path"),
+    ("sources", _source(files=["C:/x.zip"]), "fetch.sources.0.files: 'C:/x.zip' is an absolute path"),
+    ("sources", _source(files=["..\\x.zip"]), "fetch.sources.0.files: '..\\\\x.zip' contains a backslash"),
+    ("sources", _source(files=[""]), "fetch.sources.0.files: '' names no file"),
+    ("sources", _source(url="https://mirror.example/isic/.."), "fetch.sources.0: url 'https://mirror.example/isic/..': "
+     "its last part has a '..' component"),
+    ("metadata", [{"url": "https://mirror.example/tables/..", "layout": "isic-cli"}],
+     "fetch.metadata.0.url: 'https://mirror.example/tables/..': its file name '..' has a '..' component"),
+    ("metadata", [{"url": "https://mirror.example", "layout": "isic-cli"}], "its file name '' names no file"),
+])
+def test_a_fetch_path_that_would_land_outside_data_raw_is_refused_naming_key_and_value(tmp_path, key, value, names):
+    data = project_params()
+    data["fetch"][key] = value
+    with pytest.raises(ParamsError) as error:
+        load_params(write(tmp_path, data))
+    assert names in str(error.value) and "data/raw/" in str(error.value)
+
+
+@pytest.mark.parametrize(("key", "value", "names"), [
+    ("sources", _source(url="https://mirror.example/isic/a.zip", sha256="abc"), "fetch.sources.0.sha256: 'abc' is not a sha256"),
+    ("sources", _source(files=["a.zip"], sha256={"a.zip": "g" * 64}), "fetch.sources.0.sha256: pin of 'a.zip': 'ggg"),
+    ("metadata", [{"url": "https://mirror.example/m.csv", "layout": "isic-cli", "sha256": "0" * 63}],
+     "fetch.metadata.0.sha256: '000"),
+])
+def test_a_sha256_pin_that_is_not_64_hex_digits_is_refused_up_front(tmp_path, key, value, names):
+    data = project_params()
+    data["fetch"][key] = value
+    with pytest.raises(ParamsError) as error:
+        load_params(write(tmp_path, data))
+    assert names in str(error.value) and "64 hex digits" in str(error.value)
+
+
+def test_check_params_refuses_a_file_outside_data_raw_and_takes_upper_case_pins(tmp_path):
+    from typer.testing import CliRunner
+
+    from skincancer.cli import app
+
+    data = project_params()
+    data["fetch"]["sources"] = _source(files=["../../../x.zip"])
+    result = CliRunner().invoke(app, ["check-params", str(write(tmp_path, data))])
+    assert result.exit_code == 2 and "fetch.sources.0.files: '../../../x.zip'" in result.stderr
+    data["fetch"]["sources"] = _source(files=["train/x.zip"], sha256={"train/x.zip": "AB" * 32})
+    assert load_params(write(tmp_path, data)).fetch.sources[0].sha256 == {"train/x.zip": "ab" * 32}

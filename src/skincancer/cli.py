@@ -10,6 +10,7 @@ The workflow, from the project root:
                                         P(malignant) per image, from models/model.keras and its card
   skincancer export --format savedmodel a SavedModel taking image bytes or uint8 pixels (or tflite)
   skincancer diff-report --base main    a PR comment: params and metrics against another revision
+  skincancer repin isic2019             a source changed upstream on purpose: fetch downloads and records it anew
 
 \b
 Exit codes: 0 done; 1 some images could not be classified (predict; each row says why);
@@ -77,6 +78,29 @@ def check_params(path: Annotated[Path, typer.Argument()] = Path("params.yaml")) 
     for warning in unused_settings(params):
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"{path}: ok")
+
+
+@app.command()
+def repin(
+    targets: Annotated[list[str], typer.Argument(
+        metavar="FOLDER_OR_FILE", show_default=False,
+        help="a folder under data/raw (a dataset or source name), or one <folder>/<file> as data/raw/checksums.json "
+        "records it",
+    )],
+) -> None:
+    """Forget the checksums fetch recorded for these files and delete them, so the next fetch downloads them
+    again and records what it reads: for a file that changed upstream on purpose, or one recorded broken.
+    A sha256 pinned in params.yaml is changed there instead."""
+    from skincancer.core import paths
+    from skincancer.ingest.fetch import REFETCH, FetchError, forget_pins
+
+    try:
+        forgotten = forget_pins(paths.RAW, targets)
+    except FetchError as error:
+        raise _fail(str(error)) from None
+    for key in forgotten:
+        typer.echo(f"forgot {key}")
+    typer.echo(f"{len(forgotten)} file(s) forgotten; {REFETCH}")
 
 
 @app.command()

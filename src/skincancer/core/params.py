@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -81,6 +81,39 @@ def _download_url(value: str) -> str:
 
 DownloadUrl = Annotated[str, AfterValidator(_download_url)]
 
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def path_problem(name: str) -> str | None:
+    """Why a relative path (a params file name, a zip member) could land outside the folder it is joined
+    to, or None when it stays inside: data/raw and the archives' readers share this one rule."""
+    if "\\" in name:
+        return "contains a backslash (Windows path form)"
+    if name.startswith("/") or _DRIVE.match(name):
+        return "is an absolute path"
+    if ".." in PurePosixPath(name).parts:
+        return "has a '..' component"
+    return None
+
+
+def _file_name_problem(name: str) -> str | None:
+    """Why a name from params cannot be a file inside its data/raw folder, or None."""
+    return path_problem(name) or (None if PurePosixPath(name).name else "names no file")
+
+
+def _url_file_name(url: str) -> str:
+    """The last part of a url's path: the name a single file lands under in data/raw."""
+    return PurePosixPath(urlsplit(url).path).name
+
+
+def sha256_pin(value: str) -> str:
+    """A pin as fetch compares it, lower-case; a typo is refused before any byte is fetched."""
+    pin = value.strip().lower()
+    if not _SHA256.fullmatch(pin):
+        raise ValueError(f"{value!r} is not a sha256: write its 64 hex digits (as `sha256sum FILE` prints them)")
+    return pin
+
 
 class SourceParams(_Section):
     """A user source: an archive or folder at `url`, read by the layout reader `layout`."""
@@ -97,13 +130,40 @@ class SourceParams(_Section):
     def _known_layout(cls, value: str) -> str:
         return _registered("layout", value, LAYOUTS)
 
+    @field_validator("files")
+    @classmethod
+    def _files_inside_the_folder(cls, files: list[str]) -> list[str]:
+        """Each file lands at data/raw/<name>/<file>: a path that could climb out of it is refused."""
+        for name in files:
+            if problem := _file_name_problem(name):
+                raise ValueError(f"{name!r} {problem}: each file lands under data/raw/<name>/; list paths "
+                                 "relative to `url`, e.g. train.zip or images/ISIC_0000000.jpg")
+        return files
+
+    @field_validator("sha256")
+    @classmethod
+    def _pins_are_digests(cls, value: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        if isinstance(value, dict):
+            return {name: _pin_of(name, pin) for name, pin in value.items()}
+        return None if value is None else sha256_pin(value)
+
     @model_validator(mode="after")
     def _pins_name_files(self) -> SourceParams:
         if isinstance(self.sha256, dict) and (unknown := set(self.sha256) - set(self.files)):
             raise ValueError(f"sha256 pins files not listed in `files`: {sorted(unknown)}")
         if isinstance(self.sha256, str) and len(self.files) > 1:
             raise ValueError("one sha256 for several files: pin each as {file name: digest}")
+        if not self.files and (problem := path_problem(_url_file_name(self.url))):
+            raise ValueError(f"url {self.url!r}: its last part {problem}, and it would be the file's name under "
+                             "data/raw/<name>/; write the path without '..'")
         return self
+
+
+def _pin_of(name: str, pin: str) -> str:
+    try:
+        return sha256_pin(pin)
+    except ValueError as error:
+        raise ValueError(f"pin of {name!r}: {error}") from None
 
 
 class MetadataParams(_Section):
@@ -112,8 +172,18 @@ class MetadataParams(_Section):
 
     url: DownloadUrl = Field(description="http(s):// or file:// to the CSV; it lands in data/raw/metadata/")
     layout: str
-    sha256: str | None = Field(None, description="pin of the file's digest")
+    sha256: Annotated[str, AfterValidator(sha256_pin)] | None = Field(None, description="pin of the file's digest")
     auth_env: str | None = Field(None, description="environment variable holding a bearer token")
+
+    @field_validator("url")
+    @classmethod
+    def _names_a_file(cls, value: str) -> str:
+        """The table lands as data/raw/metadata/<the url's file name>: it must be one plain file name."""
+        name = _url_file_name(value)
+        if problem := _file_name_problem(name):
+            raise ValueError(f"{value!r}: its file name {name!r} {problem}; the table lands as "
+                             f"data/raw/{METADATA_FOLDER}/<file name>, so point the url at the CSV itself")
+        return value
 
     @field_validator("layout")
     @classmethod
@@ -122,7 +192,7 @@ class MetadataParams(_Section):
 
     @property
     def file_name(self) -> str:
-        return Path(urlsplit(self.url).path).name
+        return _url_file_name(self.url)
 
 
 def _used_twice(values: list[Any]) -> list[Any]:
@@ -394,6 +464,15 @@ class CalibrationParams(_Section):
     )
 
 
+class OodParams(_Section):
+    """The out-of-distribution flag (skincancer.evaluate.ood): its cut-off is this percentile of the val images' scores."""
+
+    percentile: Float = Field(
+        95.0, gt=50, lt=100, description="images scoring above this percentile of val's are flagged unlike the training "
+        "images: about (100 - percentile)% of images like the training ones are flagged too",
+    )
+
+
 # the first n dihedral views of skincancer.evaluate.inference that make a group: identity, mirror, all flips, flips + turns
 TtaViews = Annotated[Literal[1, 2, 4, 8], BeforeValidator(_not_yes_no)]
 
@@ -408,6 +487,7 @@ class EvaluateParams(_Section):
         description="each view also scored down at these fractions of its side and back up (1.0: as sharded)",
     )
     gallery: Int = Field(8, ge=0, description="most confident false negatives/positives shown in the report")
+    ood: OodParams = OodParams()
     seed: Int = 0
 
     @field_validator("tta_scales")

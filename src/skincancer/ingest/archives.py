@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import re
 import stat
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from skincancer.core.params import path_problem
 
 MAX_MEMBER_BYTES = 256 * 1024 * 1024
 # The largest published ISIC archives hold tens of GB of JPEGs; beyond this, hashing alone would take hours.
@@ -18,22 +21,38 @@ MAX_ARCHIVE_BYTES = 64 * 1024**3
 MAX_COMPRESSION_RATIO = 100
 RATIO_CHECKED_BYTES = 1024 * 1024
 URI_SEPARATOR = "!"
-_DRIVE = re.compile(r"^[A-Za-z]:")
+CHUNK = 1 << 20  # bytes per read when reading a member through
+# What zipfile raises on a truncated, corrupt or unsupported archive, none of them naming the file: a missing
+# central directory, a bad CRC or header, deflate data cut short or garbled, Deflate64, encryption.
+_ZIP_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError)
 
 
 class UnsafeArchive(ValueError):
     """A zip member that could escape the data folder, point elsewhere, or exhaust memory."""
 
 
-def _path_problem(name: str) -> str | None:
-    """Why a relative path is unsafe, or None when it stays inside its root."""
-    if "\\" in name:
-        return "contains a backslash (Windows path form)"
-    if name.startswith("/") or _DRIVE.match(name):
-        return "is an absolute path"
-    if ".." in PurePosixPath(name).parts:
-        return "has a '..' component"
-    return None
+class BrokenArchive(ValueError):
+    """A zip that cannot be read: truncated, corrupt or unsupported; ``path`` is the archive."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+@contextlib.contextmanager
+def _reading(zip_path: Path, member: str | None = None) -> Iterator[None]:
+    """zipfile's errors name neither archive nor (mostly) member: re-raised as a BrokenArchive naming both."""
+    try:
+        yield
+    except _ZIP_ERRORS as error:
+        where = f"{zip_path}" if member is None else f"{zip_path}: member {member!r}"
+        raise BrokenArchive(Path(zip_path), f"{where}: cannot be read ({type(error).__name__}: {error}): the zip is "
+                            "truncated, corrupt, or of a kind Python's zipfile cannot read") from None
+
+
+def _open_zip(zip_path: Path) -> zipfile.ZipFile:
+    with _reading(zip_path):
+        return zipfile.ZipFile(zip_path)
 
 
 @dataclass(frozen=True)
@@ -70,7 +89,7 @@ _MEMBER_CHECKS = (_link_problem, _size_problem, _ratio_problem)
 
 def _member_problem(info: zipfile.ZipInfo, bounds: Bounds) -> str | None:
     """Why a member is refused, or None; the path is checked first as it matters whatever the sizes."""
-    problem = _path_problem(info.filename)
+    problem = path_problem(info.filename)
     for check in _MEMBER_CHECKS:
         problem = problem or check(info, bounds)
     return problem
@@ -103,8 +122,23 @@ def safe_members(
     what reading can cost. Directories are skipped.
     """
     bounds = Bounds(max_member_bytes, max_archive_bytes, max_ratio)
-    with zipfile.ZipFile(zip_path) as archive:
+    with _open_zip(zip_path) as archive:
         return _checked_members(archive, Path(zip_path), bounds)
+
+
+def read_through(zip_path: Path) -> int:
+    """Read every member of a safe archive through its CRC check, a chunk at a time; the number of members.
+
+    fetch pins a downloaded archive only after this: a truncated or corrupt one fails here, naming the file,
+    rather than being recorded as good and failing every later run.
+    """
+    with _open_zip(zip_path) as archive:
+        members = _checked_members(archive, Path(zip_path), Bounds())
+        for info in members:
+            with _reading(zip_path, info.filename), archive.open(info) as handle:
+                while handle.read(CHUNK):
+                    pass
+    return len(members)
 
 
 def member_uri(archive_rel: str | Path, member: str) -> str:
@@ -114,7 +148,7 @@ def member_uri(archive_rel: str | Path, member: str) -> str:
 
 def _split_uri(uri: str) -> tuple[str, str | None]:
     path, sep, member = uri.partition(URI_SEPARATOR)
-    problem = _path_problem(path)
+    problem = path_problem(path)
     if problem is not None:
         raise UnsafeArchive(f"uri {uri!r}: path {problem}")
     return path, (member if sep else None)
@@ -125,7 +159,7 @@ class _OpenArchive:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.zip = zipfile.ZipFile(path)
+        self.zip = _open_zip(path)
         try:
             self.members = {info.filename: info for info in _checked_members(self.zip, path, Bounds())}
         except UnsafeArchive:
@@ -137,7 +171,8 @@ class _OpenArchive:
         info = self.members.get(member)
         if info is None:
             raise FileNotFoundError(f"{uri}: no member {member!r} in {self.path}")
-        return self.zip.read(info)
+        with _reading(self.path, member):
+            return self.zip.read(info)
 
 
 def _read_loose(raw_root: Path, rel: str, uri: str) -> bytes:

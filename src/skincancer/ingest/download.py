@@ -3,12 +3,13 @@
 ISIC archives are tens of GB on a public bucket and publish no checksums, so a download must
 survive dropped connections (HTTP Range resume, retries with backoff), must never let a torn
 or wrong file reach DVC (sha256/size checks before one ``os.replace``), and must never leak
-the credentials a private mirror may need (headers are redacted wherever they could be shown).
+the credentials a private mirror may need (headers and urls are redacted wherever they could be shown).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -17,11 +18,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 import httpx
 from tqdm import tqdm
+
+from skincancer.core.params import sha256_pin
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ CHUNK = 1 << 20  # bytes per local read: memory stays constant whatever the file
 MAX_BACKOFF = 60.0  # seconds; exponential backoff stops growing here
 # Header values that are safe to log; everything else may be a credential and is masked.
 LOGGABLE_HEADERS = frozenset({"accept", "accept-encoding", "range", "user-agent", "if-range"})
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+FOLLOWED_REDIRECTS = frozenset({"http", "https"})
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)")
 
 
@@ -60,6 +63,32 @@ def redact(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: value if name.lower() in LOGGABLE_HEADERS else "***" for name, value in headers.items()}
 
 
+def redact_url(url: str) -> str:
+    """A url fit for logs, errors and checksums.json. Credentials ride in the user info
+    (``https://user:token@host/``) and the query (``?token=``, a presigned ``X-Amz-Signature=``): both are
+    masked, every query value, as no list of credential names is complete."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"***@{host}" if "@" in parts.netloc else host
+    query = "&".join(_masked_field(field) for field in parts.query.split("&")) if parts.query else ""
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _masked_field(field: str) -> str:
+    name, equals, _ = field.partition("=")
+    return f"{name}=***" if equals else "***"
+
+
+def _redact_logged_urls(record: logging.LogRecord) -> bool:
+    """httpx logs every request's url at INFO, credentials and all: its records get the same redaction."""
+    if isinstance(record.args, tuple):
+        record.args = tuple(redact_url(str(arg)) if isinstance(arg, httpx.URL) else arg for arg in record.args)
+    return True
+
+
+logging.getLogger("httpx").addFilter(_redact_logged_urls)
+
+
 def download(
     url: str,
     dest: Path,
@@ -80,15 +109,15 @@ def download(
     ``backoff * 2**n`` seconds between them.
     """
     scheme = _scheme(url)
-    pin = _normalise_sha256(sha256)
+    pin = None if sha256 is None else sha256_pin(sha256)  # a typo fails before any byte is fetched
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
-    dest = Path(dest)
+    dest, shown = Path(dest), redact_url(url)
     if dest.exists():
-        return _reuse(dest, url, pin, size)
+        return _reuse(dest, shown, pin, size)
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = _Partial(dest.with_name(f"{dest.name}.partial"), resume=scheme != "file")
-    log.info("downloading %s -> %s", url, dest)
+    log.info("downloading %s -> %s", shown, dest)
     started = time.monotonic()
     try:
         if scheme == "file":
@@ -98,7 +127,7 @@ def download(
                 url, partial, headers=headers or {}, size=size,
                 retries=retries, backoff=backoff, timeout=timeout, progress=progress,
             )
-        _verify(partial, url, pin, size)
+        _verify(partial, shown, pin, size)
     except ChecksumMismatch:
         partial.discard()
         raise
@@ -110,18 +139,8 @@ def download(
 def _scheme(url: str) -> str:
     scheme = urlsplit(url).scheme.lower()
     if scheme not in {"http", "https", "file"}:
-        raise ValueError(f"unsupported url {url!r}: expected an http://, https:// or file:// url")
+        raise ValueError(f"unsupported url {redact_url(url)!r}: expected an http://, https:// or file:// url")
     return scheme
-
-
-def _normalise_sha256(sha256: str | None) -> str | None:
-    """Lower-case the pin and reject typos early, before any bytes are fetched."""
-    if sha256 is None:
-        return None
-    pin = sha256.strip().lower()
-    if not _SHA256.fullmatch(pin):
-        raise ValueError(f"sha256 pin must be 64 hex digits, got {sha256!r}")
-    return pin
 
 
 def _hash_file(path: Path) -> tuple[hashlib._Hash, int]:
@@ -149,7 +168,7 @@ def _reuse(dest: Path, url: str, pin: str | None, size: int | None) -> Downloade
         raise ChecksumMismatch(
             f"{dest} already exists but does not match the pin for {url}: "
             f"expected {_describe(pin, size)}; found {_describe(actual, actual_size)}. "
-            "Delete the file to download it again, or fix the pin."
+            "Delete the file to download it again."
         )
     log.info("%s already present and verified (%d bytes); not downloading", dest, actual_size)
     return Downloaded(dest, actual_size, actual, fetched=False)
@@ -205,8 +224,7 @@ def _verify(partial: _Partial, url: str, pin: str | None, size: int | None) -> N
     if _mismatch(pin, size, actual, partial.size):
         raise ChecksumMismatch(
             f"{url}: downloaded bytes do not match the pin: expected {_describe(pin, size)}; "
-            f"got {_describe(actual, partial.size)}. The partial download was removed; if the "
-            "upstream file changed on purpose, update the pin."
+            f"got {_describe(actual, partial.size)}. The partial download was removed."
         )
 
 
@@ -224,23 +242,24 @@ def _write_chunks(
             write(chunk)
             bar.update(len(chunk))
             if size is not None and partial.size > size:
-                raise ChecksumMismatch(f"{url}: more than the pinned size of {size} bytes; stopped")
+                raise ChecksumMismatch(f"{url}: more than the pinned size of {size} bytes; stopped, and the partial "
+                                       "download removed.")
 
 
 def _copy_local(url: str, partial: _Partial, *, size: int | None, progress: bool) -> None:
     """file:// urls: a chunked copy through the same hashing, checks and atomic landing."""
-    parts = urlsplit(url)
+    parts, shown = urlsplit(url), redact_url(url)
     if parts.netloc not in {"", "localhost"}:
-        raise ValueError(f"unsupported url {url!r}: file urls must name a local path")
+        raise ValueError(f"unsupported url {shown!r}: file urls must name a local path")
     source = Path(url2pathname(parts.path))
     try:
         handle = source.open("rb")
     except OSError as exc:
-        raise DownloadError(f"{url}: cannot read {source}: {exc.strerror}") from exc
+        raise DownloadError(f"{shown}: cannot read {source}: {exc.strerror}") from exc
     with handle:
         chunks = iter(lambda: handle.read(CHUNK), b"")
         total = os.fstat(handle.fileno()).st_size
-        _write_chunks(chunks, partial, url=url, size=size, total=total, progress=progress)
+        _write_chunks(chunks, partial, url=shown, size=size, total=total, progress=progress)
 
 
 def _fetch_http(
@@ -248,8 +267,9 @@ def _fetch_http(
     retries: int, backoff: float, timeout: float, progress: bool,
 ) -> None:
     """Retry transient failures with exponential backoff; each attempt resumes the partial."""
-    attempts = retries + 1
-    with httpx.Client(follow_redirects=True, timeout=timeout) as client:
+    attempts, shown = retries + 1, redact_url(url)
+    hooks = {"response": [functools.partial(_refuse_non_http_redirect, shown)]}
+    with httpx.Client(follow_redirects=True, timeout=timeout, event_hooks=hooks) as client:
         for attempt in range(attempts):
             try:
                 _get(client, url, partial, headers=headers, size=size, progress=progress)
@@ -260,10 +280,21 @@ def _fetch_http(
                     delay = min(backoff * 2**attempt, MAX_BACKOFF)
                     log.info(
                         "%s: attempt %d of %d failed (%s); retrying in %.2fs from byte %d",
-                        url, attempt + 1, attempts, exc, delay, partial.size,
+                        shown, attempt + 1, attempts, exc, delay, partial.size,
                     )
                     time.sleep(delay)
-    raise DownloadError(f"{url}: giving up after {attempts} attempts; last error: {last}")
+    raise DownloadError(f"{shown}: giving up after {attempts} attempts; last error: {last}")
+
+
+def _refuse_non_http_redirect(shown: str, response: httpx.Response) -> None:
+    """httpx would follow a redirect to file:// or ftp:// into an error that looks like the network's, and
+    so be retried: such a redirect is refused at once."""
+    if not response.has_redirect_location:
+        return
+    target = response.url.join(response.headers["Location"])
+    if target.scheme not in FOLLOWED_REDIRECTS:
+        raise DownloadError(f"{shown}: redirected to {redact_url(str(target))}; only http:// and https:// redirects "
+                            "are followed, so this is not retried: point the url at where the file is served")
 
 
 def _get(
@@ -271,29 +302,29 @@ def _get(
     size: int | None, progress: bool,
 ) -> None:
     """One GET that continues the partial from where it ends, or restarts it when it must."""
-    offset = partial.size
+    offset, shown = partial.size, redact_url(url)
     request_headers = httpx.Headers({"Accept-Encoding": "identity"})  # raw bytes, as published
     request_headers.update(headers)
     if offset:
         request_headers["Range"] = f"bytes={offset}-"
-        log.info("%s: resuming at byte %d", url, offset)
-    log.debug("GET %s headers=%s", url, redact(request_headers))
+        log.info("%s: resuming at byte %d", shown, offset)
+    log.debug("GET %s headers=%s", shown, redact(request_headers))
     try:
         with client.stream("GET", url, headers=request_headers) as response:
             if response.status_code == 416 and offset:
-                _check_complete(response, partial, url)
+                _check_complete(response, partial, shown)
                 return
-            _check_status(response, url)
-            start = _body_start(response, partial, url)
+            _check_status(response, shown)
+            start = _body_start(response, partial, shown)
             length = _content_length(response)
             total = start + length if length is not None else None
-            _write_chunks(response.iter_raw(), partial, url=url, size=size, total=total, progress=progress)
+            _write_chunks(response.iter_raw(), partial, url=shown, size=size, total=total, progress=progress)
             if total is not None and partial.size < total:
                 raise _Transient(f"connection dropped after {partial.size} of {total} bytes")
     except httpx.TransportError as exc:  # refused, reset, timed out, body cut short
         raise _Transient(f"{type(exc).__name__}: {exc}") from exc
     except httpx.RequestError as exc:  # e.g. a redirect loop: retrying will not help
-        raise DownloadError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        raise DownloadError(f"{shown}: {type(exc).__name__}: {exc}") from exc
 
 
 def _check_status(response: httpx.Response, url: str) -> None:
