@@ -139,6 +139,19 @@ def test_every_colour_mode_comes_out_rgb_with_its_colours(case: str) -> None:
     assert _near(img.getpixel((25, 15)), right, tolerance=6), img.getpixel((25, 15))
 
 
+@pytest.mark.parametrize("case", list(COLOUR_CASES))
+def test_every_colour_mode_keeps_its_colours_when_reduced_before_it_becomes_rgb(case: str) -> None:
+    """Ten times larger, an image without reduced decoding is box-reduced before its mode is converted:
+    palettes, transparency and 16-bit samples must come out as at full size."""
+    data, source_mode, left, right = COLOUR_CASES[case]
+    small = Image.open(io.BytesIO(data))
+    large = small.resize((small.width * 10, small.height * 10), Image.Resampling.NEAREST)
+    assert large.mode == source_mode
+    img = _open(resize_jpeg(_encoded(large, small.format), 30, "pad", 95))
+    assert _near(img.getpixel((4, 15)), left, tolerance=6), img.getpixel((4, 15))
+    assert _near(img.getpixel((25, 15)), right, tolerance=6), img.getpixel((25, 15))
+
+
 @pytest.mark.parametrize(("mode", "shape"), [("crop", (2000, 1500)), ("pad", (2400, 300)), ("crop", (2400, 300))])
 def test_large_jpeg_decodes_at_reduced_scale(
     monkeypatch: pytest.MonkeyPatch, mode: str, shape: tuple[int, int]

@@ -642,3 +642,16 @@ def test_sources_without_a_download_say_how_to_get_them():
     udacity = CATALOG["isic2017-udacity"]
     base = "https://s3-us-west-1.amazonaws.com/udacity-dlnfd/datasets/skin-cancer"
     assert [f.url for f in udacity.files] == [f"{base}/{n}.zip" for n in ("train", "valid", "test")]
+
+
+def test_an_unknown_class_folder_is_warned_about_once_with_its_image_count(tmp_path, caplog):
+    """Kaggle-style folders name their class once per image: the warning comes once per class, with a count."""
+    for number in range(5):
+        path = tmp_path / "Train" / "blue nevus" / f"ISIC_{number:07d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(lf.jpeg(f"ISIC_{number:07d}"))
+    with caplog.at_level(logging.WARNING, logger="skincancer"):
+        frame = read_layout("class-folders", tmp_path, source="kaggle", raw_root=tmp_path)
+    warnings = [record.getMessage() for record in caplog.records if "not in skincancer.core.labels" in record.getMessage()]
+    assert len(warnings) == 1 and "'blue nevus'" in warnings[0] and "and 4 more image(s)" in warnings[0]
+    assert set(frame["diagnosis"]) == {"blue_nevus"}

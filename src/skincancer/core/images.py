@@ -2,6 +2,9 @@
 
 Kept free of TensorFlow so shard workers start in a fraction of a second. Pillow releases the GIL
 while it decodes, resamples and encodes, so several threads running `resize_jpeg` use several cores.
+Every decode (the shard stage's, `skincancer predict`'s and fetch's near-duplicate hash) goes through
+`decode_reduced`: at most one full-size buffer per image, and DECODE_BUDGET bounds how many bytes of them
+the threads of a process hold at once.
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -26,8 +32,11 @@ _SUBSAMPLING = "4:4:4"
 _RESAMPLE = Image.Resampling.LANCZOS
 _REDUCING_GAP = 3.0
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
-_SIXTEEN_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+_SIXTEEN_BIT_STORED = ("I;16", "I;16B", "I;16L", "I;16N")
+_SIXTEEN_BIT = ("I", *_SIXTEEN_BIT_STORED)
 _ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
+# Modes Image.reduce averages as stored (not palette indices, 1-bit or 16-bit samples).
+_REDUCIBLE = ("L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F")
 
 
 class CorruptImage(ValueError):
@@ -49,6 +58,52 @@ class Resized:
     data: bytes
     height: int
     width: int
+
+
+class DecodeBudget:
+    """Bytes of full-size decoded images the threads of one process may hold at once: fetch hashes on 8
+    threads and shard encodes on `shard.workers`, so without it a few images near the pixel cap decoding
+    together would need gigabytes. Turns are first come, first served, so a large image is not starved by a
+    stream of small ones; one larger than the whole budget still runs, alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._reserved = 0
+        self._queue: deque[object] = deque()
+        self._turn = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, size: int) -> Iterator[None]:
+        """Hold ``size`` bytes of the budget for the block, waiting until they fit beside the decodes in flight."""
+        ticket = object()
+        with self._turn:
+            self._queue.append(ticket)
+            self._turn.wait_for(lambda: self._queue[0] is ticket and self._fits(size))
+            self._queue.popleft()
+            self._reserved += size
+            self._turn.notify_all()  # the next in line may fit beside this one
+        try:
+            yield
+        finally:
+            with self._turn:
+                self._reserved -= size
+                self._turn.notify_all()
+
+    def _fits(self, size: int) -> bool:
+        return self._reserved == 0 or self._reserved + size <= self.limit
+
+
+# ISIC images are JPEGs of at most 6000x4000, decoded at reduced DCT scale: at most 3000x2000x3 = 18 MB each
+# even for a 1024 px model (750x500x3 = 1.1 MB for the hash), so 16 threads of them (288 MB) never wait; even
+# full-size 6000x4000 PNGs (72 MB) decode 7 at once. An image near Pillow's cap (13000x13000x3 = 507 MB) decodes
+# with only small ones beside it.
+DECODE_BUDGET = DecodeBudget(512 * 2**20)
+
+# Pillow allocates a large image in blocks, 16 MiB by default. glibc keeps a block that size, once freed, in the
+# freeing thread's own arena, so threads taking turns through DECODE_BUDGET would each end up holding a full-size
+# image anyway. Blocks over glibc's largest mmap threshold (32 MiB) are mapped alone and given back when freed.
+if "PILLOW_BLOCK_SIZE" not in os.environ:  # Pillow's own setting, where someone made it, wins
+    Image.core.set_block_size(64 * 2**20)
 
 
 def resize_jpeg(
@@ -84,17 +139,46 @@ def stored_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _decode(data: bytes, size: int, resize: ResizeMode, name: str, max_pixels: int) -> Image.Image:
-    """Fully decode (so truncation surfaces here, not later) at the smallest DCT scale that suffices."""
+    """Fully decode (so truncation surfaces here, not later) at the smallest scale that suffices."""
+    img = open_image(data, name, max_pixels)
+    with _unreadable_as_corrupt(name):
+        return to_rgb(decode_reduced(img, "RGB", _draft_request(img.width, img.height, size, resize)))
+
+
+def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """The image, its header read and no pixel decoded; CorruptImage when unreadable or over ``max_pixels``."""
     if not data:
         raise CorruptImage(name, "empty file (0 bytes)")
     with _unreadable_as_corrupt(name):
         img = Image.open(io.BytesIO(data))
     _refuse_bombs(img, name, max_pixels)
-    with _unreadable_as_corrupt(name):
-        img.draft("RGB", _draft_request(img.width, img.height, size, resize))
+    return img
+
+
+def decode_reduced(img: Image.Image, mode: str, request: tuple[int, int]) -> Image.Image:
+    """``img`` decoded, upright by EXIF, at about the smallest scale whose sides still reach ``request``, with
+    at most one full-size buffer alive: a JPEG decodes at reduced DCT scale in ``mode`` (draft); any other
+    format is box-reduced right after decoding, before a mode conversion or the resample copies it. The
+    decode waits its turn in DECODE_BUDGET, reserving the width x height x bands it is about to decode."""
+    drafted = img.draft(mode, request)  # None where the format has no reduced decoding
+    with DECODE_BUDGET.reserve(img.width * img.height * len(img.getbands())):
         img.load()
         ImageOps.exif_transpose(img, in_place=True)
-        return to_rgb(img)
+        return img if drafted else _reduced(img, request)
+
+
+def _reduced(img: Image.Image, request: tuple[int, int]) -> Image.Image:
+    """Box-averaged by the largest whole factor keeping both sides >= _REDUCING_GAP x ``request``: the step
+    the resample's reducing_gap takes anyway, taken first. Palettes, 1-bit, 16-bit and colour-keyed images
+    are widened first (one copy), as averaging what they store would be wrong."""
+    factor = min(int(img.width / (request[0] * _REDUCING_GAP)), int(img.height / (request[1] * _REDUCING_GAP)))
+    if factor < 2:
+        return img
+    if img.mode in _SIXTEEN_BIT_STORED:
+        img = img.convert("I")  # reduce averages 32-bit samples; to_rgb scales them to 8 bits after, as before
+    elif img.mode not in _REDUCIBLE or "transparency" in img.info:
+        img = to_rgb(img)  # palette indices, 1-bit and colour keys: flattened first
+    return img.reduce(factor)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import pandas as pd
 
-from skincancer.core.images import stored_size
+from skincancer.core.images import PILLOW_MAX_PIXELS, stored_size
 from skincancer.core.labels import canonical_diagnosis, lookup_diagnosis
 from skincancer.ingest.archives import URI_SEPARATOR, member_uri, read_uris, safe_members, sha256_hex
 from skincancer.ingest.near_duplicates import image_hash
@@ -230,6 +230,18 @@ def _canonical(spellings: pd.Series, path: Path) -> pd.Series:
     """Each distinct spelling mapped once (an unmapped one is kept as snake_case, with a warning naming the file)."""
     mapping = {raw: canonical_diagnosis(raw, where=str(path)) for raw in spellings.unique()}
     return spellings.map(mapping)
+
+
+def _named_by_folder(rows: list[dict[str, str]]) -> pd.DataFrame:
+    """Rows whose diagnosis is their folder's name, each name mapped once: an unmapped one gets one warning,
+    naming its first image and how many more it labels, not a warning per image."""
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    first = frame.groupby("diagnosis", sort=False)["found"].agg(["first", "size"])
+    mapping = {raw: canonical_diagnosis(raw, where=found + (f" and {size - 1} more image(s)" if size > 1 else ""))
+               for raw, (found, size) in first.iterrows()}
+    return frame.drop(columns="found").assign(diagnosis=frame["diagnosis"].map(mapping))
 
 
 def _rows_preview(table: pd.DataFrame, bad: pd.Series) -> str:
@@ -517,9 +529,9 @@ def read_udacity(root: Path, *, strict: bool = True) -> pd.DataFrame:
                 continue
             if len(file.path.parts) < 2:
                 raise LayoutError(f"{zip_path}: member {str(file.path)!r} is not inside a diagnosis folder")
-            diagnosis = canonical_diagnosis(file.path.parts[-2], where=f"{zip_path}!{file.path}")
-            rows.append({"image_id": file.path.stem, "uri": file.uri, "diagnosis": diagnosis})
-    return pd.DataFrame(rows)
+            rows.append({"image_id": file.path.stem, "uri": file.uri, "diagnosis": file.path.parts[-2],
+                         "found": f"{zip_path}!{file.path}"})
+    return _named_by_folder(rows)
 
 
 def read_class_folders(root: Path, *, strict: bool = True) -> pd.DataFrame:
@@ -531,11 +543,11 @@ def read_class_folders(root: Path, *, strict: bool = True) -> pd.DataFrame:
     for file in _folder_files(root):
         parts = file.path.parts
         if _is_image(file.path) and len(parts) >= 3 and parts[-3].lower() in SPLIT_FOLDERS:
-            diagnosis = canonical_diagnosis(parts[-2], where=f"{file.container}!{file.path}")
-            rows.append({"image_id": file.path.stem, "uri": file.uri, "diagnosis": diagnosis})
+            rows.append({"image_id": file.path.stem, "uri": file.uri, "diagnosis": parts[-2],
+                         "found": f"{file.container}!{file.path}"})
     if not rows:
         raise LayoutError(f"{root}: no images in .../Train/<class>/ or .../Test/<class>/ folders, loose or in a zip")
-    return pd.DataFrame(rows)
+    return _named_by_folder(rows)
 
 
 # ---------------------------------------------------------------- isic-cli downloads
@@ -633,17 +645,21 @@ _Facts = tuple[str, str | None, int | None, int | None]
 _FACT_COLUMNS = ("sha256", "image_hash", "width", "height")  # what indexing reads from each image's bytes
 
 
-def _hashes_and_sizes(raw_root: Path, uris: pd.Series, known_hashes: Mapping[str, str]) -> pd.DataFrame:
-    """sha256, perceptual hash (``near_duplicates.image_hash``) and stored width and height (the header's,
-    ``images.stored_size``; <NA> when unreadable) of each image's bytes, in one read of the uris in sorted
-    order so each zip is opened once; a batch at a time is hashed on threads. Decoding for the perceptual
-    hash is most of indexing's work, so bytes hashed before (``known_hashes``: sha256 -> image_hash) are not
-    decoded again; the size costs a header read, so every image's is read on every fetch."""
+def _hashes_and_sizes(
+    raw_root: Path, uris: pd.Series, known_hashes: Mapping[str, str], max_pixels: int
+) -> pd.DataFrame:
+    """sha256, perceptual hash (``near_duplicates.image_hash``; none over ``max_pixels``) and stored width and
+    height (the header's, ``images.stored_size``; <NA> when unreadable) of each image's bytes, in one read of
+    the uris in sorted order so each zip is opened once; a batch at a time is hashed on threads, their
+    decodes held to ``images.DECODE_BUDGET``. Decoding for the perceptual hash is most of indexing's work, so
+    bytes hashed before (``known_hashes``: sha256 -> image_hash) are not decoded again; the size costs a
+    header read, so every image's is read on every fetch."""
 
     def facts(data: bytes) -> _Facts:
         digest = sha256_hex(data)
         width, height = stored_size(data) or (None, None)
-        return digest, known_hashes[digest] if digest in known_hashes else image_hash(data), width, height
+        perceptual = known_hashes[digest] if digest in known_hashes else image_hash(data, max_pixels)
+        return digest, perceptual, width, height
 
     found: dict[str, _Facts] = {}
     members = read_uris(raw_root, sorted(uris))
@@ -655,13 +671,14 @@ def _hashes_and_sizes(raw_root: Path, uris: pd.Series, known_hashes: Mapping[str
 
 def read_layout(
     layout: str, root: Path, *, source: str, raw_root: Path, strict: bool = True,
-    known_hashes: Mapping[str, str] | None = None,
+    known_hashes: Mapping[str, str] | None = None, max_pixels: int = PILLOW_MAX_PIXELS,
 ) -> pd.DataFrame:
     """Index rows (INDEX_COLUMNS) for the folder ``root`` of ``source``, uris relative to ``raw_root``.
 
     ``strict=False`` keeps the images a table and its archive agree on, warning about the rest, where the
     default refuses a source whose tables and images disagree. ``known_hashes`` (sha256 -> image_hash, from
-    the previous index) spares decoding images already hashed.
+    the previous index) spares decoding images already hashed. An image over ``max_pixels`` (shard.max_pixels,
+    the one bound every decoding stage applies) gets no perceptual hash and is not decoded.
     """
     reader = LAYOUT_READERS.get(layout)
     if reader is None:
@@ -675,5 +692,5 @@ def read_layout(
     if rows.empty:
         raise LayoutError(f"{root}: no images found for layout {layout!r}")
     rows = rows.assign(source=source, uri=[f"{prefix}/{uri}" if prefix != "." else uri for uri in rows["uri"]])
-    rows[list(_FACT_COLUMNS)] = _hashes_and_sizes(raw_root, rows["uri"], known_hashes or {})
+    rows[list(_FACT_COLUMNS)] = _hashes_and_sizes(raw_root, rows["uri"], known_hashes or {}, max_pixels)
     return _conform(rows)

@@ -9,15 +9,14 @@ Figures on real images (recall per transform, false links, cost): BENCHMARKS.md,
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.fft
-from PIL import Image, ImageOps
+from PIL import Image
 
-from skincancer.core.images import to_rgb
+from skincancer.core.images import PILLOW_MAX_PIXELS, decode_reduced, open_image, to_rgb
 
 HASH_BITS = 256
 HEX_CHARS = HASH_BITS // 4
@@ -25,7 +24,7 @@ HEX_CHARS = HASH_BITS // 4
 # copies stay within 35 bits and 96% of 0-5%-a-side crops within 50; the closest two distinct lesions are 56 apart.
 THRESHOLD = 50
 _GRID = 32  # thumbnail side: the 256 coefficients kept all lie below frequency 16
-_DRAFT = 2 * _GRID  # JPEG draft decodes at 1/2..1/8 scale, keeping both sides >= this
+_DRAFT = 2 * _GRID  # the decode is reduced (JPEG: 1/2..1/8 DCT scale) keeping both sides >= this
 _BITS_PER_CHANNEL = (128, 64, 64)  # Y, Cb, Cr
 _WORDS = HASH_BITS // 64
 _LUMA_WORDS = 2  # the first 128 bits: alone they rule out almost every pair
@@ -44,24 +43,22 @@ def _zigzag(count: int) -> tuple[np.ndarray, np.ndarray]:
 _COEFFICIENTS = [_zigzag(count) for count in _BITS_PER_CHANNEL]
 
 
-def _thumbnail(data: bytes) -> np.ndarray:
+def _thumbnail(data: bytes, max_pixels: int) -> np.ndarray:
     """32x32x3 YCbCr floats, decoded at reduced scale and turned upright as the shard stage sees the image."""
-    img = Image.open(io.BytesIO(data))
-    img.draft("YCbCr", (_DRAFT, _DRAFT))  # a no-op for anything but JPEG
-    img.load()
-    img = ImageOps.exif_transpose(img)
+    img = decode_reduced(open_image(data, "", max_pixels), "YCbCr", (_DRAFT, _DRAFT))
     if img.mode != "YCbCr":
         img = to_rgb(img).convert("YCbCr")
     return np.asarray(img.resize((_GRID, _GRID), Image.Resampling.BOX), dtype=np.float32)
 
 
-def image_hash(data: bytes) -> str | None:
-    """The 256-bit hash of an encoded image as 64 hex digits; None when the bytes are not a readable image.
+def image_hash(data: bytes, max_pixels: int = PILLOW_MAX_PIXELS) -> str | None:
+    """The 256-bit hash of an encoded image as 64 hex digits; None when the bytes are not a readable image
+    or hold more than ``max_pixels`` (shard.max_pixels: the shard stage then skips the image, undecoded).
 
     Never raises: fetch hashes every file it indexes, and the shard stage is where bad images are reported.
     """
     try:
-        pixels = _thumbnail(data)
+        pixels = _thumbnail(data, max_pixels)
     except Exception:  # noqa: BLE001 - Pillow raises many types on malformed files; all mean "no hash"
         return None
     coefficients = scipy.fft.dctn(pixels, axes=(0, 1), norm="ortho")
