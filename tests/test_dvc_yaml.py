@@ -3,8 +3,10 @@
 import ast
 from pathlib import Path
 
+import pytest
 import yaml
 from param_knobs import execution_knobs
+from project_copy import BIN, committed_project, project_env, run, set_params
 
 from skincancer.core import paths
 from skincancer.core.params import REPORTED_PARAMS, FetchParams, ShardParams, TrainParams, result_keys
@@ -105,3 +107,62 @@ def test_a_resolved_key_reaches_its_stages_as_a_value_not_as_the_word_in_params_
     for name in ("shard", "evaluate"):
         assert paths.RESOLVED.as_posix() in stages()[name]["deps"], name
     assert stages()["resolve"]["outs"] == [paths.RESOLVED.as_posix()]
+
+
+def output_options(stage: dict) -> dict[str, dict]:
+    """A stage's outs, metrics and plots: path -> its options ({} where none are written)."""
+    return {path: options or {} for section in ("outs", "metrics", "plots") for entry in stage.get(section, [])
+            for path, options in (entry.items() if isinstance(entry, dict) else [(entry, {})])}
+
+
+def test_outputs_git_carries_are_left_to_their_stage_not_removed_by_dvc():
+    """DVC deletes a stage's outputs before it runs; a `cache: false` one has no copy in the DVC cache, so a
+    failing stage would lose it for good. `persist: true` leaves it to the stage (flows/_stage.py)."""
+    for name, stage in stages().items():
+        for path, options in output_options(stage).items():
+            if options.get("cache") is False:
+                assert options.get("persist") is True, f"{name}: {path} is cache: false without persist: true"
+
+
+def write_plausible(project: Path, path: str) -> None:
+    """A file (a path with a suffix) or a folder holding one, with bytes that name it."""
+    target = project / path if Path(path).suffix else project / path / "part"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(f"{path} as recorded\n")
+
+
+def files_under(project: Path, paths: list[str]) -> dict[str, bytes]:
+    found = {}
+    for path in paths:
+        target = project / path
+        for file in sorted(target.rglob("*")) if target.is_dir() else [target] if target.exists() else []:
+            found[file.relative_to(project).as_posix()] = file.read_bytes()
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "bad", "named"), [
+    ("split", {"split": {"sed": 1}}, "split.sed"),
+    ("train", {"train": {"epochs": -1}}, "train.epochs"),
+    ("evaluate", {"evaluate": {"bootstrap": -1}}, "evaluate.bootstrap"),
+])
+def test_a_stage_failing_under_plain_dvc_repro_loses_no_output(tmp_path, name, bad, named):
+    """The stage's inputs and outputs written and recorded with `dvc commit` (a real run's stand-in), then a bad
+    param: `dvc repro` runs the stage, which exits 2. What git carries stays; `dvc checkout` brings the rest."""
+    env = project_env(tmp_path)
+    project = committed_project(tmp_path / "project", env, {})
+    stage = stages()[name]
+    outputs = list(output_options(stage))
+    for path in [dep for dep in stage["deps"] if not dep.endswith(".py")] + outputs:
+        write_plausible(project, path)
+    run([str(BIN / "dvc"), "commit", "--force", name], project, env)
+    carried_by_git = [path for path, options in output_options(stage).items() if options.get("cache") is False]
+    recorded, recorded_by_git = files_under(project, outputs), files_under(project, carried_by_git)
+    set_params(project, bad)
+
+    result = run([str(BIN / "dvc"), "repro", "--single-item", name], project, env, check=False)
+
+    assert result.returncode != 0 and named in result.stdout + result.stderr
+    assert recorded_by_git and files_under(project, carried_by_git) == recorded_by_git
+    run([str(BIN / "dvc"), "checkout", name], project, env)
+    assert files_under(project, outputs) == recorded
