@@ -8,6 +8,8 @@ know a value and disagree, the source's stays and the disagreement is reported, 
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ import pandas as pd
 
 from skincancer.core.labels import lookup_diagnosis
 from skincancer.ingest.image_ids import canonical_image_ids
-from skincancer.ingest.layouts import ids_preview, index_metadata, read_csv_cells
+from skincancer.ingest.layouts import LayoutError, ids_preview, index_metadata, read_csv_cells
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +67,49 @@ def _known_diagnosis(raw: str) -> str | None:
     return None if name == "unknown" else name
 
 
+def _download_again(path: Path) -> str:
+    """How to replace a table fetch downloaded: the checksum recorded at its first download refuses new bytes."""
+    return (f"to download it again, run `skincancer repin {path.parent.name}/{path.name}` (it forgets the checksum "
+            "fetch recorded for it and deletes the file), then `dvc repro fetch`")
+
+
+def _read_cells(path: Path, layout: str) -> pd.DataFrame:
+    """Every cell as text; a table that cannot be read, is no CSV, or is cut short fails naming it and what to do,
+    before fetch writes anything."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise MetadataError(f"{path}: cannot be read ({error.strerror}): give the fetch stage read access to it, or "
+                            f"{_download_again(path)}") from None
+    not_csv = (f"fetch.metadata's url for it must serve the {layout} table as a UTF-8 CSV (not compressed, not a "
+               f"spreadsheet): fix or remove that entry; {_download_again(path)}")
+    if b"\0" in data:
+        raise MetadataError(f"{path}: not a CSV: it holds NUL bytes, as binary files do; {not_csv}")
+    try:
+        table = read_csv_cells(data, path)
+    except LayoutError as error:
+        raise MetadataError(f"{str(error).strip()}; {not_csv}") from None
+    if short := _short_rows(data, table.shape[1]):
+        raise MetadataError(
+            f"{path}: {len(short)} row(s) have fewer cells than the header's {table.shape[1]} columns, the first "
+            f"being row {short[0]} after the header: the file is cut short or garbled; {_download_again(path)}"
+        )
+    return table
+
+
+def _short_rows(data: bytes, width: int) -> list[int]:
+    """The rows (1 = the first after the header) with fewer cells than the header: pandas fills the cells a
+    truncated last row lacks with "" (cells read as text), so a cut-off value such as `mal` for `male` would
+    pass as data."""
+    rows = csv.reader(io.StringIO(data.decode("utf-8-sig")))
+    next(rows, None)
+    return [number for number, row in enumerate(rows, 1) if row and len(row) < width]
+
+
 def read_metadata_table(path: Path, layout: str) -> MetadataTable:
     """The table's rows under index column names, keyed by canonical image id; refuses what it cannot trust."""
     spec = METADATA_LAYOUTS[layout]
-    table = read_csv_cells(path.read_bytes(), path)
+    table = _read_cells(path, layout)
     if missing := [column for column in spec.required if column not in table.columns]:
         raise MetadataError(
             f"{path}: not a {layout} metadata table; missing column(s) {missing} (expected {list(spec.required)}, "

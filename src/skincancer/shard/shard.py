@@ -67,6 +67,37 @@ class TooManySkipped(ValueError):
     """More images than shard.max_skipped_fraction could not be read: likely a broken fetch, not a few bad files."""
 
 
+class OutOfSpace(OSError):
+    """The disk (or a quota, or the file size limit) ran out while the shards were written: nothing was published."""
+
+
+@contextlib.contextmanager
+def _out_of_space_named(out_dir: Path, out_of_space: tuple[int, ...]) -> Iterator[None]:
+    """A full disk fails naming the file it stopped in and what is kept. Entered outside atomic_dir, so by the
+    time it speaks the partial folder is gone and ``out_dir`` is as it was."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in out_of_space:
+            raise
+        kept = f"the previous {out_dir} is kept as it was" if out_dir.exists() else f"no {out_dir} was written"
+        raise OutOfSpace(error.errno, (
+            f"{os.strerror(error.errno)} while writing {error.filename}: the disk (or a quota, or the file size limit, "
+            f"`ulimit -f`) ran out; {kept} and the partial folder removed. Free space and rerun `dvc repro shard`"
+        )) from error
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[Path]:
+    """Yield ``path``; an OSError while it is written names it (Python's and pyarrow's write errors name no file)."""
+    try:
+        yield path
+    except OSError as error:
+        if error.filename is None:
+            error.filename = str(path)
+        raise
+
+
 def write_shards(
     manifest: pd.DataFrame,
     split_root: Path,
@@ -91,7 +122,8 @@ def write_shards(
     written: dict[str, np.ndarray] = {}
     mapper = map_chunks or in_threads(params.workers)
     started = time.perf_counter()
-    with atomic_dir(out_dir) as tmp, _results(mapper, chunks) as results:
+    with _out_of_space_named(out_dir, tfrecords.OUT_OF_SPACE), atomic_dir(out_dir) as tmp, \
+            _results(mapper, chunks) as results:
         for split, positions in plan.items():
             roller = _ShardRoller(tmp, split, limit, tfrecords)
             unreadable = []
@@ -107,8 +139,10 @@ def write_shards(
             written[split] = np.delete(positions, unreadable)
         _check_skipped(skipped, len(order), params.max_skipped_fraction)
         document = _document(params, tfrecords.SPEC_VERSION, shards, skipped, tuple(plan))
-        (tmp / "manifest.json").write_text(json.dumps(document, sort_keys=True, indent=2) + "\n")
-        write_image_table(manifest, written, shards, tmp / tfrecords.IMAGE_TABLE, params.bands)
+        with _writing(tmp / "manifest.json") as path:
+            path.write_text(json.dumps(document, sort_keys=True, indent=2) + "\n")
+        with _writing(tmp / tfrecords.IMAGE_TABLE) as path:
+            write_image_table(manifest, written, shards, path, params.bands)
     _log_written(shards, len(order) - len(skipped), len(skipped), time.perf_counter() - started)
     return document
 

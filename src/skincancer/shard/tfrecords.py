@@ -5,7 +5,10 @@ Bump SPEC_VERSION on any change to the features below (it is recorded in data/sh
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -15,6 +18,8 @@ SPEC_VERSION = 2  # 2: image/group
 
 # Per-record framing on disk: uint64 length, masked crc32c of the length, masked crc32c of the data.
 RECORD_OVERHEAD = 16
+# what a write fails with when the disk (or a quota, or the file size limit `ulimit -f`) runs out
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # beside the shards: one row per record, in shard order (split, then shard, then record), so readers learn
 # labels, groups, ids and the original's size (`width`, `height`) and resolution band without parsing a record
 # (skincancer.shard.shard.write_image_table)
@@ -87,7 +92,37 @@ def parse_example(serialized: tf.Tensor | bytes) -> dict[str, tf.Tensor]:
 
 def writer(path: Path | str) -> tf.io.TFRecordWriter:
     """Uncompressed: the payload is already JPEG, and plain records can be sized exactly."""
-    return tf.io.TFRecordWriter(str(path))
+    return _Writer(str(path))
+
+
+class _Writer(tf.io.TFRecordWriter):
+    """A TFRecordWriter whose out-of-space failures are OSErrors naming the file, as Python's own writes fail."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        with _out_of_space_as_os_error(path):
+            super().__init__(path)
+
+    def write(self, record: bytes) -> None:
+        with _out_of_space_as_os_error(self._path):
+            super().write(record)
+
+    def close(self) -> None:
+        with _out_of_space_as_os_error(self._path):
+            super().close()
+
+
+@contextlib.contextmanager
+def _out_of_space_as_os_error(path: str) -> Iterator[None]:
+    """TensorFlow keeps no errno, only its words: ENOSPC and EDQUOT come as RESOURCE_EXHAUSTED, EFBIG as
+    OUT_OF_RANGE. Give them back their errno, so callers tell a full disk from a bad record."""
+    try:
+        yield
+    except (tf.errors.ResourceExhaustedError, tf.errors.OutOfRangeError) as error:
+        code = next((code for code in OUT_OF_SPACE if os.strerror(code) in error.message), None)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), path) from error
 
 
 def read_examples(paths: Iterable[Path | str]) -> Iterator[dict[str, object]]:

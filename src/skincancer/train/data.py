@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from skincancer.core.model_card import file_sha256
 from skincancer.core.params import AugmentParams
 from skincancer.core.paths import fold_part
 from skincancer.core.patient_context import encode_context
@@ -26,11 +27,24 @@ class ShardSpecMismatch(ValueError):
     """The shards were written under another feature spec than this code parses."""
 
 
+class ShardDamaged(ValueError):
+    """A shard file (or the manifest) is not what the shard stage wrote: flipped bytes, cut short, gone."""
+
+
+def _restore(shards_dir: Path) -> str:
+    """What to do about a damaged shard: the DVC cache may hold good bytes (unless hard-linked to the same damage)."""
+    return (f"restore it with `dvc checkout {shards_dir}` if DVC's cache copy is good, or rewrite the shards "
+            "with `dvc repro shard`")
+
+
 def read_shard_manifest(shards_dir: Path) -> dict:
     """The shard manifest, refused when its spec_version is not the one parse_example reads: old shards
     would otherwise fail deep inside tf.data, or parse into wrong features without failing at all."""
     path = Path(shards_dir) / "manifest.json"
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_bytes())
+    except ValueError as error:  # JSON and UTF-8 errors name a line, never the file
+        raise ShardDamaged(f"{path}: not a readable shard manifest ({error}); {_restore(shards_dir)}") from None
     found = manifest.get("spec_version")
     if found != SPEC_VERSION:
         raise ShardSpecMismatch(
@@ -61,13 +75,33 @@ class Roles:
 
 
 def shard_paths(shards_dir: Path, parts: Parts) -> list[str]:
-    """The parts' shard files in manifest order (the order evaluation reports rows in)."""
+    """The parts' shard files in manifest order (the order evaluation reports rows in), each checked against
+    the size and sha256 the manifest records (`check_shard`) before tf.data reads a record of it."""
     manifest = read_shard_manifest(shards_dir)
     for part in as_parts(parts):
         if part not in manifest["splits"]:
             raise FileNotFoundError(f"{shards_dir}/manifest.json lists no shards for split {part!r} (it has "
                                     f"{', '.join(manifest['splits'])}); rerun `dvc repro shard`")
-    return [str(Path(shards_dir) / shard["file"]) for shard in manifest["shards"] if shard["split"] in as_parts(parts)]
+    shards = [shard for shard in manifest["shards"] if shard["split"] in as_parts(parts)]
+    for shard in shards:
+        check_shard(shards_dir, shard)
+    return [str(Path(shards_dir) / shard["file"]) for shard in shards]
+
+
+def check_shard(shards_dir: Path, shard: dict) -> None:
+    """Refuse, naming it, a shard file that is not the bytes its manifest entry records. tf.data's record CRCs
+    fail mid-epoch with an error that names no file, and pass a file cut at a record boundary; the size and one
+    hash pass catch both before a record is read: once per dataset built (a phase, a split scored), not per epoch."""
+    path = Path(shards_dir) / shard["file"]
+    if not path.is_file():
+        problem = "missing"
+    elif (size := path.stat().st_size) != shard["bytes"]:
+        problem = f"{size} bytes where the shard stage wrote {shard['bytes']} (cut short or grown)"
+    elif file_sha256(path) != shard["sha256"]:
+        problem = f"its sha256 is not the {shard['sha256']} the shard stage recorded (bytes changed)"
+    else:
+        return
+    raise ShardDamaged(f"{path}: shard file damaged: {problem}; {_restore(shards_dir)}")
 
 
 def part_count(manifest: dict, parts: Parts, key: str = "count") -> int:
