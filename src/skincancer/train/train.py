@@ -4,6 +4,7 @@ phase 2 fine-tuning of the backbone's top layers; the best-validation-AUC model 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import tempfile
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from skincancer.core.atomic import atomic_path, atomic_write_text
+from skincancer.core.atomic import atomic_dir, atomic_path, atomic_write_text
 from skincancer.core.labels import CLASS_NAMES
 from skincancer.core.model_card import card_input, train_card_path_for, training_card, write_card
 from skincancer.core.params import TrainParams
@@ -150,6 +151,19 @@ class SaveBest(keras.callbacks.Callback):
                 np.savez(file, *self.classifier.get_weights())
 
 
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras writes a backup's weights, then its epoch, into the folder in place: a SIGKILL while it writes leaves a
+    truncated weights file that every later resume fails to open, so `dvc repro` fails until someone deletes
+    models/.train-state. Here each backup is written beside the folder and swapped in with one rename: a resume
+    finds one whole epoch's backup, the one before it, or none."""
+
+    def _save_model(self) -> None:
+        with atomic_dir(Path(self.backup_dir)) as staging:
+            self.model.save_weights(str(staging / Path(self._weights_path).name))
+            (staging / Path(self._training_metadata_path).name).write_text(
+                json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+
+
 def load_best(classifier: keras.Model, path: Path) -> None:
     with np.load(path) as saved:
         classifier.set_weights([saved[f"arr_{index}"] for index in range(len(saved.files))])
@@ -184,7 +198,7 @@ def _callbacks(params: TrainParams, state: TrainState, phase: int, epochs: int, 
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=params.early_stopping_patience),
         keras.callbacks.CSVLogger(state.history(phase), append=True),
         # last: an epoch is only marked done once everything above has recorded it
-        keras.callbacks.BackupAndRestore(state.backup(phase)),
+        AtomicBackupAndRestore(state.backup(phase)),
     ]
     if tensorboard_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir / f"phase{phase}"))
