@@ -45,11 +45,17 @@ GROUP_PINNED = (
 )
 
 
+# The out-of-distribution flag (issue 33): a top-level section after calibration, each evaluated part holding these.
+OOD_PINNED = ("flagged", "flagged_ci_low", "flagged_ci_high", "n_flagged", "n")
+
+
 def test_the_committed_metrics_json_has_exactly_those_keys():
     from skincancer.evaluate.groups import GROUP_KEYS
 
     metrics = json.loads((ROOT / "metrics.json").read_text())
-    assert list(metrics) == ["threshold", "val", "test", "calibration"]
+    assert list(metrics) == ["threshold", "val", "test", "calibration", "ood"]
+    assert list(metrics["ood"]) == ["percentile", "cutoff", "val", "test"]
+    assert all(list(metrics["ood"][part]) == list(OOD_PINNED) for part in ("val", "test"))
     for split in ("val", "test"):
         assert list(metrics[split]) == [*PINNED, "by_source", "by_band"]
         assert all(list(group) == list(GROUP_PINNED) for grouping in ("by_source", "by_band")
@@ -80,3 +86,19 @@ def test_a_cross_validated_run_puts_the_out_of_fold_section_in_vals_place_with_t
     assert list(metrics["oof"]) == [*PINNED, "folds", "fold_roc_auc_mean", "fold_roc_auc_sd"]
     assert FOLD_KEYS == ("roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "n", "n_malignant")
     assert all(list(fold) == list(FOLD_KEYS) for fold in metrics["oof"]["folds"].values())
+
+
+def test_the_ood_section_holds_the_percentile_the_cutoff_and_each_evaluated_parts_flagged_share():
+    """Its keys for a single model (val) and a cross-validated run (oof), as plain rounded numbers."""
+    import pandas as pd
+
+    from skincancer.evaluate.ood import ood_metrics
+
+    for chosen_on in ("val", "oof"):
+        predictions = pd.DataFrame({"split": [chosen_on] * 20 + ["test"] * 7,
+                                    "in_distribution": [True] * 19 + [False] + [True] * 5 + [False] * 2})
+        ood = ood_metrics(predictions, (chosen_on, "test"), 95.0, 12.345678)
+        assert list(ood) == ["percentile", "cutoff", chosen_on, "test"]
+        assert all(list(ood[part]) == list(OOD_PINNED) for part in (chosen_on, "test"))
+        assert (ood[chosen_on]["flagged"], ood[chosen_on]["n_flagged"], ood[chosen_on]["n"]) == (0.05, 1, 20)
+        assert ood["test"]["flagged"] == round(2 / 7, 6) and ood["test"]["flagged_ci_low"] < 2 / 7 < ood["test"]["flagged_ci_high"]

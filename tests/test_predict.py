@@ -1,5 +1,6 @@
 """predict and export: the evaluated model on new images, at its frozen threshold, and for serving."""
 
+import io
 import json
 
 import keras
@@ -79,8 +80,10 @@ def test_threshold_flag_overrides_and_csv_goes_to_stdout(evaluated, tiny_shards)
     result = runner.invoke(app, ["predict", str(image), "--model", str(evaluated / "model.keras"), "--threshold", "0"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == "path,probability,prediction,label,threshold,error,score,prevalence"
-    assert lines[1].startswith(f"{image},") and ",1,malignant,0.0," in lines[1]
+    assert lines[0] == "path,probability,prediction,label,in_distribution,ood_score,threshold,error,score,prevalence"
+    assert lines[1].startswith(f"{image},") and ",1,malignant," in lines[1]
+    (row,) = pd.read_csv(io.StringIO(result.stdout)).itertuples()
+    assert row.threshold == 0.0 and row.in_distribution in (True, False) and row.ood_score > 0
     assert "calibrated on val (Platt)" in result.stderr
 
 
@@ -206,6 +209,7 @@ def test_a_model_file_from_another_keras_version_is_refused_naming_both_versions
     card["model"]["sha256"] = file_sha256(folder / "model.keras")
     (folder / "card.json").write_text(json.dumps(card))
     shutil.copy(evaluated / "metrics.json", folder)
+    shutil.copy(evaluated / "ood.npz", folder)  # the card records its out-of-distribution fit beside it
     image = sorted((tiny_shards.parent / "split/test").rglob("*.jpg"))[0]
     result = runner.invoke(app, ["predict", str(image), "--model", str(folder / "model.keras")])
     assert result.exit_code == 2, result.output

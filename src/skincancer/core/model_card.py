@@ -62,6 +62,14 @@ def card_path_for(model_path: Path) -> Path:
     return Path(model_path).with_name(paths.CARD.name)
 
 
+OOD_FILE = "ood.npz"  # the out-of-distribution fit's arrays (skincancer.evaluate.ood), too many for the card
+
+
+def ood_path_for(card_path: Path) -> Path:
+    """Where evaluate writes the out-of-distribution fit's arrays, beside the card that records them."""
+    return Path(card_path).with_name(OOD_FILE)
+
+
 def _version(package: str) -> str:
     try:
         return importlib.metadata.version(package)
@@ -151,12 +159,12 @@ def _headline(figures: dict) -> dict:
     }
 
 
-def evaluated_card(training: dict, metrics: dict, params: EvaluateParams, operating_point: dict) -> dict:
+def evaluated_card(training: dict, metrics: dict, params: EvaluateParams, operating_point: dict, ood: dict) -> dict:
     """The training card (its members too, with folds) with the evaluation's decision: threshold, its policy
     and what it was chosen to hold on (`operating_point`: skincancer.evaluate.groups.operating_point),
-    calibration and what it was fitted on, the views scores average over (tta), and the headline metrics with
+    calibration and what it was fitted on, the views scores average over (tta), the headline metrics with
     their intervals of each evaluated part (val or the out-of-fold scores, and test), pooled and per kind of
-    image."""
+    image, and the out-of-distribution flag (`ood`: skincancer.evaluate.ood.card_record)."""
     where = "out-of-fold predictions" if "oof" in metrics else "validation split"
     return training | {"evaluation": {
         "threshold": metrics["threshold"],
@@ -167,6 +175,7 @@ def evaluated_card(training: dict, metrics: dict, params: EvaluateParams, operat
         "tta": params.tta,
         "tta_scales": list(params.tta_scales),
         "metrics": {split: _headline(metrics[split]) for split in ("val", "oof", "test") if split in metrics},
+        "ood": ood,
     }}
 
 
@@ -236,6 +245,17 @@ class ModelCard:
         return list(self.document.get("context", {}).get("fields", []))
 
     @property
+    def ood(self) -> dict | None:
+        """The out-of-distribution flag's record (skincancer.evaluate.ood.card_record); None for a card evaluated
+        before evaluate fitted one."""
+        return self.document.get("evaluation", {}).get("ood")
+
+    @property
+    def ood_path(self) -> Path:
+        """The file of the out-of-distribution fit's arrays, beside the card."""
+        return self.path.with_name(self.ood["file"])
+
+    @property
     def tta(self) -> int:
         return int(self.document.get("evaluation", {}).get("tta", 1))
 
@@ -266,7 +286,22 @@ def read_card(card_path: Path, model_path: Path, written_by: str = "evaluate") -
         raise CardError(f"{card_path} describes another model than {model_path} (SHA-256 {recorded[:12]}... vs "
                         f"{actual[:12]}...): use the card written with this model, or rerun "
                         f"`dvc repro {written_by}`")
-    return ModelCard(document, card_path)
+    card = ModelCard(document, card_path)
+    if card.ood is not None:
+        _check_ood_file(card)
+    return card
+
+
+def _check_ood_file(card: ModelCard) -> None:
+    """The out-of-distribution fit beside the card must be the one it records: a flag cut on one fit and
+    computed with another would call images unlike the training images, or not, at random."""
+    path, recorded = card.ood_path, card.ood["sha256"]
+    if not path.is_file():
+        raise CardError(f"{path} not found: {card.path} records its out-of-distribution fit there; keep the two "
+                        "together, or rerun `dvc repro evaluate` (or `dvc checkout`)")
+    if recorded != (actual := file_sha256(path)):
+        raise CardError(f"{path} is not the out-of-distribution fit {card.path} records (SHA-256 {recorded[:12]}... "
+                        f"vs {actual[:12]}...): use the two written together, or rerun `dvc repro evaluate`")
 
 
 def check_members(card: ModelCard, models_dir: Path) -> list[Path]:

@@ -2,7 +2,10 @@
 
 A cross-validated run (split.folds) has no val split: each fold's model scores the fold it never trained on
 (out-of-fold, `oof`), the threshold and the calibration come from those scores, and the ensemble, the model
-users get, scores test."""
+users get, scores test.
+
+Every image also gets an out-of-distribution score (skincancer.evaluate.ood), fitted on the pooled features of the
+images the model trained on and cut at a percentile of val's (or the out-of-fold images') scores."""
 
 from __future__ import annotations
 
@@ -14,14 +17,16 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
-from skincancer.core.atomic import atomic_write_text
+from skincancer.core.atomic import atomic_write_bytes, atomic_write_text
 from skincancer.core.calibration import Calibration, fit_calibration
 from skincancer.core.model_card import (
     ModelCard,
     card_path_for,
     check_members,
     evaluated_card,
+    ood_path_for,
     read_card,
     train_card_path_for,
     write_card,
@@ -32,15 +37,25 @@ from skincancer.core.patient_context import context_columns
 from skincancer.evaluate.groups import group_metrics, operating_point, sensitivity_shortfalls
 from skincancer.evaluate.inference import context_width, load_for_inference, predict_images
 from skincancer.evaluate.metrics import DECIMALS, evaluation_metrics, fold_metrics
+from skincancer.evaluate.ood import (
+    OodFit,
+    card_record,
+    cutoff_at,
+    feature_layers,
+    feature_scorer,
+    fit_ood,
+    ood_metrics,
+    scores_and_features,
+)
 from skincancer.evaluate.report import confident_mistakes, split_scores, write_report
-from skincancer.evaluate.summary import band_summary, fold_summary, split_summary
+from skincancer.evaluate.summary import band_summary, fold_summary, ood_summary, split_summary
 from skincancer.shard.tfrecords import read_examples
 from skincancer.train.data import ShardSpecMismatch, eval_dataset, read_shard_manifest, split_records
 
 log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ["image_id", "split", "label", "diagnosis", "probability", "prediction", "source", "band", "group",
-                      "score"]
+                      "score", "ood_score", "in_distribution"]
 OOF = "oof"  # the split name of out-of-fold predictions, in predictions.csv and metrics.json
 
 
@@ -76,9 +91,14 @@ def predict_split(
 ) -> np.ndarray:
     """P(malignant) per image of a split, in manifest order; a model trained with patient context `fields` (its
     card's) is fed each image's context from the shards' image table."""
+    return predict_images(model, _split_inputs(model, shards_dir, split, fields, batch_size), tta, scales)
+
+
+def _split_inputs(model: keras.Model, shards_dir: Path, split: str, fields: Sequence[str],
+                  batch_size: int = 64) -> tf.data.Dataset:
+    """A split's images as the model takes them (with each image's context where its card records `fields`)."""
     _check_context(model, fields)
-    images = eval_dataset(shards_dir, split, batch_size, fields=fields).map(lambda inputs, _: inputs)
-    return predict_images(model, images, tta, scales)
+    return eval_dataset(shards_dir, split, batch_size, fields=fields).map(lambda inputs, _: inputs)
 
 
 def _scored(model: keras.Model, shards_dir: Path, part: str, params: EvaluateParams, fields: Sequence[str],
@@ -86,6 +106,21 @@ def _scored(model: keras.Model, shards_dir: Path, part: str, params: EvaluatePar
     """A shard part's images with the model's score, at metrics.json's precision, and `columns` added."""
     score = predict_split(model, shards_dir, part, params.tta, params.tta_scales, fields=fields).round(DECIMALS)
     return split_records(shards_dir, part).assign(score=score, **columns)
+
+
+def split_features(scorer: keras.Model, shards_dir: Path, part: str, fields: Sequence[str]) -> np.ndarray:
+    """The pooled features of a part's images as prepared, in manifest order (what the out-of-distribution measure
+    reads; `scorer`: skincancer.evaluate.ood.feature_scorer's)."""
+    return scores_and_features(scorer, _split_inputs(scorer, shards_dir, part, fields))[1]
+
+
+def _scored_and_measured(scorer: keras.Model, shards_dir: Path, part: str, params: EvaluateParams,
+                         fields: Sequence[str], fit: OodFit, **columns: object) -> pd.DataFrame:
+    """_scored from the same pass that reads the features, with each image's out-of-distribution score."""
+    scores, features = scores_and_features(scorer, _split_inputs(scorer, shards_dir, part, fields), params.tta,
+                                           params.tta_scales)
+    return split_records(shards_dir, part).assign(score=scores.round(DECIMALS),
+                                                  ood_score=fit.score(features).round(DECIMALS), **columns)
 
 
 def _out_of_fold(members: list[Path], shards_dir: Path, params: EvaluateParams,
@@ -104,19 +139,29 @@ def _calibrated(frames: list[pd.DataFrame], chosen_on: str, params: EvaluatePara
     return predictions.assign(probability=calibration.apply(predictions["score"]).round(DECIMALS)), calibration
 
 
+def _trained_on(members: list[Path]) -> list[str]:
+    """The shard parts the model trained on: train, or (with fold `members`) every fold."""
+    return [fold_part(fold) for fold in range(len(members))] if members else ["train"]
+
+
 def _predictions(
     model: keras.Model, shards_dir: Path, params: EvaluateParams, members: list[Path], fields: Sequence[str]
-) -> tuple[pd.DataFrame, Calibration, str]:
-    """Scores and calibrated probabilities, and the split the decisions are fitted on: val, or (with fold
-    `members`) the out-of-fold scores, beside the model's (the ensemble's) own test scores; `fields`: the
-    patient context the card records."""
+) -> tuple[pd.DataFrame, Calibration, str, OodFit]:
+    """Scores, calibrated probabilities and out-of-distribution scores, the split the decisions are fitted on:
+    val, or (with fold `members`) the out-of-fold scores, beside the model's (the ensemble's) own test scores, and
+    the out-of-distribution fit, on the features of the images the model trained on (with folds: every fold's,
+    which are also the out-of-fold images); `fields`: the patient context the card records."""
+    scorer = feature_scorer(model)
+    features = {part: split_features(scorer, shards_dir, part, fields) for part in _trained_on(members)}
+    fit = fit_ood(np.concatenate(list(features.values())))
+    test = _scored_and_measured(scorer, shards_dir, TEST, params, fields, fit, split=TEST)
     if not members:
-        frames = [_scored(model, shards_dir, split, params, fields, split=split) for split in ("val", TEST)]
-        return (*_calibrated(frames, "val", params), "val")
-    frames = [*_out_of_fold(members, shards_dir, params, fields),
-              _scored(model, shards_dir, TEST, params, fields, split=TEST)]
-    predictions, calibration = _calibrated(frames, OOF, params)
-    return predictions.astype({"fold": "Int64"}), calibration, OOF  # test rows have none
+        frames = [_scored_and_measured(scorer, shards_dir, "val", params, fields, fit, split="val"), test]
+        return (*_calibrated(frames, "val", params), "val", fit)
+    frames = [frame.assign(ood_score=fit.score(features[fold_part(fold)]).round(DECIMALS))
+              for fold, frame in enumerate(_out_of_fold(members, shards_dir, params, fields))]
+    predictions, calibration = _calibrated([*frames, test], OOF, params)
+    return predictions.astype({"fold": "Int64"}), calibration, OOF, fit  # test rows have none
 
 
 def metrics_document(predictions: pd.DataFrame, chosen_on: str, params: EvaluateParams) -> dict:
@@ -178,9 +223,12 @@ def evaluate(
     members = ensemble_members(training, model_path)
     model = load_for_inference(model_path)
     check_model_fits_shards(model, shards_dir, model_path)
-    predictions, calibration, chosen_on = _predictions(model, shards_dir, params, members, training.context_fields)
+    predictions, calibration, chosen_on, fit = _predictions(model, shards_dir, params, members, training.context_fields)
+    cutoff = cutoff_at(predictions.loc[predictions["split"] == chosen_on, "ood_score"], params.ood.percentile)
+    predictions["in_distribution"] = predictions["ood_score"] <= cutoff
     metrics = metrics_document(predictions, chosen_on, params)
     metrics["calibration"] = calibration.as_json(DECIMALS)
+    metrics["ood"] = ood_metrics(predictions, (chosen_on, TEST), params.ood.percentile, cutoff)
     warn_of_shortfalls(metrics, chosen_on, params.threshold)
     predictions["prediction"] = (predictions["probability"] >= metrics["threshold"]).astype(int)
     facts, predictions = predictions, predictions[PREDICTION_COLUMNS + (["fold"] if members else [])]
@@ -193,7 +241,11 @@ def evaluate(
     )
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     point = operating_point(metrics, chosen_on, params.threshold)
-    write_card(evaluated_card(training.document, metrics, params, point), card_path or card_path_for(model_path))
+    card_path = card_path or card_path_for(model_path)
+    atomic_write_bytes(ood_path := ood_path_for(card_path), fit.npz_bytes())
+    ood = card_record(fit, feature_layers(model), _trained_on(members), chosen_on, params.ood.percentile, cutoff,
+                      ood_path)
+    write_card(evaluated_card(training.document, metrics, params, point, ood), card_path)
     _log_summary(metrics, chosen_on)
     return metrics
 
@@ -204,5 +256,6 @@ def _log_summary(metrics: dict, chosen_on: str) -> None:
     for split in (chosen_on, TEST):
         log.info("%s", split_summary(metrics, split))
     log.info("%s", band_summary(metrics, TEST))
+    log.info("%s", ood_summary(metrics))
     if chosen_on == OOF:
         log.info("%s", fold_summary(metrics[OOF]))

@@ -25,7 +25,7 @@ from skincancer.evaluate.figures import plt, png_bytes
 from skincancer.evaluate.groups import GROUPINGS, section, sensitivity_shortfalls
 from skincancer.evaluate.groups import operating_point as groups_operating_point
 from skincancer.evaluate.metrics import METRIC_KEYS, Scores
-from skincancer.evaluate.summary import UNDEFINED, number, with_interval
+from skincancer.evaluate.summary import UNDEFINED, flagged_in_words, number, with_interval
 
 CLASS_NAMES = np.array(LABEL_NAMES)
 OOF = "oof"  # out-of-fold predictions (split.folds): where a cross-validated run chooses, in val's place
@@ -301,6 +301,27 @@ def calibration_note(metrics: dict) -> str:
     )
 
 
+def ood_section(metrics: dict) -> str:
+    """The out-of-distribution flag: its cut-off and the share of val (or out-of-fold) and test images it flags,
+    with their intervals; nothing for metrics from before evaluate fitted one."""
+    if (ood := metrics.get("ood")) is None:
+        return ""
+    chosen, test = _chosen_and_test(metrics)
+    seen = (" The fold models trained on the out-of-fold images, so the cut-off comes from images the model saw: "
+            "expect more test images flagged than the percentile says." if chosen == OOF else "")
+    return f"""
+## Out-of-distribution flag
+
+An image whose pooled backbone features lie further from the training images' than the cut-off (`ood_score` above
+**{ood['cutoff']:.4f}**, percentile {ood['percentile']:g} of the {SPLIT_NAMES[chosen]} images' scores) is unlike
+them: `skincancer predict` and the exports flag it (`in_distribution` false), and its probability is not to be
+trusted. Images like the training ones are flagged at about {100 - ood['percentile']:g}% by construction:
+{SPLIT_NAMES[chosen]} {flagged_in_words(ood[chosen])}, test {flagged_in_words(ood[test])} (Wilson intervals over
+images). A test interval wholly above {100 - ood['percentile']:g}% says the test images differ from the ones the model
+trained on.{seen}
+"""
+
+
 def intervals_note(metrics: dict, predictions: pd.DataFrame) -> str:
     """What each interval resamples or counts, and on how many independent units it rests."""
     groups = group_counts(predictions)
@@ -403,7 +424,7 @@ def render_markdown(
 {intervals_note(metrics, predictions)}
 
 {calibration_note(metrics)}
-{folds_section(metrics)}{labels_section(params)}
+{ood_section(metrics)}{folds_section(metrics)}{labels_section(params)}
 ## Per diagnosis (test)
 
 Share of images called malignant: the sensitivity for malignant diagnoses, the false-positive rate for benign ones.

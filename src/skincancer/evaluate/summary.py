@@ -67,3 +67,22 @@ def band_summary(metrics: dict, split: str) -> str:
         for name, m in bands.items()
     )
     return f"{split} by resolution band: {shown or UNDEFINED}"
+
+
+def flagged_in_words(part: dict) -> str:
+    """A part's share of images flagged out of distribution: '5.0% (95% CI 1.7%-13.7%; 3 of 60 images)'."""
+    if part.get("flagged") is None:
+        return f"{UNDEFINED} (no images)"
+    return (f"{part['flagged']:.1%} (95% CI {part['flagged_ci_low']:.1%}-{part['flagged_ci_high']:.1%}; "
+            f"{part['n_flagged']} of {part['n']} images)")
+
+
+def ood_summary(metrics: dict) -> str:
+    """The out-of-distribution flag in a line: its cut-off and the share of each evaluated part's images it flags."""
+    ood = metrics.get("ood")
+    if ood is None:
+        return f"out-of-distribution flag: {UNDEFINED} (evaluated before evaluate fitted one)"
+    parts = [part for part, figures in ood.items() if isinstance(figures, dict)]  # val (or oof), then test
+    shares = "; ".join(f"{part} {flagged_in_words(ood[part])}" for part in parts)
+    return (f"out-of-distribution flag at ood_score > {number(ood['cutoff'], 4)} (percentile {ood['percentile']:g} of "
+            f"{parts[0]}'s scores), flagged: {shares}")

@@ -6,6 +6,10 @@ so a test image scores here what it scored in reports/predictions.csv. Everythin
 (image size, resize, quality, views, calibration, threshold, patient context) comes from the model card, not
 params.yaml. A model trained with patient context scores each image with its row of a CSV (skincancer.serve.context);
 the output's `context` column then names the fields an image was scored without.
+
+Each image also gets its out-of-distribution score and flag from the card's fit (skincancer.evaluate.ood), from the
+same pass as its score: `in_distribution` false, with a warning naming the file, says the image is unlike the
+training images and its probability is not to be trusted.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from skincancer.core.labels import CLASS_NAMES
 from skincancer.core.model_card import ModelCard
 from skincancer.evaluate.inference import Prepared, decode, predict_images, prepare
 from skincancer.evaluate.metrics import DECIMALS
+from skincancer.evaluate.ood import OodFlag, feature_scorer, read_flag, scores_and_features
 from skincancer.serve.context import ContextError, ImageContext, check_context, image_context
 from skincancer.train.models import CONTEXT_INPUT, IMAGE_INPUT
 
@@ -32,7 +37,8 @@ log = logging.getLogger(__name__)
 
 # what a folder walk picks up (an explicit file is always tried, whatever its name)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm"}
-COLUMNS = ["path", "probability", "prediction", "label", "threshold", "error", "score", "prevalence"]
+COLUMNS = ["path", "probability", "prediction", "label", "in_distribution", "ood_score", "threshold", "error", "score",
+           "prevalence"]
 CONTEXT_COLUMN = "context"  # a context model's rows: the fields an image was scored without
 
 
@@ -79,6 +85,38 @@ def _context(files: list[Path], model: keras.Model, card: ModelCard, context: Im
     return context
 
 
+def _flag(card: ModelCard) -> OodFlag | None:
+    """The card's out-of-distribution fit; a card evaluated before there was one is warned about, not refused."""
+    flag = read_flag(card)
+    if flag is None:
+        log.warning("%s records no out-of-distribution fit (it was evaluated before evaluate made one): "
+                    "in_distribution and ood_score stay empty, so nothing tells an image unlike the training images; "
+                    "rerun `dvc repro evaluate`", card.path)
+    return flag
+
+
+def _scored(scorer: keras.Model, flag: OodFlag | None, images: tf.data.Dataset,
+            card: ModelCard) -> tuple[np.ndarray, np.ndarray, list[bool | None]]:
+    """A batch's scores, out-of-distribution scores and in-distribution flags, at the decimals written (the last
+    two empty without a fit)."""
+    if flag is None:
+        scores = predict_images(scorer, images, card.tta, card.tta_scales).round(DECIMALS)
+        return scores, np.full(len(scores), np.nan), [None] * len(scores)
+    scores, features = scores_and_features(scorer, images, card.tta, card.tta_scales)
+    ood_scores, inside = flag.flag(features)
+    return scores.round(DECIMALS), ood_scores, [bool(value) for value in inside]
+
+
+def _warn_of_outliers(frame: pd.DataFrame, flag: OodFlag | None) -> None:
+    """Each image the flag calls unlike the training images, by name, then how many."""
+    outliers = frame[frame["in_distribution"].eq(False)]
+    for row in outliers.itertuples():
+        log.warning("%s: unlike the images the model was trained on (ood_score %.4f above the cut-off %.4f): its "
+                    "probability is not to be trusted", row.path, row.ood_score, flag.cutoff)
+    if len(outliers):
+        log.warning("%d of %d image(s) are out of distribution (in_distribution false)", len(outliers), len(frame))
+
+
 def predict(
     files: list[Path],
     model: keras.Model,
@@ -90,11 +128,14 @@ def predict(
     progress: bool = True,
 ) -> pd.DataFrame:
     """One row per file: P(malignant) (the score calibrated as evaluated, both rounded like predictions.csv),
-    the call at the card's threshold (or `threshold`), or the error. A context model takes `context`
-    (image_context's, in the files' order; without it every field is missing) and adds the `context` column."""
+    the call at the card's threshold (or `threshold`), whether the image is like the training images
+    (`in_distribution`, from its `ood_score`), or the error. A context model takes `context` (image_context's, in
+    the files' order; without it every field is missing) and adds the `context` column."""
     threshold = card.threshold if threshold is None else threshold
     calibration, preparation = card.calibration, card.preparation
     context = _context(files, model, card, context)
+    flag = _flag(card)
+    scorer = model if flag is None else feature_scorer(model)
     rows = []
     bar = tqdm(total=len(files), unit="image", disable=not progress or len(files) <= batch_size, leave=False)
     for batch in _batches(((index, prepare(path, preparation)) for index, path in enumerate(files)), batch_size):
@@ -103,23 +144,25 @@ def predict(
         if good:
             vectors = None if context is None else context.vectors[[index for index, _ in good]]
             images = _inputs([item.jpeg for _, item in good], vectors, batch_size)
-            scores = predict_images(model, images, card.tta, card.tta_scales).round(DECIMALS)
-            probabilities = iter(zip(scores, calibration.apply(scores).round(DECIMALS), strict=True))
+            scores, ood_scores, inside = _scored(scorer, flag, images, card)
+            probabilities = iter(zip(scores, calibration.apply(scores).round(DECIMALS), ood_scores, inside, strict=True))
         for index, item in batch:
             if item.error is not None:
                 log.warning("%s: %s", item.path, item.error)
                 rows.append({"path": str(item.path), "threshold": threshold, "error": item.error})
                 continue
-            score, probability = (float(value) for value in next(probabilities))
+            score, probability, ood_score, in_distribution = next(probabilities)
             called = int(probability >= threshold)
-            rows.append({"path": str(item.path), "probability": probability, "prediction": called,
-                         "label": CLASS_NAMES[called], "threshold": threshold, "error": "",
-                         "score": score, "prevalence": calibration.prevalence,
+            rows.append({"path": str(item.path), "probability": float(probability), "prediction": called,
+                         "label": CLASS_NAMES[called], "in_distribution": in_distribution, "ood_score": float(ood_score),
+                         "threshold": threshold, "error": "", "score": float(score), "prevalence": calibration.prevalence,
                          **({} if context is None else {CONTEXT_COLUMN: context.notes[index]})})
         bar.update(len(batch))
     bar.close()
     frame = pd.DataFrame(rows, columns=COLUMNS + ([] if context is None else [CONTEXT_COLUMN]))
-    return frame.astype({"prediction": "Int64"})
+    frame = frame.astype({"prediction": "Int64", "in_distribution": "boolean", "ood_score": "float64"})
+    _warn_of_outliers(frame, flag)
+    return frame
 
 
 def write_predictions(frame: pd.DataFrame, output: Path | None) -> str | None:
