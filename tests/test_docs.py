@@ -191,3 +191,25 @@ def test_the_readmes_performance_figures_are_benchmarks_mds():
 def test_a_quoted_figure_is_read_as_the_table_writes_it():
     assert readme_figures("takes `demo_make_s`: 212.5 s; `scale_disk_33126`: 2.001x") == {
         "demo_make_s": "212.5", "scale_disk_33126": "2.001"}
+
+
+FAULTS = ROOT / "docs" / "faults.md"
+
+
+def fault_rows() -> list[tuple[str, str]]:
+    """docs/faults.md's table: (fault, test reference) per row."""
+    rows = [line.split("|")[1:-1] for line in FAULTS.read_text().splitlines() if line.startswith("| ")]
+    return [(cells[0].strip(), cells[-1].strip().strip("`")) for cells in rows[1:]]  # the first is the header
+
+
+def test_every_fault_row_names_a_test_that_exists():
+    """Each fault the docs claim is handled is a test; the README's reliability line counts them."""
+    rows = fault_rows()
+    assert len(rows) >= 40
+    for fault, reference in rows:
+        path, _, name = reference.partition("::")
+        source = ROOT / path
+        assert source.is_file() and re.search(rf"^def {re.escape(name)}\(", source.read_text(), re.M), (
+            f"docs/faults.md: {fault!r} names {reference}, which is not a test")
+    counted = re.search(r"\*\*Reliability:\*\* (\d+) faults", (ROOT / "README.md").read_text())
+    assert counted and int(counted.group(1)) == len(rows)
