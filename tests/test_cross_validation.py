@@ -360,7 +360,7 @@ def test_evaluate_fits_the_decisions_on_out_of_fold_scores_and_reports_each_fold
     assert predictions.loc[predictions["split"] == "test", "fold"].isna().all()
     assert metrics["threshold"] == pytest.approx(choose_threshold(oof["label"].to_numpy(), oof["probability"].to_numpy(),
                                                                   EvaluateParams().threshold), abs=1e-6)
-    assert list(metrics) == ["threshold", "oof", "test", "calibration"]
+    assert list(metrics) == ["threshold", "oof", "test", "calibration", "ood"]
     assert list(metrics["oof"]["folds"]) == ["fold0", "fold1", "fold2"]
     assert [fold["n"] for fold in metrics["oof"]["folds"].values()] == oof.groupby("fold").size().tolist()
     card = json.loads((models / "card.json").read_text())

@@ -78,7 +78,7 @@ def per_key(section: str, model) -> list[str]:
 def test_each_stage_reads_only_its_own_params_and_no_execution_knob():
     expected = {
         "resolve": ["shard.image_size", "train.backbone"],  # 'auto' is the backbone's input size
-        "fetch": per_key("fetch", FetchParams),
+        "fetch": [*per_key("fetch", FetchParams), "shard.max_pixels"],  # the one pixel bound: fetch's hash decodes
         "split": ["labels", "split"],
         "shard": per_key("shard", ShardParams),
         "train": per_key("train", TrainParams),  # the image size reaches it in data/shards

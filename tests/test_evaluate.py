@@ -79,7 +79,7 @@ def test_every_output_is_written(evaluated):
 def test_metrics_json_has_exactly_the_stable_keys_as_plain_rounded_numbers(evaluated):
     out, _ = evaluated
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == ["threshold", "val", "test", "calibration"]
+    assert list(metrics) == ["threshold", "val", "test", "calibration", "ood"]
     for split in ("val", "test"):
         assert list(metrics[split]) == [*METRIC_KEYS, "by_source", "by_band"]
         groups = [figures for grouping in ("by_source", "by_band") for figures in metrics[split][grouping].values()]

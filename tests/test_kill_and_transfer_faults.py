@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -58,7 +59,8 @@ def output_digests(root: Path) -> dict[str, str]:
     for out in stage_outputs(root):
         target = root / out
         files += sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
-    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest() for path in files if path.exists()}
+    present = [path for path in files if path.exists()]
+    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest() for path in present}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,7 @@ def stage_process(parent: int, stage: str) -> int | None:
 
 def caught_writing(pid: int, begun: Callable[[], list[Path]], timeout_s: float = 120.0) -> list[Path]:
     """Poll every few milliseconds (split fills its folder in a tenth of a second) until process ``pid`` has begun
-    writing, then SIGSTOP it, so what it had begun is exactly what the SIGKILL finds; [] if it ended first."""
+    writing, then SIGSTOP it, so what it had begun is exactly what the SIGKILL finds; [] if it got past first."""
     deadline = time.monotonic() + timeout_s
     while lifetime.alive(pid) and time.monotonic() < deadline:
         if begun():
@@ -115,7 +117,7 @@ def test_a_stage_sigkilled_while_writing_reruns_to_the_same_bytes(reproduced, st
     run did."""
     root, env, digests, lock = reproduced
     begun = sigkill_while_writing(root, env, stage)
-    assert begun, f"{stage} ended before it was caught writing"
+    assert begun, f"{stage} was not caught writing: it ended (or finished that write) first"
     rerun = run(dvc("repro"), root, env)
     assert stages_left_alone(rerun.stdout) == [s for s in ("resolve", *STAGES) if s != stage], rerun.stdout[-3000:]
     assert output_digests(root) == digests
@@ -164,7 +166,8 @@ class CuttingProxy:
                     sink.sendall(data[:max(self.cutting[1] - carried, 0)])
                     with self._count:
                         self.cuts += 1
-                    return close(pair, reset=True)
+                    close(pair, reset=True)
+                    return
                 sink.sendall(data)
                 carried += len(data)
         except OSError:  # the other way was cut, or a side went away
@@ -178,7 +181,7 @@ def close(pair: tuple[socket.socket, ...], reset: bool) -> None:
     for end in pair:
         with contextlib.suppress(OSError):
             if reset:
-                end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")  # l_onoff 1, l_linger 0
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # on, 0 s: RST
             end.shutdown(socket.SHUT_RDWR)
         end.close()
 
@@ -220,16 +223,69 @@ def cache_files(root: Path) -> dict[str, bytes]:
     return {str(path.relative_to(cache)): path.read_bytes() for path in cache.rglob("*") if path.is_file()}
 
 
-def content_name(data: bytes) -> str:
-    """Where DVC keeps these bytes, in a cache or a remote: files/md5/<first 2 hex digits>/<the other 30>."""
-    digest = hashlib.md5(data).hexdigest()
+def md5_name(digest: str) -> str:
+    """Where DVC keeps the bytes of an md5, in a cache or a remote: files/md5/<first 2 hex digits>/<the other 30>."""
     return f"files/md5/{digest[:2]}/{digest[2:]}"
 
 
+def misnamed(files: dict[str, bytes]) -> list[str]:
+    """Files whose bytes are not what their name (the content's md5; `.dir` added for a folder's manifest) says."""
+    return [name for name, data in files.items()
+            if md5_name(hashlib.md5(data).hexdigest()) != name.removesuffix(".dir")]
+
+
 def half_published(published: dict[str, bytes], cache: dict[str, bytes]) -> list[str]:
-    """Objects that are not the whole cache file of their name, and directory manifests (.dir) listing a file the
-    remote lacks: a later pull would take either as complete."""
-    held = {name.removesuffix(".dir") for name in published}
-    return [name for name, data in published.items() if cache.get(name) != data or content_name(data) != name.removesuffix(".dir")
-            or name.endswith(".dir") and any(content_name(b"") and f"files/md5/{entry['md5'][:2]}/{entry['md5'][2:]}"
-                                             not in held for entry in json.loads(data))]
+    """Objects that are not the whole cache file of their name, and folder manifests (.dir) listing a file the remote
+    lacks: a later pull would take either as complete."""
+    partial = [name for name, data in published.items() if cache.get(name) != data]
+    return partial + [name for name, data in published.items() if name.endswith(".dir")
+                      and any(md5_name(entry["md5"]) not in published for entry in json.loads(data))]
+
+
+def test_a_push_cut_mid_upload_publishes_no_partial_object_and_its_retry_completes_the_remote(reproduced, remote):
+    """Every upload dropped after 1 MiB (the sample's archives and the model are 2-5 MB), on every retry DVC's S3
+    client (s3fs) makes: the push fails, and the bucket holds only whole objects, each the very bytes of the cache
+    file of its name, and no folder manifest whose files are not all there; `dvc status --cloud` knows what is
+    missing. The same push on a healthy network completes the remote."""
+    root, _, _, _ = reproduced
+    proxy, client, env = remote
+    proxy.cut(uploads=True, after=1024 * 1024)
+    # s3fs still retries each upload; botocore's retries under it, with backoff, would only meet the same cut
+    cut = run(dvc("push"), root, env | {"AWS_MAX_ATTEMPTS": "1"}, check=False)
+    assert cut.returncode != 0 and "failed to push data to the cloud" in cut.stderr, cut.stderr[-3000:]
+    assert proxy.cuts, "no upload was cut"
+    cache, published = cache_files(root), remote_objects(client)
+    assert published and half_published(published, cache) == []
+    assert "are in sync" not in run(dvc("status", "--cloud"), root, env).stdout
+
+    proxy.heal()
+    run(dvc("push"), root, env)
+    complete = remote_objects(client)
+    assert len(complete) > len(published) and half_published(complete, cache) == []
+    assert "Cache and remote 'storage' are in sync" in run(dvc("status", "--cloud"), root, env).stdout
+
+
+def test_a_pull_cut_mid_download_leaves_nothing_dvc_would_trust_and_its_retry_gives_the_same_bytes(
+        reproduced, remote, tmp_path):
+    """A fresh clone (no cache) pulls while every download is dropped after 256 KiB, on every retry and every range
+    DVC's S3 client resumes from: the pull fails, and no half file is left where DVC would trust it: each cache file
+    holds the content its name says, each output file present is the pushed one's bytes, and `dvc status` says what
+    is missing. The same pull on a healthy network gives back every output byte for byte."""
+    root, _, _, _ = reproduced
+    proxy, _, env = remote
+    run(dvc("push"), root, env)  # the remote complete, whichever test ran before
+    pushed = output_digests(root)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    proxy.cut(uploads=False, after=256 * 1024)
+    cut = run(dvc("pull"), clone, env, check=False)
+    assert cut.returncode != 0 and "failed to pull data from the cloud" in cut.stderr, cut.stderr[-3000:]
+    assert proxy.cuts, "no download was cut"
+    assert cache_files(clone) and misnamed(cache_files(clone)) == []
+    assert output_digests(clone).items() <= pushed.items()
+    assert "Data and pipelines are up to date" not in run(dvc("status"), clone, env).stdout
+
+    proxy.heal()
+    run(dvc("pull"), clone, env)
+    assert output_digests(clone) == pushed
+    assert "Data and pipelines are up to date" in run(dvc("status"), clone, env).stdout

@@ -83,7 +83,7 @@ def test_pipeline_flow_runs_every_stage_on_the_server_and_records_the_outputs(fi
     assert "no DVC remote configured" in result.stdout + result.stderr  # said once, and the run goes on locally
     assert (result.stdout + result.stderr).count("no DVC remote configured") == 1
     metrics = json.loads((root / "metrics.json").read_text())
-    assert list(metrics) == ["threshold", "val", "test", "calibration"]
+    assert list(metrics) == ["threshold", "val", "test", "calibration", "ood"]
     assert list(metrics["test"]) == [*METRIC_KEYS, "by_source", "by_band"] == list(metrics["val"])
     for path in ("data/raw/index.parquet", "data/split/manifest.parquet", "data/shards/manifest.json",
                  "models/model.keras", "models/history.csv", "models/train_card.json", "models/card.json",
@@ -380,7 +380,7 @@ def test_folds_rerun_from_split_train_a_member_per_fold_and_metrics_diff_shows_t
     lock = (root / "dvc.lock").read_text()
     assert "path: models/folds" in lock and "nfiles: 3" in lock
     metrics = json.loads((root / "metrics.json").read_text())
-    assert list(metrics) == ["threshold", "oof", "test", "calibration"]
+    assert list(metrics) == ["threshold", "oof", "test", "calibration", "ood"]
     assert sum(fold["n"] for fold in metrics["oof"]["folds"].values()) == metrics["oof"]["n"]
     diff = json.loads(run([str(BIN / "dvc"), "metrics", "diff", "--json"], root, env).stdout)["metrics.json"]
     assert diff["oof.roc_auc"]["old"] is None and diff["oof.roc_auc"]["new"] == metrics["oof"]["roc_auc"]
