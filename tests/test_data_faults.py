@@ -16,10 +16,9 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import keras
 import pytest
 from layout_fixtures import csv_bytes, write_class_folders
-from test_evaluate import save_with_card
+from test_evaluate import untrained_small_cnn
 from test_metadata import HAM_HEADER, NINE_CLASS_IDS, ham_row
 
 from skincancer.core.params import EvaluateParams, FetchParams, ShardParams, TrainParams
@@ -29,8 +28,6 @@ from skincancer.ingest.metadata import MetadataError, read_metadata_table
 from skincancer.shard import tfrecords
 from skincancer.shard.shard import read_split_manifest, write_shards
 from skincancer.train.data import ShardDamaged
-from skincancer.train.hardware import seeded_construction
-from skincancer.train.models import build_classifier
 from skincancer.train.train import train
 
 # ---------------------------------------------------------------- a damaged shard, at train and at evaluate
@@ -87,12 +84,7 @@ def test_a_damaged_training_shard_fails_train_naming_it_before_any_epoch(tiny_sh
 @pytest.fixture(scope="module")
 def untrained_model(tiny_shards, tmp_path_factory) -> Path:
     """An untrained small_cnn with its training card: all evaluate needs to reach the shards."""
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    keras.utils.clear_session()
-    with seeded_construction(3):
-        model = build_classifier(TrainParams(seed=3), 32).model
-    save_with_card(model, path, tiny_shards, TrainParams(seed=3))
-    return path
+    return untrained_small_cnn(tiny_shards, tmp_path_factory.mktemp("model"))
 
 
 @pytest.mark.parametrize("damage", DAMAGES)

@@ -3,6 +3,7 @@
 import base64
 import json
 import re
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -39,13 +40,18 @@ def model_path(tiny_shards, tmp_path_factory):
     """An untrained small_cnn: scores vary from image to image, which is all evaluate needs. Built from its own
     seed stream, so its weights (here: ranking val right, so Platt's slope is positive) never depend on what
     the worker built before."""
+    return untrained_small_cnn(tiny_shards, tmp_path_factory.mktemp("model"))
+
+
+def untrained_small_cnn(shards_dir: Path, folder: Path) -> Path:
+    """``folder/model.keras``: a small_cnn built from seed 3's own stream, untrained, with its training card."""
     from skincancer.train.hardware import seeded_construction
 
-    path = tmp_path_factory.mktemp("model") / "model.keras"
+    path = folder / "model.keras"
     keras.utils.clear_session()
     with seeded_construction(3):
         model = build_classifier(TrainParams(seed=3), 32).model
-    save_with_card(model, path, tiny_shards, TrainParams(seed=3))
+    save_with_card(model, path, shards_dir, TrainParams(seed=3))
     return path
 
 
