@@ -25,6 +25,7 @@ false.
 from __future__ import annotations
 
 import io
+import logging
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from skincancer.evaluate.inference import DIHEDRAL, Inputs, views
 from skincancer.evaluate.metrics import DECIMALS, wilson_interval
 from skincancer.train.ensemble import MEAN_LAYER
 from skincancer.train.models import on_image
+
+log = logging.getLogger(__name__)
 
 COMPONENTS = 256  # leading directions with their own variance (at most half the training images); the rest share one
 MIN_IMAGES = 3  # below this, the training images' spread says nothing
@@ -239,10 +242,16 @@ def card_record(fit: OodFit, layers: list[str], fitted_on: Sequence[str], chosen
     }
 
 
-def read_flag(card: ModelCard) -> OodFlag | None:
-    """The card's fit and cut-off (its file checked by read_card); None for a card evaluated before the flag."""
+def read_flag(card: ModelCard, without_it: str) -> OodFlag | None:
+    """The card's fit and cut-off (its file checked by read_card). A card evaluated before the flag gives None,
+    with a warning that ends in ``without_it``: what the caller does instead, never silently."""
     record = card.ood
-    return None if record is None else OodFlag(OodFit.read(card.ood_path), float(record["cutoff"]))
+    if record is None:
+        log.warning("%s records no out-of-distribution fit (it was evaluated before evaluate made one): %s, so "
+                    "nothing tells an image unlike the training images; rerun `dvc repro evaluate`", card.path,
+                    without_it)
+        return None
+    return OodFlag(OodFit.read(card.ood_path), float(record["cutoff"]))
 
 
 def _rounded(value: float | None) -> float | None:

@@ -33,7 +33,7 @@ import tensorflow as tf
 from skincancer.core.atomic import atomic_dir, atomic_path, atomic_write_bytes
 from skincancer.core.model_card import ModelCard
 from skincancer.evaluate.inference import Inputs, score_in_graph
-from skincancer.evaluate.ood import OodFlag, feature_scorer, read_flag, scores_and_features_in_graph
+from skincancer.evaluate.ood import feature_scorer, read_flag, scores_and_features_in_graph
 from skincancer.serve.context import check_context
 from skincancer.serve.serving_graph import ContextEncoder, prepare_bytes
 from skincancer.train.models import CONTEXT_INPUT, IMAGE_INPUT
@@ -55,23 +55,13 @@ def _context_inputs(encoding: dict | None, encoded: bool, archive: keras.export.
     return encoder.input_specs(), encoder
 
 
-def _flag(card: ModelCard) -> OodFlag | None:
-    """The card's out-of-distribution fit; a card evaluated before there was one exports the score alone, said."""
-    flag = read_flag(card)
-    if flag is None:
-        log.warning("%s records no out-of-distribution fit (it was evaluated before evaluate made one): the export "
-                    "has no serve_ood signatures, so nothing tells an image unlike the training images; rerun "
-                    "`dvc repro evaluate` and export again", card.path)
-    return flag
-
-
 def _archive(model: keras.Model, card: ModelCard, encoded_context: bool = False) -> keras.export.ExportArchive:
     how = card.preparation
     size = how.image_size
     archive = keras.export.ExportArchive()
     archive.track(model)
     context_specs, to_vector = _context_inputs(check_context(model, card), encoded_context, archive)
-    flag = _flag(card)
+    flag = read_flag(card, "the export has no serve_ood signatures (export again once evaluate has rerun)")
     scorer = None if flag is None else feature_scorer(model)
 
     def inputs_of(images: tf.Tensor, context: Sequence[tf.Tensor]) -> Inputs:

@@ -85,16 +85,6 @@ def _context(files: list[Path], model: keras.Model, card: ModelCard, context: Im
     return context
 
 
-def _flag(card: ModelCard) -> OodFlag | None:
-    """The card's out-of-distribution fit; a card evaluated before there was one is warned about, not refused."""
-    flag = read_flag(card)
-    if flag is None:
-        log.warning("%s records no out-of-distribution fit (it was evaluated before evaluate made one): "
-                    "in_distribution and ood_score stay empty, so nothing tells an image unlike the training images; "
-                    "rerun `dvc repro evaluate`", card.path)
-    return flag
-
-
 def _scored(scorer: keras.Model, flag: OodFlag | None, images: tf.data.Dataset,
             card: ModelCard) -> tuple[np.ndarray, np.ndarray, list[bool | None]]:
     """A batch's scores, out-of-distribution scores and in-distribution flags, at the decimals written (the last
@@ -134,7 +124,7 @@ def predict(
     threshold = card.threshold if threshold is None else threshold
     calibration, preparation = card.calibration, card.preparation
     context = _context(files, model, card, context)
-    flag = _flag(card)
+    flag = read_flag(card, "in_distribution and ood_score stay empty")
     scorer = model if flag is None else feature_scorer(model)
     rows = []
     bar = tqdm(total=len(files), unit="image", disable=not progress or len(files) <= batch_size, leave=False)
