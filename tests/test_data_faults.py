@@ -21,12 +21,14 @@ from layout_fixtures import csv_bytes, write_class_folders
 from test_evaluate import untrained_small_cnn
 from test_metadata import HAM_HEADER, NINE_CLASS_IDS, ham_row
 
+from skincancer.core.model_card import file_sha256
 from skincancer.core.params import EvaluateParams, FetchParams, ShardParams, TrainParams
 from skincancer.evaluate.evaluate import evaluate
 from skincancer.ingest.fetch import fetch
 from skincancer.ingest.metadata import MetadataError, read_metadata_table
 from skincancer.shard import tfrecords
 from skincancer.shard.shard import read_split_manifest, write_shards
+from skincancer.train import data
 from skincancer.train.data import ShardDamaged
 from skincancer.train.train import train
 
@@ -96,6 +98,20 @@ def test_a_damaged_val_shard_fails_evaluate_naming_it_before_any_output(tiny_sha
                  tmp_path / "reports", card_path=tmp_path / "card.json")
     assert_names_the_shard_and_what_to_do(error, shards / "val-00000-of-00001.tfrecord")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["shards"]  # no metrics, report or card
+
+
+def test_a_shard_is_hashed_once_per_process_until_its_bytes_change(tiny_shards, tmp_path, monkeypatch):
+    """Train and evaluate build several datasets over the same shards: each file is hashed once, and a file
+    written since (a flipped byte, same size) is hashed again and refused."""
+    shards = shutil.copytree(tiny_shards, tmp_path / "shards")
+    hashed: list[Path] = []
+    monkeypatch.setattr(data, "file_sha256", lambda path: hashed.append(path) or file_sha256(path))
+    first = data.shard_paths(shards, "val")
+    assert data.shard_paths(shards, "val") == first and len(hashed) == len(first)
+    flip_a_byte(Path(first[0]))
+    with pytest.raises(ShardDamaged, match="its sha256 is not"):
+        data.shard_paths(shards, "val")
+    assert len(hashed) == len(first) + 1
 
 
 def test_an_unreadable_shard_manifest_is_named(tiny_shards, tmp_path):

@@ -88,18 +88,26 @@ def shard_paths(shards_dir: Path, parts: Parts) -> list[str]:
     return [str(Path(shards_dir) / shard["file"]) for shard in shards]
 
 
+# (path, size, mtime_ns, sha256) of the shard files this process has hashed and found whole
+_CHECKED: set[tuple[str, int, int, str]] = set()
+
+
 def check_shard(shards_dir: Path, shard: dict) -> None:
     """Refuse, naming it, a shard file that is not the bytes its manifest entry records. tf.data's record CRCs
     fail mid-epoch with an error that names no file, and pass a file cut at a record boundary; the size and one
-    hash pass catch both before a record is read: once per dataset built (a phase, a split scored), not per epoch."""
+    hash pass catch both before a record is read. A run builds several datasets over the same shards (features,
+    fine-tuning, validation, each split scored): a file is hashed again only when its size or mtime moved."""
     path = Path(shards_dir) / shard["file"]
     if not path.is_file():
         problem = "missing"
-    elif (size := path.stat().st_size) != shard["bytes"]:
-        problem = f"{size} bytes where the shard stage wrote {shard['bytes']} (cut short or grown)"
+    elif (stat := path.stat()).st_size != shard["bytes"]:
+        problem = f"{stat.st_size} bytes where the shard stage wrote {shard['bytes']} (cut short or grown)"
+    elif (seen := (str(path.absolute()), stat.st_size, stat.st_mtime_ns, shard["sha256"])) in _CHECKED:
+        return
     elif file_sha256(path) != shard["sha256"]:
         problem = f"its sha256 is not the {shard['sha256']} the shard stage recorded (bytes changed)"
     else:
+        _CHECKED.add(seen)
         return
     raise ShardDamaged(f"{path}: shard file damaged: {problem}; {_restore(shards_dir)}")
 
