@@ -23,7 +23,7 @@ server-up   `dvc repro` with PREFECT_API_URL naming a `prefect server start` on 
 A side's overhead in a pass is its wall time minus plain's in the same pass: everything Prefect and DVC add to the
 same work (DVC's own part included: reading dvc.yaml, hashing outputs into its cache, writing dvc.lock). Every
 side does the same work: training is deterministic on a CPU (skincancer.train.hardware.make_deterministic), every
-run's outputs (resolved values, split manifest, shards, history.csv, metrics.json, predictions.csv) must be
+run's outputs (resolved values, split manifest, shards, the DVCLive record, metrics.json, predictions.csv) must be
 byte-identical, and every DVC side must have run every stage of dvc.yaml, each side starting the expected number of
 temporary servers (shared 1, per-stage one per flow stage, server-up 0). Before any clock starts, TensorFlow, DVC
 and Prefect are imported once (no side pays for a cold disk cache), and the temporary servers' SQLite database
@@ -124,12 +124,12 @@ def plain_stage(stage: str) -> None:
     elif stage == "train":
         from skincancer.train.train import train
 
-        train(params.train, paths.SHARDS, paths.MODEL, paths.HISTORY, image_size=params.shard.image_size,
+        train(params.train, paths.SHARDS, paths.MODEL, paths.LIVE, image_size=params.shard.image_size,
               tensorboard_dir=paths.TENSORBOARD if params.train.tensorboard else None, card_path=paths.TRAIN_CARD)
     elif stage == "evaluate":
         from skincancer.evaluate.evaluate import evaluate
 
-        evaluate(params.evaluate, paths.MODEL, paths.SHARDS, paths.METRICS, paths.REPORTS, history_path=paths.HISTORY,
+        evaluate(params.evaluate, paths.MODEL, paths.SHARDS, paths.METRICS, paths.REPORTS, live_dir=paths.LIVE,
                  shown_params=params.reported(), train_card_path=paths.TRAIN_CARD, card_path=paths.CARD)
     else:
         raise ValueError(f"plain_stage: no plain run of stage {stage!r} (dvc.yaml gained a stage this does not know)")
@@ -162,7 +162,7 @@ def run_dvc(command: list[str], starts: int) -> Callable[[Path, dict[str, str]],
     return side
 
 
-FINGERPRINTED = ("data/resolved.json", "data/split/manifest.parquet", "data/shards", "models/history.csv", "metrics.json", "reports/predictions.csv")
+FINGERPRINTED = ("data/resolved.json", "data/split/manifest.parquet", "data/shards", "models/dvclive", "metrics.json", "reports/predictions.csv")
 
 
 def fingerprint(project: Path) -> dict[str, str]:

@@ -69,7 +69,7 @@ DESCRIPTIONS = {
     "ensemble_metadata": "the ensemble with train.metadata [age, sex, site] beside the pixels",
 }
 # what each variant's project keeps (beside the timed dvc log), read back for the comparisons against single
-KEPT = ("metrics.json", "reports/predictions.csv", "models/card.json", "models/history.csv")
+KEPT = ("metrics.json", "reports/predictions.csv", "models/card.json", "models/dvclive/metrics.json")
 SMOKE_CHANGE = {  # the sample's isic2020 images carry age, sex and site; its Udacity ones none (missing flags)
     "fetch": {"datasets": ["sample"], "sources": [], "metadata": [], "sample": {"n_images": 300, "seed": 0}},
     "shard": {"image_size": 32},

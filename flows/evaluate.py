@@ -18,7 +18,7 @@ def evaluate_flow(params: Params) -> dict:
 
     metrics = task(evaluate, name="evaluate-model", cache_policy=NO_CACHE)(
         params.evaluate, paths.MODEL, paths.SHARDS, paths.METRICS, paths.REPORTS,
-        history_path=paths.HISTORY, shown_params=params.reported(), train_card_path=paths.TRAIN_CARD,
+        live_dir=paths.LIVE, shown_params=params.reported(), train_card_path=paths.TRAIN_CARD,
         card_path=paths.CARD,
     )
     create_markdown_artifact(

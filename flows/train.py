@@ -1,5 +1,5 @@
-"""DVC stage `train`: data/shards/ -> models/model.keras (best val AUC), models/history.csv and the
-model's training card, models/train_card.json. Fold shards (split.folds): one model per fold in
+"""DVC stage `train`: data/shards/ -> models/model.keras (best val AUC), the DVCLive record of its epochs
+(models/dvclive/, written as they end) and the model's training card, models/train_card.json. Fold shards (split.folds): one model per fold in
 models/folds/, each in its own process on the slots orchestration.fold_devices gives, and their ensemble
 as models/model.keras; without folds models/folds/ is empty."""
 
@@ -22,12 +22,12 @@ def train_flow(params: Params) -> float:
     tensorboard_dir = paths.TENSORBOARD if params.train.tensorboard else None
     if "folds" in read_shard_manifest(paths.SHARDS):
         history = task(train_folds, name="fit-folds", cache_policy=NO_CACHE)(
-            params.train, paths.SHARDS, paths.MODELS, paths.HISTORY, paths.TRAIN_CARD, params.shard.image_size,
+            params.train, paths.SHARDS, paths.MODELS, paths.LIVE, paths.TRAIN_CARD, params.shard.image_size,
             fold_slots(params.orchestration.fold_devices), tensorboard_dir=tensorboard_dir,
         )
     else:
         history = task(train, name="fit", cache_policy=NO_CACHE)(
-            params.train, paths.SHARDS, paths.MODEL, paths.HISTORY,
+            params.train, paths.SHARDS, paths.MODEL, paths.LIVE,
             image_size=params.shard.image_size, tensorboard_dir=tensorboard_dir, card_path=paths.TRAIN_CARD,
         )
         with atomic_dir(paths.FOLDS_DIR):

@@ -43,3 +43,8 @@ def tiny_shards(tmp_path_factory) -> Path:
     manifest = split_sample(root, 120, seed=1)
     write_shards(manifest, root / "split", root / "shards", ShardParams(image_size=32, workers=1))
     return root / "shards"
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` by its relative path: two folders equal byte for byte, listing included."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}

@@ -153,7 +153,7 @@ def test_a_run_says_what_balance_draws_and_trains_on_cached_features_and_images_
     params = FAST.model_copy(update={"weights": pretrained_weights(tmp_path), "epochs": 1, "fine_tune_epochs": 1,
                                      "imbalance": "oversample", "balance": "band"})
     with caplog.at_level(logging.INFO, logger="skincancer"):
-        history = train(params, shards, tmp_path / "model.keras", tmp_path / "history.csv")
+        history = train(params, shards, tmp_path / "model.keras", tmp_path / "dvclive")
     assert history["phase"].tolist() == [1, 2] and np.isfinite(history["loss"]).all()
     counts = Counter(split_records(shards, "train")[["band", "label"]].itertuples(index=False))
     expected = ", ".join(f"{band}/{['benign', 'malignant'][label]} {counts[band, label]}" for band, label in sorted(counts))

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from conftest import folder_bytes
 
 from skincancer.core.model_card import read_card
 from skincancer.core.params import AugmentParams, EvaluateParams, ShardParams, TrainParams
@@ -60,7 +61,7 @@ def trained(shards, tmp_path_factory) -> tuple[Path, list[logging.LogRecord]]:
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:
-        train(PARAMS, shards, out / "model.keras", out / "history.csv", image_size=32)
+        train(PARAMS, shards, out / "model.keras", out / "dvclive", image_size=32)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -205,9 +206,10 @@ def test_the_context_reaches_the_output(trained, shards):
 
 
 def test_training_with_context_is_deterministic(trained, shards, tmp_path):
-    train(PARAMS, shards, tmp_path / "model.keras", tmp_path / "history.csv", image_size=32)
-    for name in ("model.keras", "history.csv", "train_card.json"):
+    train(PARAMS, shards, tmp_path / "model.keras", tmp_path / "dvclive", image_size=32)
+    for name in ("model.keras", "train_card.json"):
         assert (tmp_path / name).read_bytes() == (trained[0] / name).read_bytes(), name
+    assert folder_bytes(tmp_path / "dvclive") == folder_bytes(trained[0] / "dvclive")
 
 
 def test_the_frozen_phase_trains_the_head_with_context_on_cached_features(shards, tmp_path, caplog):
@@ -218,7 +220,7 @@ def test_the_frozen_phase_trains_the_head_with_context_on_cached_features(shards
         build_backbone("small_cnn", 32, None).save_weights(weights)
     params = PARAMS.model_copy(update={"weights": str(weights), "epochs": 2, "learning_rate": 0.01})
     with caplog.at_level(logging.INFO, logger="skincancer"):
-        history = train(params, shards, tmp_path / "model.keras", tmp_path / "history.csv", image_size=32)
+        history = train(params, shards, tmp_path / "model.keras", tmp_path / "dvclive", image_size=32)
     assert "cached features" in caplog.text
     model = keras.saving.load_model(tmp_path / "model.keras")
     model.compile(loss="binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])

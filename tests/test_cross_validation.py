@@ -34,13 +34,14 @@ from skincancer.shard.shard import write_shards
 from skincancer.split.split import with_folds
 from skincancer.train.cross_validation import FoldFailed, fold_slots, open_fold_state, slot_devices, train_folds
 from skincancer.train.data import eval_dataset, read_shard_manifest
-from skincancer.train.train import HISTORY_COLUMNS, SingleClassSplit
+from skincancer.train.live import HISTORY_COLUMNS, read_history
+from skincancer.train.train import SingleClassSplit
 
 FOLDS = 3
 PARAMS = TrainParams(epochs=1, batch_size=8, early_stopping_patience=1,
                      augment=AugmentParams(flip=False, rotation=0, zoom=0, color=0))
-OUTPUTS = ("folds/fold0.keras", "folds/fold1.keras", "folds/fold2.keras", "model.keras", "history.csv",
-           "train_card.json")
+OUTPUTS = ("folds/fold0.keras", "folds/fold1.keras", "folds/fold2.keras", "model.keras", "dvclive/metrics.json",
+           "dvclive/plots/metrics/fold0/val_auc.tsv", "dvclive/plots/metrics/fold2/loss.tsv", "train_card.json")
 
 
 def folded(split_root: Path) -> pd.DataFrame:
@@ -85,7 +86,7 @@ def recorded() -> Iterator[list[logging.LogRecord]]:
 
 def run_folds(models: Path, shards: Path, slots: list, params: TrainParams = PARAMS) -> list[logging.LogRecord]:
     with recorded() as records:
-        train_folds(params, shards, models, models / "history.csv", models / "train_card.json", 32, slots)
+        train_folds(params, shards, models, models / "dvclive", models / "train_card.json", 32, slots)
     return records
 
 
@@ -126,14 +127,14 @@ def test_each_fold_model_trains_on_the_other_folds_and_is_stopped_on_its_own(two
                          "stopped_on": f"fold{fold}", "sha256": file_sha256(models / entry["file"])}
         reported = processes(records)[fold]
         assert (reported["trained_on"], reported["stopped_on"]) == ("+".join(others), f"fold{fold}")
-    history = pd.read_csv(models / "history.csv")
+    history = read_history(models / "dvclive")
     assert list(history.columns) == ["fold", *HISTORY_COLUMNS] and history["fold"].tolist() == [0, 1, 2]
     for fold in range(FOLDS):  # the kept model is the one whose val AUC, on its own fold, the history shows
         member = keras.saving.load_model(models / f"folds/fold{fold}.keras")
         member.compile(metrics=[keras.metrics.AUC(name="auc")])
         auc = member.evaluate(eval_dataset(fold_shards, f"fold{fold}", 64), return_dict=True, verbose=0)["auc"]
         assert auc == pytest.approx(history.loc[history["fold"] == fold, "val_auc"].max(), abs=1e-3)
-    assert sorted(path.name for path in models.iterdir()) == ["folds", "history.csv", "model.keras", "train_card.json"]
+    assert sorted(path.name for path in models.iterdir()) == ["dvclive", "folds", "model.keras", "train_card.json"]
 
 
 def test_two_cpu_slots_train_two_folds_at_once_in_two_processes(two_slots):
@@ -240,7 +241,7 @@ def test_one_slot_trains_in_turn_a_failed_fold_stops_the_run_and_the_rerun_resum
     state.folder(1).mkdir()
     (state.folder(1) / ".train-state").write_text("in the way")
     with recorded() as records, pytest.raises(FoldFailed, match=r"(?s)fold 1 failed on slot 0 \(cpu\).*FileExistsError"):
-        train_folds(PARAMS, fold_shards, models, models / "history.csv", models / "train_card.json", 32, ["cpu"])
+        train_folds(PARAMS, fold_shards, models, models / "dvclive", models / "train_card.json", 32, ["cpu"])
     runs = processes(records)
     assert sorted(runs) == [0, 1] and runs[0]["end"] < runs[1]["start"]  # one slot: one fold after the other
     assert state.finished(0) and not state.finished(1) and not state.finished(2)
@@ -264,7 +265,8 @@ def test_other_train_params_or_shards_retrain_every_fold(fold_shards, tmp_path):
         state = open_fold_state(models, PARAMS, manifest)
         for fold in range(FOLDS):  # every fold as its process leaves it
             state.folder(fold).mkdir(exist_ok=True)
-            for path in (state.model(fold), state.history(fold), state.card(fold)):
+            state.live(fold).mkdir(exist_ok=True)
+            for path in (state.model(fold), state.card(fold)):
                 path.touch()
         reopened = open_fold_state(models, params, shards_manifest)
         return [reopened.finished(fold) for fold in range(FOLDS)]
@@ -282,7 +284,7 @@ def test_a_fold_without_both_classes_is_refused_before_any_process_starts(tiny_s
     benign_fold0 = manifest[(manifest["split"] != "fold0") | (manifest["label"] == 0)]
     shards = write_fold_shards(split_root, tmp_path / "shards", benign_fold0)
     with recorded() as records, pytest.raises(SingleClassSplit, match=r"the val split \(fold0\) has \d+ benign and 0"):
-        train_folds(PARAMS, shards, tmp_path / "models", tmp_path / "models/history.csv",
+        train_folds(PARAMS, shards, tmp_path / "models", tmp_path / "models/dvclive",
                     tmp_path / "models/train_card.json", 32, ["cpu"])
     assert not any("started" in line for line in messages(records))
 
@@ -305,7 +307,7 @@ logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 from skincancer.core.params import TrainParams
 from skincancer.train.cross_validation import train_folds
 models = Path(sys.argv[3])
-train_folds(TrainParams.model_validate_json(sys.argv[1]), Path(sys.argv[2]), models, models / "history.csv",
+train_folds(TrainParams.model_validate_json(sys.argv[1]), Path(sys.argv[2]), models, models / "dvclive",
             models / "train_card.json", 32, ["cpu"])
 """
 

@@ -30,6 +30,7 @@ from skincancer.shard import tfrecords
 from skincancer.shard.shard import read_split_manifest, write_shards
 from skincancer.train import data
 from skincancer.train.data import ShardDamaged
+from skincancer.train.live import read_history
 from skincancer.train.train import train
 
 # ---------------------------------------------------------------- a damaged shard, at train and at evaluate
@@ -77,10 +78,10 @@ def assert_names_the_shard_and_what_to_do(error: pytest.ExceptionInfo, shard: Pa
 def test_a_damaged_training_shard_fails_train_naming_it_before_any_epoch(tiny_shards, tmp_path, damage):
     shards = damaged_copy(tiny_shards, tmp_path / "shards", "train-00000-of-00001.tfrecord", damage)
     with pytest.raises(ShardDamaged) as error:
-        train(TrainParams(epochs=1, batch_size=16), shards, tmp_path / "model.keras", tmp_path / "history.csv",
+        train(TrainParams(epochs=1, batch_size=16), shards, tmp_path / "model.keras", tmp_path / "dvclive",
               image_size=32)
     assert_names_the_shard_and_what_to_do(error, shards / "train-00000-of-00001.tfrecord")
-    assert not (tmp_path / "model.keras").exists() and not (tmp_path / "history.csv").exists()
+    assert not (tmp_path / "model.keras").exists() and read_history(tmp_path / "dvclive").empty  # no epoch ran
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_an_unreadable_shard_manifest_is_named(tiny_shards, tmp_path):
     shards = damaged_copy(tiny_shards, tmp_path / "shards", "manifest.json", "cut in half")
     with pytest.raises(ShardDamaged, match=rf"^{shards / 'manifest.json'}: not a readable shard manifest .*"
                                            rf"dvc checkout {shards}.*dvc repro shard"):
-        train(TrainParams(epochs=1), shards, tmp_path / "model.keras", tmp_path / "history.csv", image_size=32)
+        train(TrainParams(epochs=1), shards, tmp_path / "model.keras", tmp_path / "dvclive", image_size=32)
 
 
 # ---------------------------------------------------------------- a disk that fills while the shards are written

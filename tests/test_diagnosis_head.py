@@ -47,7 +47,7 @@ def test_diagnosis_head_saves_a_model_answering_the_malignant_probability(tiny_s
     if pretrained:
         params = DIAGNOSIS.model_copy(update={"weights": pretrained_weights(tmp_path), "epochs": 2,
                                               "fine_tune_epochs": 2, "fine_tune_layers": 6})
-    history = train(params, tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv")
+    history = train(params, tiny_shards, tmp_path / "model.keras", tmp_path / "dvclive")
     model = keras.saving.load_model(tmp_path / "model.keras")
     assert model.outputs[0].shape == (None, 1)
     classes = diagnosis_classes(split_records(tiny_shards, "train"))

@@ -17,6 +17,7 @@ from skincancer.evaluate.groups import GROUP_KEYS
 from skincancer.evaluate.inference import DIHEDRAL, at_scale
 from skincancer.evaluate.metrics import METRIC_KEYS
 from skincancer.train.data import ShardSpecMismatch, eval_dataset
+from skincancer.train.live import open_live, replay
 from skincancer.train.models import build_classifier
 
 PLOTS = ["calibration", "confusion", "pr_test", "pr_val", "roc_test", "roc_val"]
@@ -57,10 +58,12 @@ def untrained_small_cnn(shards_dir: Path, folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
-    path = tmp_path_factory.mktemp("history") / "history.csv"
+    """A DVCLive record of four epochs over two phases, as training writes it."""
+    path = tmp_path_factory.mktemp("history") / "dvclive"
     frame = pd.DataFrame({"epoch": range(4), "phase": [1, 1, 2, 2], "auc": [0.6, 0.7, 0.8, 0.85], "val_auc": [0.6, 0.65, 0.7, 0.72],
                           "loss": [0.7, 0.6, 0.5, 0.45], "val_loss": [0.7, 0.65, 0.6, 0.58]})
-    frame.to_csv(path, index=False)
+    with open_live(path) as live:
+        replay(live, frame)
     return path
 
 
@@ -68,7 +71,7 @@ def history(tmp_path_factory):
 def evaluated(tiny_shards, model_path, history, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluated")
     params = EvaluateParams(bootstrap=50, gallery=3)
-    metrics = evaluate(params, model_path, tiny_shards, out / "metrics.json", out / "reports", history_path=history,
+    metrics = evaluate(params, model_path, tiny_shards, out / "metrics.json", out / "reports", live_dir=history,
                        shown_params={"evaluate": params.model_dump(mode="json"), "train": {"epochs": 2}})
     return out, metrics
 

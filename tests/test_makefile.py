@@ -11,7 +11,7 @@ import pytest
 from project_copy import ROOT, committed_project, project_env, run
 
 CLONE_FILES = (".gitignore", ".dvc/.gitignore", "Makefile")  # beside project_copy's files: what `make clean` reads
-TRACKED_OUTPUTS = ("dvc.lock", "metrics.json", "models/card.json", "models/history.csv", "models/train_card.json",
+TRACKED_OUTPUTS = ("dvc.lock", "metrics.json", "models/card.json", "models/dvclive/metrics.json", "models/train_card.json",
                    "reports/split.json", "reports/plots/roc_test.csv")  # committed, as in the project
 IGNORED_OUTPUTS = ("data/resolved.json", "data/raw/index.parquet", "data/split/train/benign/a.jpg",
                    "data/shards/train-00000.tfrecord", "models/model.keras", "models/.train-state/phase1.weights.h5",

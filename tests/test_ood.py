@@ -104,7 +104,7 @@ def evaluated(tiny_shards, tmp_path_factory):
     """A briefly trained small_cnn, evaluated with the flag cut at the 90th percentile of val's scores."""
     out = tmp_path_factory.mktemp("ood")
     train(TrainParams(epochs=3, batch_size=16, augment=AugmentParams(rotation=0.1)), tiny_shards, out / "model.keras",
-          out / "history.csv")
+          out / "dvclive")
     evaluate(EvaluateParams(bootstrap=0, ood=OodParams(percentile=PERCENTILE)), out / "model.keras", tiny_shards,
              out / "metrics.json", out / "reports")
     return out

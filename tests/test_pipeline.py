@@ -86,7 +86,7 @@ def test_pipeline_flow_runs_every_stage_on_the_server_and_records_the_outputs(fi
     assert list(metrics) == ["threshold", "val", "test", "calibration", "ood"]
     assert list(metrics["test"]) == [*METRIC_KEYS, "by_source", "by_band"] == list(metrics["val"])
     for path in ("data/raw/index.parquet", "data/split/manifest.parquet", "data/shards/manifest.json",
-                 "models/model.keras", "models/history.csv", "models/train_card.json", "models/card.json",
+                 "models/model.keras", "models/dvclive/metrics.json", "models/train_card.json", "models/card.json",
                  "reports/report.md", "reports/predictions.csv",
                  "reports/report.html", "reports/plots/roc_val.csv", "reports/plots/roc_test.csv",
                  "reports/plots/confusion.csv", "reports/figures/roc.png", "reports/figures/false_negatives.png",
@@ -225,7 +225,7 @@ def test_diff_report_against_a_base_without_predictions_says_why_there_is_no_pai
 
 def test_a_failing_stage_fails_the_flow_naming_it_and_records_nothing(repo, prefect_api):
     root, env = repo
-    lock, history = (root / "dvc.lock").read_bytes(), (root / "models/history.csv").read_bytes()
+    lock, history = (root / "dvc.lock").read_bytes(), (root / "models/dvclive/metrics.json").read_bytes()
     (root / "broken.weights.h5").write_bytes(b"not HDF5")  # passes the params check, fails inside the train flow
     set_params(root, {"train": {"weights": "broken.weights.h5"}})
     try:
@@ -238,7 +238,7 @@ def test_a_failing_stage_fails_the_flow_naming_it_and_records_nothing(repo, pref
     assert "train.weights: broken.weights.h5" in result.stdout + result.stderr  # the stage's own error
     assert (root / "dvc.lock").read_bytes() == lock
     assert (root / "models/model.keras").is_file()  # the last good model is back in the workspace
-    assert (root / "models/history.csv").read_bytes() == history  # not cached by DVC: put back as it was
+    assert (root / "models/dvclive/metrics.json").read_bytes() == history  # not cached by DVC: put back as it was
     assert "the last recorded outputs are back as they were" in result.stderr
     failed = [r for r in flow_runs(prefect_api) if r["state_type"] == "FAILED"]
     assert {"skincancer-pipeline", "train"} <= {r["flow_name"] for r in failed}
@@ -302,7 +302,7 @@ def test_sigkill_leaves_no_server_or_stage_behind(repo, killed, shell):
 def test_sigterm_stops_the_running_stage_and_leaves_the_outputs_as_they_were(repo, prefect_api):
     root, env = repo
     model, lock = (root / "models/model.keras").read_bytes(), (root / "dvc.lock").read_bytes()
-    history = (root / "models/history.csv").read_bytes()
+    history = (root / "models/dvclive/metrics.json").read_bytes()
     process = subprocess.Popen([str(BIN / "python"), "-m", "flows.pipeline", "--force", "train"], cwd=root, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stage = wait_for(lambda: [pid for pid, c in descendants(process.pid).items() if "flows.train" in c],
@@ -315,7 +315,7 @@ def test_sigterm_stops_the_running_stage_and_leaves_the_outputs_as_they_were(rep
     assert "the last recorded outputs are back as they were" in err
     assert not alive(stage)
     assert (root / "models/model.keras").read_bytes() == model and (root / "dvc.lock").read_bytes() == lock
-    assert (root / "models/history.csv").read_bytes() == history
+    assert (root / "models/dvclive/metrics.json").read_bytes() == history
     assert not list((root / "models").glob(".*partial*"))  # the stage cleaned up what it was writing
 
 
@@ -334,11 +334,13 @@ def test_split_seed_change_makes_split_and_the_report_stale_and_nothing_upstream
 
 def test_dvc_plots_render_every_declared_plot(repo):
     root, env = repo
-    shown = json.loads(run([str(BIN / "dvc"), "plots", "show", "--json"], root, env).stdout)["data"]
+    plots = json.loads(run([str(BIN / "dvc"), "plots", "show", "--json"], root, env).stdout)
+    shown = plots["data"]
     for plot in ("ROC (val and test)", "Precision-recall (val and test)", "Confusion matrix (test)",
-                 "Calibration (test)", "Training history"):
+                 "Calibration (test)", *(f"models/dvclive/plots/metrics/{metric}.tsv" for metric in ("auc", "val_auc"))):
         assert plot in shown, (plot, sorted(shown))
     assert any(name.startswith("reports/figures/") for name in shown)
+    assert not plots.get("errors"), plots["errors"]  # every declared plot loads
 
 
 def test_a_run_without_bootstrap_succeeds_and_ends_with_the_summary(repo):

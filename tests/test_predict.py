@@ -26,7 +26,7 @@ def evaluated(tiny_shards, tmp_path_factory):
     """A briefly trained model, evaluated: model.keras, its cards, metrics.json, reports/predictions.csv."""
     out = tmp_path_factory.mktemp("predict")
     params = TrainParams(epochs=3, batch_size=16, augment=AugmentParams(rotation=0.1))  # ranks val: a Platt fit
-    train(params, tiny_shards, out / "model.keras", out / "history.csv")
+    train(params, tiny_shards, out / "model.keras", out / "dvclive")
     evaluate(EvaluateParams(bootstrap=0), out / "model.keras", tiny_shards, out / "metrics.json", out / "reports")
     return out
 

@@ -32,7 +32,7 @@ def recipe_model(tmp_path_factory):
     write_shards(manifest, out / "split", out / "shards", shard)
     chosen = {key: recipe["train"][key] for key in ("head", "imbalance", "augment", "dropout")}
     params = TrainParams.model_validate({**chosen, "epochs": 8, "batch_size": 16, "early_stopping_patience": 8})
-    train(params, out / "shards", out / "model.keras", out / "history.csv")
+    train(params, out / "shards", out / "model.keras", out / "dvclive")
     evaluate_params = EvaluateParams.model_validate({**recipe["evaluate"], "bootstrap": 0, "gallery": 0})
     evaluate(evaluate_params, out / "model.keras", out / "shards", out / "metrics.json", out / "reports")
     return out, shard, evaluate_params

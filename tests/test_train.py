@@ -9,20 +9,21 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import folder_bytes
 from project_copy import ROOT
 
 from skincancer.core.params import AugmentParams, ShardParams, TrainParams
 from skincancer.train.data import ShardSpecMismatch, eval_dataset
 from skincancer.train.hardware import seeded_construction
+from skincancer.train.live import HISTORY_COLUMNS, read_history
 from skincancer.train.models import build_backbone
-from skincancer.train.train import HISTORY_COLUMNS, SingleClassSplit, class_weights, train
+from skincancer.train.train import SingleClassSplit, class_weights, train
 
 FAST = TrainParams(epochs=3, batch_size=16, early_stopping_patience=3, augment=AugmentParams(rotation=0.1))
 NO_AUGMENT = AugmentParams(flip=False, rotation=0, zoom=0, color=0)
@@ -42,22 +43,23 @@ def pretrained_weights(tmp_path: Path) -> str:
 
 
 def test_training_is_deterministic_and_writes_outputs(tiny_shards, tmp_path):
-    first = train(FAST, tiny_shards, tmp_path / "a/model.keras", tmp_path / "a/history.csv", image_size=32)
-    second = train(FAST, tiny_shards, tmp_path / "b/model.keras", tmp_path / "b/history.csv", image_size=32)
+    first = train(FAST, tiny_shards, tmp_path / "a/model.keras", tmp_path / "a/dvclive", image_size=32)
+    second = train(FAST, tiny_shards, tmp_path / "b/model.keras", tmp_path / "b/dvclive", image_size=32)
     pd.testing.assert_frame_equal(first, second)
-    assert (tmp_path / "a/history.csv").read_bytes() == (tmp_path / "b/history.csv").read_bytes()
+    assert folder_bytes(tmp_path / "a/dvclive") == folder_bytes(tmp_path / "b/dvclive")  # no time stamps: one hash
+    pd.testing.assert_frame_equal(read_history(tmp_path / "a/dvclive"), first, check_dtype=False)
     assert (tmp_path / "a/model.keras").read_bytes() == (tmp_path / "b/model.keras").read_bytes()  # DVC: one hash
     assert (tmp_path / "a/train_card.json").read_bytes() == (tmp_path / "b/train_card.json").read_bytes()
     assert list(first.columns) == HISTORY_COLUMNS  # loss, AUC, precision, recall (+ val_), learning rate
     assert first["epoch"].tolist() == [0, 1, 2] and first["learning_rate"].iloc[0] == pytest.approx(FAST.learning_rate)
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["history.csv", "model.keras", "train_card.json"]  # no state left
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["dvclive", "model.keras", "train_card.json"]  # no state left
     assert "context" not in json.loads((tmp_path / "a/train_card.json").read_text())  # no train.metadata: no context
     np.testing.assert_array_equal(val_predictions(tmp_path / "a/model.keras", tiny_shards),
                                   val_predictions(tmp_path / "b/model.keras", tiny_shards))
 
 
 def test_saved_model_is_the_best_validation_epoch(tiny_shards, tmp_path):
-    history = train(FAST, tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv")
+    history = train(FAST, tiny_shards, tmp_path / "model.keras", tmp_path / "dvclive")
     model = keras.saving.load_model(tmp_path / "model.keras")
     model.compile(metrics=[keras.metrics.AUC(name="auc")])
     auc = model.evaluate(eval_dataset(tiny_shards, "val", 64), return_dict=True, verbose=0)["auc"]
@@ -68,7 +70,7 @@ def test_saved_model_is_the_best_validation_epoch(tiny_shards, tmp_path):
 def test_reduce_lr_on_plateau_lowers_the_rate(tiny_shards, tmp_path):
     params = FAST.model_copy(update={"epochs": 6, "reduce_lr_patience": 1, "early_stopping_patience": 6,
                                      "learning_rate": 0.05})
-    history = train(params, tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv")
+    history = train(params, tiny_shards, tmp_path / "model.keras", tmp_path / "dvclive")
     assert history["learning_rate"].is_monotonic_decreasing and history["learning_rate"].min() < 0.05
 
 
@@ -76,8 +78,10 @@ def test_fine_tuning_keeps_batchnorm_statistics_and_follows_phase_one(tiny_shard
     weights = pretrained_weights(tmp_path)
     params = FAST.model_copy(update={"weights": weights, "epochs": 2, "fine_tune_epochs": 2, "fine_tune_layers": 6,
                                      "fine_tune_learning_rate": 1e-3, "seed": 3})
-    history = train(params, tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv")
+    history = train(params, tiny_shards, tmp_path / "model.keras", tmp_path / "dvclive")
     assert history["phase"].tolist() == [1, 1, 2, 2] and history["epoch"].tolist() == [0, 1, 2, 3]
+    # DVCLive's record: a step per epoch across both phases, with the phase and learning rate
+    pd.testing.assert_frame_equal(read_history(tmp_path / "dvclive"), history, check_dtype=False)
     # the saved model is the best epoch's; these params (deterministic on CPU) make it a fine-tuned one
     assert history.loc[history["val_auc"].idxmax(), "phase"] == 2, history
     assert history["learning_rate"].iloc[2] == pytest.approx(params.fine_tune_learning_rate)
@@ -99,7 +103,7 @@ def test_frozen_phase_trains_the_head_on_cached_features_of_unaugmented_images(t
     params = FAST.model_copy(update={"weights": pretrained_weights(tmp_path)})
     assert params.augment.active
     with caplog.at_level(logging.INFO, logger="skincancer"):
-        history = train(params, tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv")
+        history = train(params, tiny_shards, tmp_path / "model.keras", tmp_path / "dvclive")
     assert "cached features" in caplog.text
     model = keras.saving.load_model(tmp_path / "model.keras")
     model.compile(loss="binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
@@ -117,13 +121,13 @@ def test_imbalance_policies(tiny_shards, tmp_path):
     assert weights[0] * counts["benign"] == pytest.approx(weights[1] * counts["malignant"])
     assert class_weights(tiny_shards, "oversample") is None and class_weights(tiny_shards, "none") is None
     history = train(FAST.model_copy(update={"imbalance": "oversample", "epochs": 1}), tiny_shards,
-                    tmp_path / "model.keras", tmp_path / "history.csv")
+                    tmp_path / "model.keras", tmp_path / "dvclive")
     assert len(history) == 1 and np.isfinite(history["loss"]).all()
 
 
 def test_shards_of_another_image_size_are_refused_naming_both(tiny_shards, tmp_path):
     with pytest.raises(ShardSpecMismatch, match=r"32 px.*expects 64 px"):
-        train(FAST, tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv", image_size=64)
+        train(FAST, tiny_shards, tmp_path / "model.keras", tmp_path / "dvclive", image_size=64)
 
 
 def test_single_class_training_split_is_refused_before_any_epoch(tiny_shards, tmp_path):
@@ -135,12 +139,12 @@ def test_single_class_training_split_is_refused_before_any_epoch(tiny_shards, tm
     shards = tmp_path / "shards"
     write_shards(benign_train, split_root, shards, ShardParams(image_size=32, workers=1))
     with pytest.raises(SingleClassSplit, match=r"train split has \d+ benign and 0 malignant"):
-        train(FAST, shards, tmp_path / "model.keras", tmp_path / "history.csv")
+        train(FAST, shards, tmp_path / "model.keras", tmp_path / "dvclive")
     assert not (tmp_path / "model.keras").exists()
 
 
 def test_tensorboard_logs_are_written_when_asked(tiny_shards, tmp_path):
-    train(FAST.model_copy(update={"epochs": 1}), tiny_shards, tmp_path / "model.keras", tmp_path / "history.csv",
+    train(FAST.model_copy(update={"epochs": 1}), tiny_shards, tmp_path / "model.keras", tmp_path / "dvclive",
           tensorboard_dir=tmp_path / "logs")
     assert list((tmp_path / "logs/phase1").rglob("events.out.tfevents.*"))
 
@@ -153,7 +157,7 @@ from skincancer.core.params import TrainParams
 from skincancer.train.train import train
 params = TrainParams.model_validate_json(sys.argv[1])
 out = Path(sys.argv[3])
-train(params, Path(sys.argv[2]), out / "model.keras", out / "history.csv")
+train(params, Path(sys.argv[2]), out / "model.keras", out / "dvclive")
 """
 
 
@@ -166,25 +170,39 @@ def start_training(params: TrainParams, shards: Path, out: Path, *prelude: str, 
     )
 
 
-def test_a_killed_training_resumes_from_its_last_finished_epoch(tiny_shards, tmp_path):
-    params = FAST.model_copy(update={"epochs": 8, "early_stopping_patience": 8})
-    metadata = tmp_path / ".train-state/phase1-backup/training_metadata.json"
-    run = start_training(params, tiny_shards, tmp_path)
-    deadline = time.monotonic() + 240
-    while not (metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2):
-        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0][-3000:]
-        time.sleep(0.05)
-    run.send_signal(signal.SIGKILL)
-    run.wait()
-    done = json.loads(metadata.read_text())["epoch"]
-    assert 2 <= done < 8 and not (tmp_path / "model.keras").exists()
+KILLED_BETWEEN_RECORD_AND_BACKUP = """
+import os, signal
+from skincancer.train import train as training
+class Killed(training.AtomicBackupAndRestore):  # SIGKILL once phase 2's second epoch is recorded, before its backup
+    def on_epoch_end(self, epoch, logs=None):
+        if str(self.backup_dir).endswith("phase2-backup") and epoch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().on_epoch_end(epoch, logs)
+training.AtomicBackupAndRestore = Killed
+"""
+
+
+def test_a_killed_training_resumes_from_its_last_finished_epoch_and_its_record_goes_on_step_by_step(
+        tiny_shards, tmp_path):
+    """Killed in the worst place for the record: the epoch is in DVCLive's files but not in the backup, so the
+    rerun trains it again. The record then holds every step once, in both phases, as an unbroken run's would."""
+    params = FAST.model_copy(update={"weights": pretrained_weights(tmp_path), "epochs": 3, "fine_tune_epochs": 3,
+                                     "fine_tune_layers": 6, "early_stopping_patience": 8})
+    run = start_training(params, tiny_shards, tmp_path, KILLED_BETWEEN_RECORD_AND_BACKUP)
+    output = run.communicate(timeout=300)[0]
+    assert run.returncode == -signal.SIGKILL, output[-3000:]
+    before = read_history(tmp_path / "dvclive")
+    assert before["epoch"].tolist() == [0, 1, 2, 3, 4] and not (tmp_path / "model.keras").exists()
 
     rerun = start_training(params, tiny_shards, tmp_path)
     output = rerun.communicate(timeout=300)[0]
     assert rerun.returncode == 0, output[-3000:]
-    assert f"phase 1: resuming after epoch {done} of 8" in output
-    history = pd.read_csv(tmp_path / "history.csv")
-    assert history["epoch"].tolist() == list(range(8))  # the epochs before the kill are kept, none twice
+    assert "phase 1 finished in an earlier run" in output and "phase 2: resuming after epoch 1 of 3" in output
+    after = read_history(tmp_path / "dvclive")
+    assert after["epoch"].tolist() == list(range(6)) and after["phase"].tolist() == [1, 1, 1, 2, 2, 2]
+    pd.testing.assert_frame_equal(after.iloc[:4], before.iloc[:4])  # the kept epochs, as they were logged
+    summary = json.loads((tmp_path / "dvclive/metrics.json").read_text())
+    assert summary["step"] == 5 and summary["phase"] == 2
     assert not (tmp_path / ".train-state").exists()
 
 
@@ -243,7 +261,7 @@ def data_parallel_runs(tiny_shards, tmp_path_factory) -> dict[str, tuple[Path, s
 def test_mirrored_strategy_over_two_logical_cpus_scales_the_batch(data_parallel_runs, tiny_shards):
     out, output = data_parallel_runs["mirrored"]
     assert "MirroredStrategy over 2 replica(s)" in output and "global batch 16 (8 per replica)" in output
-    history = pd.read_csv(out / "history.csv")
+    history = read_history(out / "dvclive")
     assert len(history) == 2 and np.isfinite(history["val_auc"]).all()
     predictions = val_predictions(out / "model.keras", tiny_shards)
     assert ((predictions > 0) & (predictions < 1)).all()
@@ -260,12 +278,12 @@ def test_two_workers_train_what_one_process_over_two_replicas_does_and_only_the_
     for output in (chief_output, other_output):
         assert "train.distribute auto: KerasMultiWorkerMirrored over 2 replica(s)" in output
     assert "chief of 2 workers: writes the outputs" in chief_output and "writes nothing shared" in other_output
-    assert sorted(path.name for path in chief.iterdir()) == ["history.csv", "model.keras", "train_card.json"]
+    assert sorted(path.name for path in chief.iterdir()) == ["dvclive", "model.keras", "train_card.json"]
     assert not other.exists()
     assert not list(chief.parent.glob("tmp*/skincancer-worker-*"))  # the other worker's private state went with it
 
     mirrored, _ = data_parallel_runs["mirrored"]
-    pd.testing.assert_frame_equal(pd.read_csv(chief / "history.csv"), pd.read_csv(mirrored / "history.csv"),
+    pd.testing.assert_frame_equal(read_history(chief / "dvclive"), read_history(mirrored / "dvclive"),
                                   atol=MULTI_WORKER_TOLERANCE)
     np.testing.assert_allclose(val_predictions(chief / "model.keras", tiny_shards),
                                val_predictions(mirrored / "model.keras", tiny_shards), atol=MULTI_WORKER_TOLERANCE)

@@ -51,6 +51,7 @@ from skincancer.evaluate.report import confident_mistakes, split_scores, write_r
 from skincancer.evaluate.summary import band_summary, fold_summary, ood_summary, split_summary
 from skincancer.shard.tfrecords import read_examples
 from skincancer.train.data import ShardSpecMismatch, eval_dataset, read_shard_manifest, split_records
+from skincancer.train.live import read_history
 
 log = logging.getLogger(__name__)
 
@@ -211,14 +212,14 @@ def evaluate(
     shards_dir: Path,
     metrics_path: Path,
     reports_dir: Path,
-    history_path: Path | None = None,
+    live_dir: Path | None = None,
     shown_params: dict | None = None,
     train_card_path: Path | None = None,
     card_path: Path | None = None,
 ) -> dict:
     """metrics.json, reports/ and the model card (`card_path`, default card.json beside the model): the
     training card (default train_card.json beside it) with this evaluation added. `shown_params` are
-    printed in the report (the params that produced it)."""
+    printed in the report (the params that produced it); live_dir is training's DVCLive record, drawn in it."""
     training = read_card(train_card_path or train_card_path_for(model_path), model_path, written_by="train")
     members = ensemble_members(training, model_path)
     model = load_for_inference(model_path)
@@ -233,7 +234,7 @@ def evaluate(
     predictions["prediction"] = (predictions["probability"] >= metrics["threshold"]).astype(int)
     facts, predictions = predictions, predictions[PREDICTION_COLUMNS + (["fold"] if members else [])]
     mistakes = confident_mistakes(predictions, params.gallery)
-    history = pd.read_csv(history_path) if history_path is not None and Path(history_path).exists() else None
+    history = read_history(live_dir) if live_dir is not None and Path(live_dir).is_dir() else None
     write_report(
         reports_dir, metrics, predictions,
         policy=params.threshold, params=shown_params or {"evaluate": params.model_dump(mode="json")},

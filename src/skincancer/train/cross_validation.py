@@ -6,7 +6,8 @@ Fold k's model trains on the other folds and is stopped on fold k (skincancer.tr
 cores. Finished folds wait in models/.fold-state/fold{k}/ under a fingerprint of the train params and the
 shards, so a run that was interrupted (or whose outputs `dvc repro` deleted) trains only the unfinished
 folds, and a change to the params trains them all. Once every fold is done: models/folds/fold{k}.keras,
-the ensemble at models/model.keras, the per-fold history and the card listing the members.
+the ensemble at models/model.keras, every fold's epochs in the DVCLive record (`fold{k}/` metrics) and the card
+listing the members. While a fold trains, its own record is models/.fold-state/fold{k}/dvclive.
 
 One DVC stage rather than a foreach/matrix stage per fold: K is a param, which a foreach list cannot follow,
 and `dvc repro` runs stages one at a time where the folds should share the devices side by side. DVC still
@@ -41,7 +42,8 @@ from skincancer.core.paths import FOLDS_DIR, MODEL, fold_part
 from skincancer.train import fold as fold_process
 from skincancer.train.data import Roles, check_image_size, read_shard_manifest, split_records
 from skincancer.train.ensemble import save_ensemble
-from skincancer.train.train import HISTORY_COLUMNS, require_both_classes
+from skincancer.train.live import open_live, read_history, replay
+from skincancer.train.train import require_both_classes
 from skincancer.train.train_state import open_guarded
 
 log = logging.getLogger(__name__)
@@ -99,18 +101,18 @@ class FoldState:
     def model(self, fold: int) -> Path:
         return self.folder(fold) / fold_process.MODEL_FILE
 
-    def history(self, fold: int) -> Path:
-        return self.folder(fold) / fold_process.HISTORY_FILE
+    def live(self, fold: int) -> Path:
+        return self.folder(fold) / fold_process.LIVE_DIR
 
     def card(self, fold: int) -> Path:
         return self.folder(fold) / fold_process.CARD_FILE
 
     def finished(self, fold: int) -> bool:
         """The fold's process wrote all its outputs (the card last)."""
-        return all(path.is_file() for path in (self.model(fold), self.history(fold), self.card(fold)))
+        return self.live(fold).is_dir() and all(path.is_file() for path in (self.model(fold), self.card(fold)))
 
     def best_val_auc(self, fold: int) -> float:
-        return float(pd.read_csv(self.history(fold))["val_auc"].max())
+        return float(read_history(self.live(fold))["val_auc"].max())
 
 
 def open_fold_state(models_dir: Path, params: TrainParams, manifest: dict) -> FoldState:
@@ -220,15 +222,15 @@ def train_folds(
     params: TrainParams,
     shards_dir: Path,
     models_dir: Path,
-    history_path: Path,
+    live_dir: Path,
     card_path: Path,
     image_size: int | None,
     slots: Sequence[Slot],
     tensorboard_dir: Path | None = None,
 ) -> pd.DataFrame:
     """Train every unfinished fold on `slots` (fold_slots), then write models_dir/folds/fold{k}.keras, the
-    ensemble models_dir/model.keras, the per-fold history (first column `fold`) and the ensemble's card.
-    Returns the history."""
+    ensemble models_dir/model.keras, every fold's epochs in the DVCLive record live_dir and the ensemble's card.
+    Returns the history (first column `fold`)."""
     manifest = check_image_size(shards_dir, image_size) if image_size else read_shard_manifest(shards_dir)
     folds = fold_count(manifest, shards_dir)
     for fold in range(folds):  # every fold's parts checked before any process starts
@@ -243,14 +245,14 @@ def train_folds(
         atomic_write_text(state.folder(fold) / fold_process.PARAMS_FILE, params.model_dump_json())
     job = FoldJob(state, folds, shards_dir, image_size, tensorboard_dir)
     run_on_slots(todo, slots, functools.partial(run_fold, job))
-    history = write_outputs(state, folds, Path(shards_dir), Path(models_dir), Path(history_path), Path(card_path))
+    history = write_outputs(state, folds, Path(shards_dir), Path(models_dir), Path(live_dir), Path(card_path))
     shutil.rmtree(state.root)
     return history
 
 
-def write_outputs(state: FoldState, folds: int, shards_dir: Path, models_dir: Path, history_path: Path,
+def write_outputs(state: FoldState, folds: int, shards_dir: Path, models_dir: Path, live_dir: Path,
                   card_path: Path) -> pd.DataFrame:
-    """The finished folds as the stage's outputs: members (with their training times), ensemble, history, card."""
+    """The finished folds as the stage's outputs: members (with their training times), ensemble, record, card."""
     members_dir = models_dir / FOLDS_DIR.name
     with atomic_dir(members_dir) as partial:
         for fold in range(folds):
@@ -258,9 +260,10 @@ def write_outputs(state: FoldState, folds: int, shards_dir: Path, models_dir: Pa
     member_paths = [members_dir / f"{fold_part(fold)}.keras" for fold in range(folds)]
     with atomic_path(models_dir / MODEL.name) as partial:
         save_ensemble(member_paths, partial)
-    history = pd.concat([pd.read_csv(state.history(fold))[HISTORY_COLUMNS].assign(fold=fold) for fold in range(folds)],
-                        ignore_index=True)[["fold", *HISTORY_COLUMNS]]
-    atomic_write_text(history_path, history.to_csv(index=False, float_format="%.6g"))
+    with open_live(live_dir) as live:
+        for fold in range(folds):
+            replay(live, read_history(state.live(fold)), prefix=f"{fold_part(fold)}/")
+    history = read_history(live_dir)
     members = [member(fold, path, card_path.parent, Roles.for_fold(fold, folds).train, fold_part(fold))
                for fold, path in enumerate(member_paths)]
     member_cards = [json.loads(state.card(fold).read_text()) for fold in range(folds)]

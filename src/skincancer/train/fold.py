@@ -1,7 +1,7 @@
 """One cross-validation fold's model, in a process of its own (`python -m skincancer.train.fold FOLDER FOLD ...`),
 started by skincancer.train.cross_validation on the device its slot names (CUDA_VISIBLE_DEVICES).
 
-FOLDER holds params.json (the TrainParams) and receives the fold's model.keras, history.csv and
+FOLDER holds params.json (the TrainParams) and receives the fold's model.keras, its DVCLive record dvclive/ and
 train_card.json, with the fold's own resumable state in FOLDER/.train-state. Every log line goes to stderr
 as `LEVEL message`, which the parent relays to its own log prefixed with the fold.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 log = logging.getLogger("skincancer.train.fold")  # not __name__: run as a script, that is __main__
 PARAMS_FILE = "params.json"
-MODEL_FILE, HISTORY_FILE, CARD_FILE = "model.keras", "history.csv", "train_card.json"
+MODEL_FILE, LIVE_DIR, CARD_FILE = "model.keras", "dvclive", "train_card.json"
 
 
 def exit_with_parent() -> None:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("process %d, CUDA_VISIBLE_DEVICES=%r: training on %s, stopping on %s", os.getpid(),
              os.environ.get("CUDA_VISIBLE_DEVICES"), "+".join(roles.train), "+".join(roles.val))
     params = TrainParams.model_validate_json((args.folder / PARAMS_FILE).read_text())
-    train(params, args.shards, args.folder / MODEL_FILE, args.folder / HISTORY_FILE, image_size=args.image_size,
+    train(params, args.shards, args.folder / MODEL_FILE, args.folder / LIVE_DIR, image_size=args.image_size,
           tensorboard_dir=args.tensorboard, card_path=args.folder / CARD_FILE, roles=roles)
 
 

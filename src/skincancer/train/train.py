@@ -11,13 +11,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from skincancer.core.atomic import atomic_dir, atomic_path, atomic_write_text
+from skincancer.core.atomic import atomic_dir, atomic_path
 from skincancer.core.labels import CLASS_NAMES
 from skincancer.core.model_card import card_input, train_card_path_for, training_card, write_card
 from skincancer.core.params import TrainParams
@@ -45,17 +46,16 @@ from skincancer.train.hardware import (
     seeded_construction,
     set_precision,
 )
+from skincancer.train.live import HISTORY_COLUMNS, LiveEpochs, learning_rate, open_live, replay
 from skincancer.train.model_file import save_model
 from skincancer.train.models import Classifier, build_classifier, malignant_probability, unfreeze_top
 from skincancer.train.multi_worker import is_chief, worker_count
 from skincancer.train.train_state import TrainState
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from dvclive import Live
 
-HISTORY_COLUMNS = [
-    "epoch", "phase", "loss", "auc", "precision", "recall",
-    "val_loss", "val_auc", "val_precision", "val_recall", "learning_rate",
-]
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -182,14 +182,14 @@ class EpochLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        rate = learning_rate(self.model)
         log.info("phase %d epoch %d/%d: loss %.4f, auc %.4f, val_auc %.4f, learning rate %.3g, %.1f s", self.phase,
                  epoch + 1, self.epochs, logs.get("loss", float("nan")), logs.get("auc", float("nan")),
                  logs.get("val_auc", float("nan")), rate, time.perf_counter() - self.started)
 
 
 def _callbacks(params: TrainParams, state: TrainState, phase: int, epochs: int, classifier: keras.Model, best: float,
-               tensorboard_dir: Path | None):
+               tensorboard_dir: Path | None, live: Live | None):
     callbacks = [
         EpochLog(phase, epochs),
         keras.callbacks.TerminateOnNaN(),
@@ -197,6 +197,7 @@ def _callbacks(params: TrainParams, state: TrainState, phase: int, epochs: int, 
         SaveBest(classifier, state.best_model, best),
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=params.early_stopping_patience),
         keras.callbacks.CSVLogger(state.history(phase), append=True),
+        *([LiveEpochs(live, phase, state.steps_before(phase))] if live is not None else []),
         # last: an epoch is only marked done once everything above has recorded it
         AtomicBackupAndRestore(state.backup(phase)),
     ]
@@ -222,7 +223,8 @@ def validation_batch_size(val_count: int, batch_size: int, replicas: int) -> int
 
 
 def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, state: TrainState, phase: int,
-               batch_size: int, tensorboard_dir: Path | None, classes: DiagnosisClasses | None, roles: Roles) -> None:
+               batch_size: int, tensorboard_dir: Path | None, classes: DiagnosisClasses | None, roles: Roles,
+               live: Live | None) -> None:
     """One phase, resumable from its last finished epoch; leaves the best weights in state.best_model."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync  # called inside the strategy's scope
     val_batch = validation_batch_size(sum(class_counts(shards_dir, roles.val).values()), batch_size, replicas)
@@ -251,7 +253,7 @@ def _fit_phase(params: TrainParams, classifier: Classifier, shards_dir: Path, st
     model.fit(
         train_ds, validation_data=val_ds, epochs=epochs,
         class_weight=class_weights(shards_dir, params.imbalance, classes, roles.train), shuffle=False, verbose=0,
-        callbacks=_callbacks(params, state, phase, epochs, classifier.model, state.best_auc(), tensorboard_dir),
+        callbacks=_callbacks(params, state, phase, epochs, classifier.model, state.best_auc(), tensorboard_dir, live),
     )
     if not state.best_model.exists():
         state.clear()  # nothing worth resuming
@@ -304,18 +306,30 @@ def _state_root(model_path: Path, chief: bool) -> Iterator[Path]:
         yield Path(private) / ".train-state"
 
 
+@contextlib.contextmanager
+def _live_record(live_dir: Path, state: TrainState, chief: bool) -> Iterator[Live | None]:
+    """The chief's DVCLive record, begun with the epochs the state kept (none on a fresh start)."""
+    if not chief:
+        yield None
+        return
+    with open_live(live_dir) as live:
+        replay(live, state.history_frame([1, 2], kept=True))
+        yield live
+
+
 def train(
     params: TrainParams,
     shards_dir: Path,
     model_path: Path,
-    history_path: Path,
+    live_dir: Path,
     image_size: int | None = None,
     tensorboard_dir: Path | None = None,
     card_path: Path | None = None,
     roles: Roles = Roles(),
 ) -> pd.DataFrame:
-    """Fit on roles.train, keep the best-validation-AUC (on roles.val) model at model_path, write the per-epoch
-    history CSV and the model's training card (card_path, default train_card.json beside the model).
+    """Fit on roles.train, keep the best-validation-AUC (on roles.val) model at model_path, log each epoch to the
+    DVCLive record live_dir as it ends, and write the model's training card (card_path, default train_card.json
+    beside the model). Returns the per-epoch history.
 
     image_size: what the shards must hold (params' shard.image_size); None accepts the shards' own.
     In a TF_CONFIG cluster every worker calls this with the same arguments; only the chief writes.
@@ -342,7 +356,7 @@ def train(
     log_balance(split_records(shards_dir, roles.train), params.imbalance, params.balance)
     with _state_root(model_path, chief) as root:
         state = TrainState.open(root, params, manifest)
-        with strategy.scope():
+        with _live_record(live_dir, state, chief) as live, strategy.scope():
             with seeded_construction(params.seed):
                 classifier = build_classifier(params, manifest["image_size"], classes)
             phases = [1, 2] if params.fine_tune_epochs and classifier.pretrained else [1]
@@ -354,12 +368,11 @@ def train(
                     load_best(classifier.model, state.best_model)
                     continue
                 _fit_phase(params, classifier, shards_dir, state, phase, batch_size, tensorboard_dir if chief else None,
-                           classes, roles)
+                           classes, roles, live)
         history = state.history_frame(phases)[HISTORY_COLUMNS]
         if chief:
             with atomic_path(model_path) as partial:
                 save_model(classifier.serving, partial)
-            atomic_write_text(history_path, history.to_csv(index=False, float_format="%.6g"))
             card = training_card(params, prepared_as, Path(shards_dir) / "manifest.json", split_records(shards_dir, roles.train),
                                  model_path, str(policy), None if classes is None else list(classes.names),
                                  params.metadata)

@@ -82,16 +82,25 @@ class TrainState:
         values = [auc for log in logs if "val_auc" in log for auc in log["val_auc"] if math.isfinite(auc)]
         return max(values, default=-math.inf) if self.best_model.exists() else -math.inf
 
-    def history_frame(self, phases: list[int]) -> pd.DataFrame:
-        """All phases' epochs, numbered on across phases."""
+    def history_frame(self, phases: list[int], kept: bool = False) -> pd.DataFrame:
+        """All phases' epochs, numbered on across phases. kept: only those a resume does not redo (every epoch
+        of a finished phase, the unfinished one's up to its last backup)."""
         frames, offset = [], 0
         for phase in phases:
             log = self._phase_log(phase)
+            if log.empty:
+                continue
+            if kept and not self.finished(phase):
+                log = log[log["epoch"] < self.epochs_done(phase)].copy()
             log["epoch"] = log["epoch"] + offset
             log.insert(1, "phase", phase)
             frames.append(log)
             offset += len(log)
-        return pd.concat(frames, ignore_index=True)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["epoch", "phase"])
+
+    def steps_before(self, phase: int) -> int:
+        """Epochs of the phases before `phase`: where its epochs' numbering goes on from."""
+        return sum(len(self._phase_log(earlier)) for earlier in range(1, phase))
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
