@@ -4,10 +4,10 @@ deployment in prefect.yaml and for `python -m flows.pipeline [TARGET...] [--forc
 
 With a default DVC remote the run pulls first (the outputs the last run pushed) and pushes after; with
 `publish` it then commits dvc.lock and the git-tracked metrics and plots to that results branch and pushes
-it (skincancer.ops.nightly). Each stage is still DVC's subprocess `python -m flows.<stage>`; they inherit
-PREFECT_API_URL, so their stage flow runs land on the same API as this one. Without a configured API this
-process starts Prefect's temporary server once and hands its URL down, instead of one server per stage
-(flows/_prefect_server.shared_api).
+it (skincancer.ops.nightly), and registers that commit as the model's next version (skincancer.ops.registry).
+Each stage is still DVC's subprocess `python -m flows.<stage>`; they inherit PREFECT_API_URL, so their stage
+flow runs land on the same API as this one. Without a configured API this process starts Prefect's temporary
+server once and hands its URL down, instead of one server per stage (flows/_prefect_server.shared_api).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from skincancer.core import paths
 from skincancer.evaluate.summary import band_summary, split_summary
 from skincancer.ops import lifetime
 from skincancer.ops.nightly import NightlyError, commit_message, publish_results, snapshot_records
+from skincancer.ops.registry import register_version
 from skincancer.review.metrics_diff import diff_markdown, flatten
 
 
@@ -117,6 +118,16 @@ def git_publish(git_remote: str, branch: str, message: str) -> str | None:
     return publish_results(git_remote, branch, message)
 
 
+@task(name="gto-register")
+def gto_register(git_remote: str, commit: str | None, message: str) -> list[str]:
+    """The results commit just published as the model's next version (skincancer.ops.registry): the version a
+    user fetches with `dvc artifacts get`; nothing published, nothing registered."""
+    tags = register_version(git_remote, commit, message)
+    if tags:
+        get_run_logger().info("registered %s on %s and pushed to %s", ", ".join(tags), commit[:12], git_remote)
+    return tags
+
+
 class GPUMissing(RuntimeError):
     """SKINCANCER_REQUIRE_GPU is set and TensorFlow sees no GPU."""
 
@@ -180,7 +191,8 @@ def pipeline_flow(
     if publish_to:
         if not push:
             logger.warning("publishing dvc.lock without a DVC push: other machines cannot pull the outputs it names")
-        git_publish(git_remote, publish_to, commit_message(_head(), before, after, ran))
+        message = commit_message(_head(), before, after, ran)
+        gto_register(git_remote, git_publish(git_remote, publish_to, message), message)
     return {"stages": ran, "metrics": after}
 
 

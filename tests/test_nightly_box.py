@@ -1,10 +1,13 @@
 """The GPU box's loop end to end: a bare git repository on disk as the code remote, moto's S3 server on
 127.0.0.1 as the DVC remote (DVC's own S3 support), and a real Prefect server and process worker running
-prefect.yaml's `nightly` deployment; then a workstation and a pull request that take its results."""
+prefect.yaml's `nightly` deployment; then a workstation and a pull request that take its results, and a user who
+fetches the version promoted to prod (dvc.yaml's model artifact, GTO's tags) into an empty folder and predicts with it."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import re
 import shutil
@@ -20,6 +23,7 @@ from project_copy import BIN, TINY_PARAMS, committed_project, project_env, run, 
 pytestmark = pytest.mark.slow
 
 BUCKET = "skincancer"
+MODEL = "skincancer-classifier"  # dvc.yaml's model artifact: GTO tags `<MODEL>@v...` on results commits
 CPU_OK = ["--job-variable", 'env={"SKINCANCER_REQUIRE_GPU": ""}']  # this machine has no GPU
 
 
@@ -99,6 +103,13 @@ def ls_remote(origin: Path, branch: str) -> str:
     return subprocess.run(["git", "rev-parse", branch], cwd=origin, capture_output=True, text=True).stdout.strip()
 
 
+def tag_target(origin: Path, tag: str) -> str:
+    """The commit an annotated tag of the bare repository points at."""
+    found = subprocess.run(["git", "rev-parse", "-q", "--verify", f"{tag}^{{commit}}"], cwd=origin, capture_output=True,
+                           text=True).stdout.strip()
+    return found or f"(no tag {tag})"
+
+
 def dvc_cached_outputs_removed(box: Path) -> None:
     """A fresh disk on the box: no DVC cache and none of the cached outputs, only what git holds."""
     for path in (".dvc/cache", "data/resolved.json", "data/raw", "data/split", "data/shards", "models/model.keras", "reports/figures",
@@ -128,8 +139,9 @@ def test_nightly_pulls_code_and_outputs_reruns_what_changed_pushes_and_publishes
     subject = run(["git", "log", "-1", "--format=%s", results_1], origin, env).stdout.strip()
     assert re.fullmatch(rf"nightly results for {code_1[:12]}, test ROC AUC 0\.\d{{4}} \(first run\)", subject)
     assert s3[1].list_objects_v2(Bucket=BUCKET, Prefix="cache/")["KeyCount"] > 0
-    for published in ("dvc.lock", "metrics.json", "reports/plots/roc_test.csv", "models/history.csv"):
+    for published in ("dvc.lock", "metrics.json", "reports/plots/roc_test.csv", "models/card.json", "models/dvclive/metrics.json"):
         run(["git", "cat-file", "-e", f"{results_1}:{published}"], origin, env)
+    assert tag_target(origin, f"{MODEL}@v0.1.0") == results_1  # the publish is the model's first version
 
     # a developer pushes a change to evaluate.tta; the box's disk is wiped of DVC data meanwhile
     set_params(dev, {"evaluate": {"tta": 2}})
@@ -146,6 +158,7 @@ def test_nightly_pulls_code_and_outputs_reruns_what_changed_pushes_and_publishes
     message = run(["git", "log", "-1", "--format=%B", results_2], origin, env).stdout
     assert "stages run: evaluate" in message and re.search(r"metrics changed \(old -> new\):\n(  .*\n)*  test\.brier: ", message)
     assert "tta: 2" in run(["git", "show", f"{results_2}:params.yaml"], origin, env).stdout
+    assert tag_target(origin, f"{MODEL}@v0.2.0") == results_2 and f"registered {MODEL}@v0.2.0 on {results_2[:12]}" in logs
 
     # a workstation clones the results branch: `dvc pull` brings every output, `dvc repro` has nothing to do
     workstation = root / "workstation"
@@ -164,6 +177,22 @@ def test_nightly_pulls_code_and_outputs_reruns_what_changed_pushes_and_publishes
     assert list(dict.fromkeys(stages_run(result.stdout + result.stderr))) == ["evaluate"]
     report = (pull_request / "diff-report/report.md").read_text()
     assert "| evaluate.tta | `2` | `4` |" in report and "origin/results" in report
+
+    # a developer promotes v0.1.0 (README: the one command, in a clone with the tags); a user fetches prod into an
+    # empty folder from the object store and classifies with it: night 1's card (tta 1), not the newest (tta 2)
+    run(["git", "fetch", "-q", "--tags", "origin"], dev, env)
+    run([str(BIN / "gto"), "assign", MODEL, "--version", "v0.1.0", "--stage", "prod", "--push"], dev, env)
+    assert tag_target(origin, f"{MODEL}#prod#1") == results_1
+    user = root / "user"
+    user.mkdir()
+    run([str(BIN / "dvc"), "artifacts", "get", str(origin), MODEL, "--stage", "prod", "-o", "model"], user, env)
+    card_1, card_2 = (run(["git", "show", f"{sha}:models/card.json"], origin, env).stdout for sha in (results_1, results_2))
+    assert card_1 != card_2 and (user / "model/card.json").read_text() == card_1
+    images = sorted((box / "data/split/test").rglob("*.jpg"))[:2]
+    result = run([str(BIN / "skincancer"), "predict", *map(str, images), "--model", "model/model.keras"], user, env)
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [row["path"] for row in rows] == list(map(str, images)) and len(rows) == 2, result.stdout
+    assert all(0 <= float(row["probability"]) <= 1 and row["error"] == "" for row in rows), result.stdout
 
 
 def test_an_unreachable_remote_fails_the_run_naming_it_and_changes_nothing(remotes):

@@ -38,7 +38,8 @@ def git(*args: str, cwd: Path = Path("."), env: dict[str, str] | None = None) ->
     return result.stdout.strip()
 
 
-def _last_line(error: subprocess.CalledProcessError) -> str:
+def last_line(error: subprocess.CalledProcessError) -> str:
+    """git's own reason, for an error message that says what failed."""
     lines = [line for line in (error.stderr or "").splitlines() if line.strip()]
     return lines[-1].strip() if lines else f"exit {error.returncode}"
 
@@ -55,7 +56,8 @@ def records(root: Path = Path(".")) -> list[str]:
     return tracked
 
 
-def _remote_url(remote: str, root: Path) -> str:
+def remote_url(remote: str, root: Path) -> str:
+    """The remote's URL, for messages; a missing remote is itself the error."""
     try:
         return git("remote", "get-url", remote, cwd=root)
     except subprocess.CalledProcessError:
@@ -67,12 +69,12 @@ def _remote_url(remote: str, root: Path) -> str:
 
 def _fetch(remote: str, branch: str, root: Path, required: bool) -> str | None:
     """The remote branch's tip, fetched; None if the branch does not exist yet and need not."""
-    url = _remote_url(remote, root)
+    url = remote_url(remote, root)
     try:
         listed = git("ls-remote", "--heads", remote, branch, cwd=root)
     except subprocess.CalledProcessError as error:
         raise NightlyError(
-            f"cannot reach git remote '{remote}' ({url}): {_last_line(error)}; check the URL, the network and "
+            f"cannot reach git remote '{remote}' ({url}): {last_line(error)}; check the URL, the network and "
             "the box's git credentials"
         ) from None
     if not listed:
@@ -196,8 +198,8 @@ def publish_results(remote: str, results_branch: str, message: str, root: Path =
         why = (f"'{results_branch}' moved on {remote} since this run started from "
                f"{base_sha[:12] if base_sha else 'no results branch'}; the DVC outputs are pushed, so rerun the "
                "deployment to build on the new tip (nothing is force-pushed)") if moved else (
-               f"{_last_line(error)}; check the remote's URL and the box's push rights, then rerun")
-        raise NightlyError(f"git push of {results_branch} to '{remote}' ({_remote_url(remote, root)}) failed: {why}") from None
+               f"{last_line(error)}; check the remote's URL and the box's push rights, then rerun")
+        raise NightlyError(f"git push of {results_branch} to '{remote}' ({remote_url(remote, root)}) failed: {why}") from None
     git("update-ref", BASE_REF, commit, cwd=root)
     if subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=root, capture_output=True).returncode != 0:
         git("reset", "-q", commit, cwd=root)  # a detached HEAD moves onto what was published: `git status` is clean
