@@ -11,6 +11,7 @@ module would cost the pipeline process ~5 s on top of the server's own start.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import subprocess
@@ -68,11 +69,31 @@ TEMPORARY_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": 
 
 
 @contextlib.contextmanager
+def one_start_at_a_time(home: Path | None) -> Iterator[None]:
+    """Held from a server's launch until it answers. A starting server migrates the database in its Prefect
+    home, and two doing that at once (side-by-side `dvc queue` experiments' stages on a fresh or upgraded
+    home) break each other's migration: `duplicate column name`, `no such table`. The lock is flock on the
+    home folder itself, so no file of ours is left in it and a killed holder's lock goes with it."""
+    if home is None:
+        yield
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(home, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+@contextlib.contextmanager
 def running_server(command: Callable[[int], list[str]], env: Mapping[str, str], log_path: Path,
-                   timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
-    """Start ``command(port)`` on a free loopback port, yield its API URL once /health answers, stop it after."""
+                   timeout_s: float = STARTUP_TIMEOUT_S, home: Path | None = None) -> Iterator[str]:
+    """Start ``command(port)`` on a free loopback port, yield its API URL once /health answers, stop it after.
+    ``home``: the Prefect home whose database the server shares with others; they start one at a time."""
     with log_path.open("w") as log:
-        process, url = _start(command, env, log, log_path, timeout_s)
+        with one_start_at_a_time(home):
+            process, url = _start(command, env, log, log_path, timeout_s)
         SERVER_PIDS.add(process.pid)
         try:
             yield url
@@ -123,7 +144,7 @@ def shared_api() -> Iterator[None]:
         return
     env = {**os.environ, **TEMPORARY_SERVER_ENV, **get_current_settings().to_environment_variables(exclude_unset=True)}
     with tempfile.TemporaryDirectory(prefix="skincancer-prefect-") as folder:
-        with running_server(temporary_server, env, Path(folder) / "server.log") as url:
+        with running_server(temporary_server, env, Path(folder) / "server.log", home=get_current_settings().home) as url:
             get_logger(__name__).info("Started a temporary Prefect server on %s for this run and its stages", url.removesuffix("/api"))
             os.environ["PREFECT_API_URL"] = url
             try:

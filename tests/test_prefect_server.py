@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import ast
+import fcntl
 import importlib.util
 import os
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-from flows._prefect_server import PORT_IN_USE_EXIT, ServerDidNotStart, running_server, shared_api
+from flows._prefect_server import PORT_IN_USE_EXIT, SERVER_PIDS, ServerDidNotStart, running_server, shared_api
 
 LIBRARY = Path(__file__).resolve().parents[1] / "src/skincancer"
 
@@ -76,6 +78,35 @@ def test_without_an_api_one_temporary_server_is_named_for_subprocesses_and_stopp
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/health", timeout=2)
     assert (tmp_path / "prefect.db").is_file()  # the profile's PREFECT_HOME reached the server
+
+
+def seconds_since_boot() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
+def started_since_boot(pid: int) -> float:
+    """When a process started, on /proc/uptime's clock (field 22 of /proc/<pid>/stat, in clock ticks)."""
+    fields_after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields_after_name[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_temporary_server_waits_while_another_starts_on_the_same_prefect_home(monkeypatch, tmp_path):
+    """Two starting servers on one home would both migrate its database (side-by-side `dvc queue`
+    experiments' stages): the second is launched only once the first answers and lets go of the home."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    other_start = os.open(tmp_path, os.O_RDONLY)
+    fcntl.flock(other_start, fcntl.LOCK_EX)  # the lock a starting server of another stage holds
+    released_at: list[float] = []
+
+    def other_server_answers() -> None:
+        released_at.append(seconds_since_boot())
+        os.close(other_start)
+
+    threading.Timer(2, other_server_answers).start()
+    servers_before = set(SERVER_PIDS)  # the session's test server, where one runs
+    with temporary_settings({PREFECT_HOME: tmp_path}, restore_defaults={PREFECT_API_URL}), shared_api():
+        (server,) = SERVER_PIDS - servers_before
+        assert started_since_boot(server) >= released_at[0] - 0.02  # a clock tick of rounding
 
 
 def imported_modules(path: Path) -> set[str]:
