@@ -9,6 +9,7 @@ import datetime
 import json
 import re
 import shlex
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,7 +92,8 @@ def queue_log(project: Path, env: dict[str, str], name: str) -> str:
 
 
 def experiments(project: Path, env: dict[str, str]) -> dict[str, dict]:
-    """`dvc exp show --json`'s experiments by name: their state, params.yaml and metrics.json."""
+    """`dvc exp show --json`'s experiments by name: their state, params.yaml, metrics.json and training's
+    DVCLive summary."""
     found = {}
     for baseline in json.loads(run([DVC, "exp", "show", "--json"], project, env).stdout):
         for experiment in baseline.get("experiments") or []:
@@ -100,6 +102,7 @@ def experiments(project: Path, env: dict[str, str]) -> dict[str, dict]:
                 "state": experiment["executor"]["state"] if experiment.get("executor") else "done",
                 "params": data["params"]["params.yaml"]["data"],
                 "metrics": data.get("metrics", {}).get("metrics.json", {}).get("data"),
+                "training": data.get("metrics", {}).get("models/dvclive/metrics.json", {}).get("data"),
             }
     return found
 
@@ -115,7 +118,8 @@ def busy_span_s(log: str, since: float) -> tuple[float, float]:
     return times[0], times[-1]
 
 
-def test_two_queued_experiments_run_side_by_side_each_with_its_own_servers_params_and_metrics(experiment_project):
+def test_two_queued_experiments_run_side_by_side_each_with_its_own_servers_params_and_metrics(experiment_project,
+                                                                                                tmp_path):
     project, env = experiment_project
     rates = {"lr-0.001": 0.001, "lr-0.004": 0.004}
     now = datetime.datetime.now()
@@ -142,6 +146,15 @@ def test_two_queued_experiments_run_side_by_side_each_with_its_own_servers_param
         test_auc = re.search(r"test: ROC AUC ([\d.]+)", logs[name]).group(1)  # what this experiment's evaluate said
         assert f"{shown[name]['metrics']['test']['roc_auc']:.4f}" == test_auc
     assert shown["lr-0.001"]["metrics"] != shown["lr-0.004"]["metrics"]
+    for name in rates:  # training's DVCLive summary beside evaluate's: its last step, at the experiment's rate
+        assert shown[name]["training"]["step"] == TINY_PARAMS["train"]["epochs"] - 1
+        assert shown[name]["training"]["learning_rate"] == pytest.approx(rates[name])
+
+    # `dvc plots diff` of the two experiments draws both training curves, each from its own record
+    plots = json.loads(run([DVC, "plots", "diff", *rates, "--json", "-o", str(tmp_path)], project, env).stdout)
+    curve = plots["data"]["models/dvclive/plots/metrics/val_auc.tsv"][0]
+    drawn = [(point["rev"], int(point["step"])) for point in curve["content"]["data"]["values"]]
+    assert sorted(drawn) == sorted((name, step) for name in rates for step in range(TINY_PARAMS["train"]["epochs"]))
 
 
 def readme_grid_sweep() -> list[str]:
@@ -183,3 +196,44 @@ def test_a_queued_experiments_stages_report_to_the_prefect_api_its_workers_were_
     ours = [flow_run for flow_run in evaluate_runs
             if flow_run["parameters"].get("params", {}).get("evaluate", {}).get("bootstrap") == 61]
     assert [flow_run["state_type"] for flow_run in ours] == ["COMPLETED"]
+
+
+def test_a_workspace_experiment_shows_each_epoch_in_its_record_while_it_trains(experiment_project):
+    """`dvc exp run` in the workspace: DVCLive's record gains a row per epoch as training goes, and tells DVC's
+    VS Code extension of each step (its signal file); `dvc exp show` then has the record's last step. The
+    workspace is put back as committed after."""
+    project, env = experiment_project
+    epochs, curve = 4, project / "models/dvclive/plots/metrics/val_auc.tsv"
+    signal = project / ".dvc/tmp/exps/run/DVCLIVE_STEP_COMPLETED"
+    experiment = subprocess.Popen([DVC, "exp", "run", "--name", "epochs-4", "-S", f"train.epochs={epochs}"], cwd=project,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rows, steps = [], []
+    try:
+        while experiment.poll() is None:  # what a user watching the files sees, change by change
+            if curve.is_file() and (count := len(curve.read_text().splitlines()) - 1) != (rows or [None])[-1]:
+                rows.append(count)
+            if signal.is_file() and (step := json.loads(signal.read_text() or "{}").get("step")) not in (None, *steps[-1:]):
+                steps.append(step)
+            time.sleep(0.02)
+        output = experiment.communicate()[0]
+        assert experiment.returncode == 0, output[-3000:]
+        # the committed run's 2 rows, then this run's record growing from its first epoch
+        assert rows[rows.index(1):] == list(range(1, epochs + 1)), rows
+        assert steps == list(range(epochs)), steps
+        assert experiments(project, env)["epochs-4"]["training"]["step"] == epochs - 1
+    finally:
+        experiment.kill()
+        run(["git", "checkout", "--", "."], project, env)
+        run([DVC, "checkout", "--force"], project, env)
+    assert run(["git", "status", "--porcelain", "--untracked-files=no"], project, env).stdout == ""
+
+
+def test_the_stage_scripts_and_their_fold_processes_run_the_projects_own_library(experiment_project):
+    """A queued experiment runs in a copy of the project while the editable install points at the workspace's
+    src/: a stage script, and each fold process it starts, must import the copy's (the code as queued)."""
+    project, env = experiment_project
+    probe = ("import flows, subprocess, sys, skincancer; from skincancer.train.cross_validation import fold_environment; "
+             "print(skincancer.__file__); sys.stdout.flush(); subprocess.run([sys.executable, '-c', "
+             "'import skincancer; print(skincancer.__file__)'], env=fold_environment('cpu'), cwd='/', check=True)")
+    printed = run([str(BIN / "python"), "-c", probe], project, env).stdout.split()
+    assert printed == [str(project / "src/skincancer/__init__.py")] * 2

@@ -150,9 +150,17 @@ def _relay(fold: int, line: str) -> None:
     log.log(level, "fold %d: %s", fold, message)
 
 
+def fold_environment(slot: Slot) -> dict[str, str]:
+    """A fold process's environment: the slot's devices, and this process's own skincancer first on the path (in a
+    DVC experiment's copy of the project, the copy's code rather than the installed workspace's)."""
+    library = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(filter(None, [library, os.environ.get("PYTHONPATH")]))
+    return {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ, "CUDA_VISIBLE_DEVICES": slot_devices(slot), "PYTHONPATH": path}
+
+
 def run_fold(job: FoldJob, fold: int, slot: Slot, slot_label: str, running: set[subprocess.Popen]) -> None:
     """Fold `fold` trained by its own process on `slot`, its output relayed line by line; FoldFailed if it fails."""
-    environment = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ, "CUDA_VISIBLE_DEVICES": slot_devices(slot)}
+    environment = fold_environment(slot)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     started = time.perf_counter()
     with subprocess.Popen(job.command(fold), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
