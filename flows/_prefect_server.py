@@ -11,7 +11,6 @@ module would cost the pipeline process ~5 s on top of the server's own start.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import socket
 import subprocess
@@ -22,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from skincancer.core.locks import folder_lock
 from skincancer.ops.lifetime import die_with_parent
 
 STARTUP_TIMEOUT_S = 120.0  # a loaded 2-core machine takes ~8 s; the limit only catches a server that hangs
@@ -68,22 +68,11 @@ def temporary_server(port: int) -> list[str]:
 TEMPORARY_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
 
 
-@contextlib.contextmanager
-def one_start_at_a_time(home: Path | None) -> Iterator[None]:
+def one_start_at_a_time(home: Path | None) -> contextlib.AbstractContextManager:
     """Held from a server's launch until it answers. A starting server migrates the database in its Prefect
     home, and two doing that at once (side-by-side `dvc queue` experiments' stages on a fresh or upgraded
-    home) break each other's migration: `duplicate column name`, `no such table`. The lock is flock on the
-    home folder itself, so no file of ours is left in it and a killed holder's lock goes with it."""
-    if home is None:
-        yield
-        return
-    home.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(home, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)  # releases the lock
+    home) break each other's migration: `duplicate column name`, `no such table`."""
+    return contextlib.nullcontext() if home is None else folder_lock(home)
 
 
 @contextlib.contextmanager

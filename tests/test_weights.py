@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -253,3 +257,50 @@ def test_image_size_keras_refuses_is_a_settings_error_not_a_download_error(empty
     assert "64x64" in message
     assert "75x75" in message  # keras' own minimum, from the original error
     assert "shard.image_size" in message
+
+
+DOWNLOAD_SCRIPT = """
+import sys
+from keras.src.applications import mobilenet_v2
+mobilenet_v2.BASE_WEIGHT_PATH = sys.argv[1]
+from skincancer.train.weights import imagenet_backbone
+backbone = imagenet_backbone("mobilenet_v2", "MobileNetV2", (32, 32, 3))
+print(sum(float(weight.numpy().sum()) for weight in backbone.weights))
+"""
+
+
+@IMAGENET_BELOW_224
+def test_two_processes_wanting_the_same_imagenet_weights_download_them_once(tmp_path, monkeypatch):
+    """Side-by-side experiments on a fresh machine: keras writes its download in place, so a second process would
+    fetch it again over the first one's half-written file. The second waits and reads the finished file."""
+    weights = save_legacy_h5(mobilenet_v2(), tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
+    requests = []
+
+    class SlowWeights(BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            body = weights.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            time.sleep(1.5)  # mid-download: the other process has long asked for the file by now
+            self.wfile.write(body[len(body) // 2:])
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowWeights)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras_home"), "no_proxy": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        processes = [subprocess.Popen([sys.executable, "-c", DOWNLOAD_SCRIPT, f"http://127.0.0.1:{server.server_port}/"],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for _ in range(2)]
+        outputs = [process.communicate(timeout=300) for process in processes]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [process.returncode for process in processes] == [0, 0], [error[-2000:] for _, error in outputs]
+    assert len(requests) == 1, requests
+    assert outputs[0][0].splitlines()[-1] == outputs[1][0].splitlines()[-1]  # both built on the same, whole file

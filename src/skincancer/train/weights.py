@@ -6,6 +6,8 @@ backbone asked to start pretrained never silently trains from random weights ins
 
 from __future__ import annotations
 
+import os
+import tempfile
 import traceback
 import warnings
 from pathlib import Path
@@ -13,6 +15,9 @@ from types import FrameType
 
 import h5py
 import keras
+from keras.src.backend.config import keras_home
+
+from skincancer.core.locks import folder_lock
 
 KERAS3_SUFFIX = ".weights.h5"  # written by `model.save_weights`, matched by variable path
 H5_SUFFIXES = (".h5", ".hdf5")  # any other name keras reads as the Keras 2 layout (*_notop.h5), matched by layer order
@@ -39,7 +44,8 @@ def imagenet_backbone(name: str, application: str, shape: tuple[int, int, int]) 
     """
     constructor = getattr(keras.applications, application)
     try:
-        return constructor(include_top=False, weights="imagenet", input_shape=shape)
+        with folder_lock(_download_folder()):  # side-by-side experiments: one downloads, the others then read it
+            return constructor(include_top=False, weights="imagenet", input_shape=shape)
     except Exception as error:
         download = _download_frame(error)
         if download is not None:
@@ -50,6 +56,15 @@ def imagenet_backbone(name: str, application: str, shape: tuple[int, int, int]) 
                 f"{shape[0]}x{shape[1]}: {_excerpt(error)}\nChange `shard.image_size` in params.yaml."
             ) from error
         raise
+
+
+def _download_folder() -> Path:
+    """Where keras.utils.get_file keeps the applications' weights (KERAS_HOME/models, as keras resolved it at
+    import, or its fallback when that is not writable); keras writes the download in place, so two processes
+    fetching it at once would read each other's half-written file."""
+    home = Path(keras_home()).expanduser()
+    base = home if os.access(home, os.W_OK) else Path("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()) / ".keras"
+    return base / "models"
 
 
 def load_weights_file(backbone: keras.Model, path: str | Path, name: str) -> None:
