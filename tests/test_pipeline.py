@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import signal
@@ -12,6 +13,19 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from experiment_queue import (
+    DVC,
+    TEMPORARY_SERVER,
+    RecordWatcher,
+    busy_span_s,
+    experiments,
+    queue_log,
+    queue_states,
+    queue_workers,
+    readme_grid_sweep,
+    seconds_of_day,
+    wait_until_done,
+)
 from param_knobs import execution_knobs
 from project_copy import BIN, TINY_PARAMS, committed_project, project_env, run, set_params, stages_run
 
@@ -137,6 +151,106 @@ def test_retraining_identically_leaves_dvc_lock_as_it_was_and_evaluate_does_not_
     # DVCLive's record, git-tracked: rewritten step by step, and no time stamp makes it differ from the commit's
     assert run(["git", "status", "--porcelain", "models"], root, env).stdout == ""
     assert dvc_repro(repo) == []  # evaluate's model dependency kept its hash
+
+
+@pytest.fixture(scope="module")
+def experiment_project(repo) -> tuple[Path, dict[str, str]]:
+    """The reproduced project for DVC's experiment tools, in an environment naming no Prefect API: each queued
+    experiment's stages start temporary servers on the project's own PREFECT_HOME, which no server has migrated
+    yet (the runs before reported to the test server). Tests may create experiments (named: they stay) and leave
+    nothing queued, no queue worker running and the workspace as it was."""
+    root, env = repo
+    return root, {key: value for key, value in env.items() if key != "PREFECT_API_URL"}
+
+
+def test_two_queued_experiments_run_side_by_side_each_with_its_own_servers_params_and_metrics(experiment_project,
+                                                                                                tmp_path):
+    project, env = experiment_project
+    rates = {"lr-0.001": 0.001, "lr-0.004": 0.004}
+    now = datetime.datetime.now()
+    started = seconds_of_day(now.hour, now.minute, now.second)
+    for name, rate in rates.items():
+        run([DVC, "exp", "run", "--queue", "--name", name, "-S", f"train.learning_rate={rate}"], project, env)
+    with queue_workers(project, env, count=2), RecordWatcher(project) as watched:
+        assert wait_until_done(project, env, list(rates)) == dict.fromkeys(rates, "Success"), \
+            "\n".join(queue_log(project, env, name)[-3000:] for name in rates)
+    # while each ran, its copy's DVCLive record grew an epoch at a time (after the committed run's rows), and
+    # DVCLive told the VS Code extension of each step
+    epochs = TINY_PARAMS["train"]["epochs"]
+    assert len(watched.rows) == 2 and all(rows[rows.index(1):] == list(range(1, epochs + 1)) for rows in
+                                          watched.rows.values()), watched.rows
+    assert set(watched.steps) == set(range(epochs)), watched.steps
+    logs = {name: queue_log(project, env, name) for name in rates}
+    for log in logs.values():  # train and evaluate reran, each stage with a temporary server of its own
+        assert re.findall(r"Running stage '(\w+)'", log) == ["train", "evaluate"], log[-3000:]
+        assert len(TEMPORARY_SERVER.findall(log)) == 2, log[-3000:]
+        assert "database is locked" not in log and "Traceback" not in log, log[-3000:]
+    first, second = (busy_span_s(log, started) for log in logs.values())
+    assert first[0] < second[1] and second[0] < first[1], f"one ran after the other: {first}, {second}"
+    train_ports = [TEMPORARY_SERVER.findall(log)[0] for log in logs.values()]
+    assert train_ports[0] != train_ports[1]  # side by side, on ports of their own
+
+    shown = experiments(project, env)
+    for name, rate in rates.items():
+        assert shown[name]["state"] == "success"
+        assert shown[name]["params"]["train"]["learning_rate"] == rate
+        test_auc = re.search(r"test: ROC AUC ([\d.]+)", logs[name]).group(1)  # what this experiment's evaluate said
+        assert f"{shown[name]['metrics']['test']['roc_auc']:.4f}" == test_auc
+    assert shown["lr-0.001"]["metrics"] != shown["lr-0.004"]["metrics"]
+    for name in rates:  # training's DVCLive summary beside evaluate's: its last step, at the experiment's rate
+        assert shown[name]["training"]["step"] == epochs - 1
+        assert shown[name]["training"]["learning_rate"] == pytest.approx(rates[name])
+
+    # `dvc plots diff` of the two experiments draws both training curves, each from its own record
+    plots = json.loads(run([DVC, "plots", "diff", *rates, "--json", "-o", str(tmp_path)], project, env).stdout)
+    curve = plots["data"]["models/dvclive/plots/metrics/val_auc.tsv"][0]
+    drawn = [(point["rev"], int(point["step"])) for point in curve["content"]["data"]["values"]]
+    assert sorted(drawn) == sorted((name, step) for name in rates for step in range(epochs))
+
+
+def test_the_readme_grid_sweep_queues_every_combination_and_they_can_be_removed_unrun(experiment_project):
+    project, env = experiment_project
+    command = readme_grid_sweep()
+    assert command[0] == "dvc"
+    run([DVC, *command[1:]], project, env)
+    try:
+        queued = {name for name, state in queue_states(project, env).items() if state == "Queued"}
+        assert len(queued) == 4
+        combinations = {(experiment["params"]["train"]["learning_rate"], experiment["params"]["train"]["dropout"])
+                        for name, experiment in experiments(project, env).items() if name in queued}
+        assert combinations == {(0.001, 0.2), (0.001, 0.3), (0.002, 0.2), (0.002, 0.3)}
+    finally:
+        run([DVC, "queue", "remove", "--queued"], project, env)
+    assert "Queued" not in queue_states(project, env).values()
+
+
+def test_a_queued_experiments_stages_report_to_the_prefect_api_its_workers_were_started_with(experiment_project,
+                                                                                              prefect_api):
+    """README's way to see every queued experiment's stage runs in one Prefect UI: `dvc queue start` with
+    PREFECT_API_URL set. An evaluate-only experiment (evaluate.bootstrap) keeps it short."""
+    project, env = experiment_project
+    run([DVC, "exp", "run", "--queue", "--name", "bootstrap-61", "-S", "evaluate.bootstrap=61"], project, env)
+    with queue_workers(project, env | {"PREFECT_API_URL": prefect_api}, count=1):
+        assert wait_until_done(project, env, ["bootstrap-61"]) == {"bootstrap-61": "Success"}, \
+            queue_log(project, env, "bootstrap-61")[-3000:]
+    log = queue_log(project, env, "bootstrap-61")
+    assert re.findall(r"Running stage '(\w+)'", log) == ["evaluate"] and not TEMPORARY_SERVER.search(log), log[-3000:]
+    evaluate_runs = httpx.post(f"{prefect_api}/flow_runs/filter",
+                               json={"flows": {"name": {"any_": ["evaluate"]}}, "limit": 200}).json()
+    ours = [flow_run for flow_run in evaluate_runs
+            if flow_run["parameters"].get("params", {}).get("evaluate", {}).get("bootstrap") == 61]
+    assert [flow_run["state_type"] for flow_run in ours] == ["COMPLETED"]
+
+
+def test_the_stage_scripts_and_their_fold_processes_run_the_projects_own_library(experiment_project):
+    """A queued experiment runs in a copy of the project while the editable install points at the workspace's
+    src/: a stage script, and each fold process it starts, must import the copy's (the code as queued)."""
+    project, env = experiment_project
+    probe = ("import flows, subprocess, sys, skincancer; from skincancer.train.cross_validation import fold_environment; "
+             "print(skincancer.__file__); sys.stdout.flush(); subprocess.run([sys.executable, '-c', "
+             "'import skincancer; print(skincancer.__file__)'], env=fold_environment('cpu'), cwd='/', check=True)")
+    printed = run([str(BIN / "python"), "-c", probe], project, env).stdout.split()
+    assert printed == [str(project / "src/skincancer/__init__.py")] * 2
 
 
 def test_execution_knobs_make_no_stage_stale(repo):
