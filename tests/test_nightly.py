@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from git_remotes import origin_dev_and_box
 
 from skincancer.ops.nightly import (
     BASE_REF,
@@ -34,23 +35,8 @@ DVC_YAML = """stages:
 @pytest.fixture
 def remote_and_box(tmp_path, monkeypatch):
     """A bare `origin` holding main, a developer's clone to push code from, and the box's clone."""
-    for key, value in {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-                       "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
-    origin = tmp_path / "origin.git"
-    git("init", "-q", "--bare", "-b", "main", str(origin))
-    dev = tmp_path / "dev"
-    git("clone", "-q", str(origin), str(dev))
-    (dev / "dvc.yaml").write_text(DVC_YAML)
-    (dev / "params.yaml").write_text("epochs: 1\n")
-    (dev / "dvc.lock").write_text("schema: '2.0'\n")
-    git("add", "-A", cwd=dev)
-    git("commit", "-qm", "code", cwd=dev)
-    git("push", "-q", "origin", "HEAD:main", cwd=dev)
-    box = tmp_path / "box"
-    git("clone", "-q", str(origin), str(box))
-    return origin, dev, box
+    return origin_dev_and_box(tmp_path, monkeypatch, {"dvc.yaml": DVC_YAML, "params.yaml": "epochs: 1\n",
+                                                      "dvc.lock": "schema: '2.0'\n"})
 
 
 def night(box: Path, lock: str, auc: float) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from git_remotes import origin_dev_and_box
 from project_copy import BIN, ROOT
 
 from skincancer.core import paths
@@ -34,21 +35,7 @@ artifacts:
 @pytest.fixture
 def origin_and_box(tmp_path, monkeypatch):
     """A bare `origin` holding main (a dvc.yaml declaring the model artifact) and the box's clone on it."""
-    for key, value in {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-                       "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
-    origin = tmp_path / "origin.git"
-    git("init", "-q", "--bare", "-b", "main", str(origin))
-    dev = tmp_path / "dev"
-    git("clone", "-q", str(origin), str(dev))
-    (dev / "dvc.yaml").write_text(DVC_YAML)
-    (dev / "dvc.lock").write_text("schema: '2.0'\n")
-    git("add", "-A", cwd=dev)
-    git("commit", "-qm", "code", cwd=dev)
-    git("push", "-q", "origin", "HEAD:main", cwd=dev)
-    box = tmp_path / "box"
-    git("clone", "-q", str(origin), str(box))
+    origin, dev, box = origin_dev_and_box(tmp_path, monkeypatch, {"dvc.yaml": DVC_YAML, "dvc.lock": "schema: '2.0'\n"})
     checkout_latest(directory=str(box))
     return origin, dev, box
 
