@@ -1,7 +1,8 @@
 """DVC stage `train`: data/shards/ -> models/model.keras (best val AUC), the DVCLive record of its epochs
-(models/dvclive/, written as they end) and the model's training card, models/train_card.json. Fold shards (split.folds): one model per fold in
-models/folds/, each in its own process on the slots orchestration.fold_devices gives, and their ensemble
-as models/model.keras; without folds models/folds/ is empty."""
+(models/dvclive/, written as they end) and the model's training card, models/train_card.json. Fold shards
+(split.folds): one model per fold in models/folds/, each in its own process on the slots
+orchestration.fold_devices gives, and their ensemble as models/model.keras; without folds models/folds/ is
+empty."""
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
