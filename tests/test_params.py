@@ -292,6 +292,15 @@ def _source(**fields) -> list[dict]:
     return [{"name": "mine", "url": "https://mirror.example/isic", "layout": "isic-cli", **fields}]
 
 
+def fetch_refusal(tmp_path: Path, key: str, value: object) -> str:
+    """load_params' refusal of the project's params with fetch.<key> set to value."""
+    data = project_params()
+    data["fetch"][key] = value
+    with pytest.raises(ParamsError) as error:
+        load_params(write(tmp_path, data))
+    return str(error.value)
+
+
 @pytest.mark.parametrize(("key", "value", "names"), [
     ("sources", _source(files=["../../../x.zip"]), "fetch.sources.0.files: '../../../x.zip' has a '..' component"),
     ("sources", _source(files=["a.zip", "train/../../x.zip"]), "fetch.sources.0.files: 'train/../../x.zip' has a '..'"),
@@ -306,11 +315,8 @@ def _source(**fields) -> list[dict]:
     ("metadata", [{"url": "https://mirror.example", "layout": "isic-cli"}], "its file name '' names no file"),
 ])
 def test_a_fetch_path_that_would_land_outside_data_raw_is_refused_naming_key_and_value(tmp_path, key, value, names):
-    data = project_params()
-    data["fetch"][key] = value
-    with pytest.raises(ParamsError) as error:
-        load_params(write(tmp_path, data))
-    assert names in str(error.value) and "data/raw/" in str(error.value)
+    message = fetch_refusal(tmp_path, key, value)
+    assert names in message and "data/raw/" in message
 
 
 @pytest.mark.parametrize(("key", "value", "names"), [
@@ -320,11 +326,8 @@ def test_a_fetch_path_that_would_land_outside_data_raw_is_refused_naming_key_and
      "fetch.metadata.0.sha256: '000"),
 ])
 def test_a_sha256_pin_that_is_not_64_hex_digits_is_refused_up_front(tmp_path, key, value, names):
-    data = project_params()
-    data["fetch"][key] = value
-    with pytest.raises(ParamsError) as error:
-        load_params(write(tmp_path, data))
-    assert names in str(error.value) and "64 hex digits" in str(error.value)
+    message = fetch_refusal(tmp_path, key, value)
+    assert names in message and "64 hex digits" in message
 
 
 def test_check_params_refuses_a_file_outside_data_raw_and_takes_upper_case_pins(tmp_path):
